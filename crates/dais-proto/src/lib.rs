@@ -1,0 +1,442 @@
+//! Wire messages of the Dais signaling protocol and their stable error codes.
+//!
+//! Every WebSocket text frame carries one JSON object with a `type` field. [`ClientMessage`] is what a
+//! participant sends, [`ServerMessage`] what the server sends back. [`parse_client`] turns a frame into a
+//! message or into the [`ErrorCode`] the server answers with, so the server and every client agree on the
+//! same classification of bad input. This crate depends on serde only; docs/protocol.md is its prose twin
+//! and must change with it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this crate speaks. A `join` with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest text frame the server reads; a larger one closes the socket with [`CLOSE_MESSAGE_TOO_BIG`].
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest room name, in bytes.
+pub const MAX_ROOM_BYTES: usize = 64;
+/// Largest display name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Largest SDP the server accepts, in bytes.
+pub const MAX_SDP_BYTES: usize = 32 * 1024;
+/// WebSocket close code sent when a frame exceeds [`MAX_MESSAGE_BYTES`] (RFC 6455 "message too big").
+pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+
+/// What a participant does in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Publishes audio and video and receives every other speaker.
+    Speaker,
+    /// Publishes nothing and receives every speaker.
+    Viewer,
+}
+
+/// Kind of a published media stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    /// An Opus audio stream.
+    Audio,
+    /// A video stream (VP8, VP9, H.264 or AV1).
+    Video,
+}
+
+/// One published stream as seen by other participants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    /// Stable id of the stream in this room, e.g. `"m3"`. It is also the WebRTC track id (msid) of every
+    /// copy the server sends, so a client maps an incoming track to this entry.
+    pub id: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Codec name as negotiated with the publisher, e.g. `"opus"`, `"vp8"`, `"h264"`.
+    pub codec: String,
+    /// Whether the publisher has muted it.
+    pub muted: bool,
+}
+
+/// A participant as seen by others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// Participant id, e.g. `"p7"`. It is also the WebRTC stream id (msid) of the tracks the server sends
+    /// for this participant.
+    pub id: String,
+    /// Display name given at join.
+    pub name: String,
+    /// Speaker or viewer.
+    pub role: Role,
+    /// The streams this participant publishes now.
+    pub media: Vec<MediaInfo>,
+}
+
+/// A message from a participant to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Enter a room. Must be the first message, and is accepted once per socket.
+    Join {
+        /// Room name, 1..=64 bytes of letters, digits, `-`, `_` or `.`.
+        room: String,
+        /// Display name, 1..=64 bytes, no control characters.
+        name: String,
+        /// Requested role.
+        role: Role,
+        /// Protocol version; must equal [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// An SDP offer from the client (a speaker publishing its media).
+    Offer {
+        /// The SDP text.
+        sdp: String,
+    },
+    /// The client's SDP answer to a server `offer`.
+    Answer {
+        /// The SDP text.
+        sdp: String,
+    },
+    /// A trickled ICE candidate of the client; `candidate: null` or `""` ends the trickle.
+    Candidate {
+        /// The `candidate:` attribute value, as in `RTCIceCandidate.candidate`.
+        candidate: Option<String>,
+        /// The media id it belongs to (ignored: the session is bundled).
+        #[serde(default, rename = "sdpMid")]
+        sdp_mid: Option<String>,
+    },
+    /// Announce that the client muted or unmuted its own audio or video.
+    Mute {
+        /// Which of its streams.
+        kind: MediaKind,
+        /// New state.
+        muted: bool,
+    },
+    /// Keep-alive and round-trip probe; answered by `pong` with the same `id`.
+    Ping {
+        /// Echoed back.
+        #[serde(default)]
+        id: Option<u64>,
+    },
+    /// Leave the room; the server closes the socket afterwards.
+    Leave,
+}
+
+/// A message from the server to a participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The join succeeded.
+    Joined {
+        /// The room joined.
+        room: String,
+        /// This participant's id.
+        participant_id: String,
+        /// The role granted.
+        role: Role,
+        /// Protocol version of the server.
+        version: u32,
+        /// Everyone else already in the room, with what they publish.
+        participants: Vec<ParticipantInfo>,
+    },
+    /// A server-initiated SDP offer (media to receive appeared or disappeared). Answer it with `answer`.
+    Offer {
+        /// The SDP text.
+        sdp: String,
+    },
+    /// The server's answer to a client `offer`.
+    Answer {
+        /// The SDP text.
+        sdp: String,
+    },
+    /// Someone entered the room.
+    ParticipantJoined {
+        /// Who.
+        participant: ParticipantInfo,
+    },
+    /// Someone left the room (or was disconnected).
+    ParticipantLeft {
+        /// Their id.
+        participant_id: String,
+    },
+    /// A participant started publishing a stream. A server `offer` that carries it follows.
+    MediaPublished {
+        /// Publisher's id.
+        participant_id: String,
+        /// The new stream.
+        media: MediaInfo,
+    },
+    /// A stream ended. A server `offer` that marks it inactive follows.
+    MediaUnpublished {
+        /// Publisher's id.
+        participant_id: String,
+        /// The stream's id.
+        media_id: String,
+    },
+    /// A participant muted or unmuted a stream.
+    MuteChanged {
+        /// Publisher's id.
+        participant_id: String,
+        /// The stream's id.
+        media_id: String,
+        /// Audio or video.
+        kind: MediaKind,
+        /// New state.
+        muted: bool,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The ping's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Something went wrong; see [`ErrorCode`] for whether the socket stays open.
+    Error {
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable text, safe to show; never carries secrets.
+        message: String,
+        /// The `type` of the message that caused it, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
+}
+
+/// Stable error codes. Codes are never renamed; new ones may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON, or not a JSON object.
+    BadJson,
+    /// The `type` field is missing or names no known message.
+    UnknownType,
+    /// A known message with missing, extra or mistyped fields.
+    BadMessage,
+    /// A binary frame; the protocol is text only.
+    BinaryNotSupported,
+    /// A message that needs a joined participant arrived before `join`.
+    NotJoined,
+    /// A second `join` on the same socket.
+    AlreadyJoined,
+    /// The `version` in `join` is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// The room name is empty, too long or has characters outside the allowed set.
+    InvalidRoom,
+    /// The display name is empty, too long or has control characters.
+    InvalidName,
+    /// The room holds its maximum number of participants.
+    RoomFull,
+    /// The SDP could not be parsed or negotiated.
+    BadSdp,
+    /// A viewer offered to send media.
+    ViewerCannotPublish,
+    /// An `answer` arrived while the server had no offer outstanding.
+    UnexpectedAnswer,
+    /// The client sent an `offer` while a server offer was outstanding; answer that one first, then re-offer.
+    OfferCollision,
+    /// The server is shutting down and takes no new joins.
+    Draining,
+    /// The participant's media connection failed or timed out; the server ends the participant.
+    MediaFailed,
+    /// The participant sent nothing (not even a WebSocket pong) for too long; the socket is closed.
+    IdleTimeout,
+    /// An unexpected server-side failure; the detail is in the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire spelling of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::ViewerCannotPublish => "viewer_cannot_publish",
+            ErrorCode::UnexpectedAnswer => "unexpected_answer",
+            ErrorCode::OfferCollision => "offer_collision",
+            ErrorCode::Draining => "draining",
+            ErrorCode::MediaFailed => "media_failed",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a client frame was not turned into a [`ClientMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The code to answer with.
+    pub code: ErrorCode,
+    /// A safe explanation.
+    pub message: String,
+    /// The frame's `type`, when it had one.
+    pub request: Option<String>,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+const CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "ping", "leave"];
+
+/// Parse one client text frame, classifying failures as `bad_json`, `unknown_type` or `bad_message`.
+pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ParseError {
+        code: ErrorCode::BadJson,
+        message: format!("not valid JSON: {e}"),
+        request: None,
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ParseError {
+            code: ErrorCode::BadJson,
+            message: "a message must be a JSON object".into(),
+            request: None,
+        });
+    };
+    let ty = match obj.get("type") {
+        Some(serde_json::Value::String(t)) => t.clone(),
+        _ => {
+            return Err(ParseError {
+                code: ErrorCode::UnknownType,
+                message: "missing string field `type`".into(),
+                request: None,
+            })
+        }
+    };
+    if !CLIENT_TYPES.contains(&ty.as_str()) {
+        let shown: String = ty.chars().take(32).collect();
+        return Err(ParseError {
+            code: ErrorCode::UnknownType,
+            message: format!("unknown message type `{shown}`"),
+            request: None,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| ParseError {
+        code: ErrorCode::BadMessage,
+        message: format!("invalid `{ty}` message: {e}"),
+        request: Some(ty),
+    })
+}
+
+/// Check a room name: 1..=[`MAX_ROOM_BYTES`] bytes of ASCII letters, digits, `-`, `_`, `.`.
+pub fn valid_room(room: &str) -> bool {
+    !room.is_empty()
+        && room.len() <= MAX_ROOM_BYTES
+        && room.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Check a display name: 1..=[`MAX_NAME_BYTES`] bytes, no control characters, not only whitespace.
+pub fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.len() <= MAX_NAME_BYTES && !name.chars().any(char::is_control)
+}
+
+impl ServerMessage {
+    /// Shorthand for an [`ServerMessage::Error`].
+    pub fn error(code: ErrorCode, message: impl Into<String>, request: Option<&str>) -> Self {
+        ServerMessage::Error { code, message: message.into(), request: request.map(str::to_owned) }
+    }
+
+    /// Serialize to the JSON text sent on the wire.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail: no maps with non-string keys, no custom impls.
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_owned())
+    }
+}
+
+impl ClientMessage {
+    /// The wire `type` of this message.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Offer { .. } => "offer",
+            ClientMessage::Answer { .. } => "answer",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::Mute { .. } => "mute",
+            ClientMessage::Ping { .. } => "ping",
+            ClientMessage::Leave => "leave",
+        }
+    }
+
+    /// Serialize to the JSON text sent on the wire.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_round_trips() {
+        let m = parse_client(r#"{"type":"join","room":"r1","name":"Ann","role":"viewer","version":1}"#)
+            .expect("valid join");
+        assert_eq!(m, ClientMessage::Join { room: "r1".into(), name: "Ann".into(), role: Role::Viewer, version: 1 });
+        assert_eq!(parse_client(&m.to_json()).expect("round trip"), m);
+    }
+
+    #[test]
+    fn classification_of_bad_frames() {
+        assert_eq!(parse_client("{not json").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(parse_client("[1,2]").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(parse_client(r#"{"x":1}"#).unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(parse_client(r#"{"type":"fly"}"#).unwrap_err().code, ErrorCode::UnknownType);
+        let e = parse_client(r#"{"type":"join","room":"r"}"#).unwrap_err();
+        assert_eq!((e.code, e.request.as_deref()), (ErrorCode::BadMessage, Some("join")));
+        assert_eq!(parse_client(r#"{"type":"leave","extra":1}"#).unwrap_err().code, ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn candidate_accepts_browser_shape_and_end_of_candidates() {
+        let m =
+            parse_client(r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 5 typ host","sdpMid":"0"}"#)
+                .expect("candidate");
+        assert!(matches!(m, ClientMessage::Candidate { candidate: Some(_), sdp_mid: Some(_) }));
+        let end = parse_client(r#"{"type":"candidate","candidate":null}"#).expect("end");
+        assert_eq!(end, ClientMessage::Candidate { candidate: None, sdp_mid: None });
+    }
+
+    #[test]
+    fn server_messages_use_snake_case_tags() {
+        let e = ServerMessage::error(ErrorCode::ViewerCannotPublish, "no", Some("offer")).to_json();
+        assert_eq!(e, r#"{"type":"error","code":"viewer_cannot_publish","message":"no","request":"offer"}"#);
+        let j = ServerMessage::MediaUnpublished { participant_id: "p1".into(), media_id: "m2".into() };
+        assert!(j.to_json().starts_with(r#"{"type":"media_unpublished""#));
+    }
+
+    #[test]
+    fn room_and_name_rules() {
+        assert!(valid_room("panel-1.main_room"));
+        assert!(!valid_room(""));
+        assert!(!valid_room(&"a".repeat(10 * 1024)));
+        assert!(!valid_room("a b"));
+        assert!(valid_name("Ann Lee"));
+        assert!(!valid_name("  "));
+        assert!(!valid_name("a\nb"));
+    }
+
+    #[test]
+    fn every_code_spells_as_serde_does() {
+        for c in [ErrorCode::BadJson, ErrorCode::OfferCollision, ErrorCode::ViewerCannotPublish, ErrorCode::Internal] {
+            assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));
+        }
+    }
+}

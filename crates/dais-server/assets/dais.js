@@ -1,0 +1,528 @@
+// dais.js: a small browser client for the Dais SFU.
+//
+// One DaisClient is one participant: a WebSocket to /ws carrying the JSON messages of
+// crates/dais-proto (docs/protocol.md), and one bundled RTCPeerConnection. A speaker offers its
+// own audio and video once; everything it receives arrives through server-initiated offers, which
+// the client answers by itself. The client is the polite peer: when a server offer crosses its own
+// offer it rolls its offer back, answers, and offers again. Every signaling step runs on one queue,
+// so descriptions are applied in the order their messages arrived.
+//
+// Remote media are mapped from the SDP the server sends: each m-section's msid is
+// "<participant id> <media id>", which holds even when the server reuses an m-line for new media.
+//
+// Plain ES module, no dependencies:  import { DaisClient } from '/assets/dais.js';
+
+/** Protocol version this client speaks (dais-proto PROTOCOL_VERSION). */
+export const PROTOCOL_VERSION = 1;
+
+/**
+ * A remote audio or video track, bound to the participant and media that produced it.
+ * @typedef {object} RemoteMedia
+ * @property {string} participantId  Publisher's participant id (the msid stream id).
+ * @property {string} mediaId        Media id from `joined`/`media_published` (the msid track id).
+ * @property {'audio'|'video'} kind
+ * @property {string} mid            The m-section carrying it.
+ * @property {MediaStreamTrack} track
+ * @property {RTCRtpTransceiver} transceiver
+ */
+
+/**
+ * A participant as the server describes it.
+ * @typedef {object} Participant
+ * @property {string} id
+ * @property {string} name
+ * @property {'speaker'|'viewer'} role
+ * @property {{id: string, kind: 'audio'|'video', codec: string, muted: boolean}[]} media
+ */
+
+/**
+ * Options of {@link DaisClient}.
+ * @typedef {object} DaisClientOptions
+ * @property {string} [url]   WebSocket URL; default `ws(s)://<this page's host>/ws`.
+ * @property {string} room    Room name: 1..64 of letters, digits, `-`, `_`, `.`.
+ * @property {string} name    Display name.
+ * @property {'speaker'|'viewer'} role
+ * @property {RTCConfiguration} [rtcConfig]  Merged over `{bundlePolicy: 'max-bundle'}`.
+ * @property {number} [pingIntervalMs=10000] Keep-alive period; 0 disables pings.
+ * @property {number} [joinTimeoutMs=10000]  How long `join()` waits for `joined`.
+ */
+
+/**
+ * Error raised by the server (`error` message) or by a failed client step.
+ * `code` is the stable dais-proto code (e.g. `room_full`, `bad_sdp`) or a client-side one
+ * (`socket_closed`, `timeout`, `not_a_speaker`).
+ */
+export class DaisError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {string} [request] the `type` of the message that caused it, when known
+   */
+  constructor(code, message, request) {
+    super(`${code}: ${message}`);
+    this.name = 'DaisError';
+    this.code = code;
+    this.request = request;
+  }
+}
+
+/**
+ * A Dais participant.
+ *
+ * Events (all `CustomEvent`s; the payload is `event.detail`):
+ * - `joined`             `{participantId, role, participants: Participant[]}`
+ * - `participantjoined`  `{participant: Participant}`
+ * - `participantleft`    `{participantId, participant?: Participant}`
+ * - `mediapublished`     `{participantId, media}`
+ * - `mediaunpublished`   `{participantId, mediaId}`
+ * - `mutechanged`        `{participantId, mediaId, kind, muted}`
+ * - `track`              `RemoteMedia`: a remote track started arriving (or moved to another m-line)
+ * - `trackremoved`       `RemoteMedia`: the server stopped sending it
+ * - `connectionstatechange` `{state}`: the RTCPeerConnection's connectionState
+ * - `pong`               `{id, rttMs}`
+ * - `error`              `{error: DaisError}`: a server error, or a failed negotiation step
+ * - `close`              `{code, reason}`: the socket closed; the client is finished
+ *
+ * @example
+ *   const client = new DaisClient({room: 'panel', name: 'Ann', role: 'speaker'});
+ *   client.addEventListener('track', (e) => show(e.detail.participantId, e.detail.track));
+ *   await client.join();
+ *   await client.publish(await navigator.mediaDevices.getUserMedia({audio: true, video: true}));
+ *   client.setMuted('audio', true);
+ */
+export class DaisClient extends EventTarget {
+  /** @param {DaisClientOptions} options */
+  constructor({ url, room, name, role, rtcConfig = {}, pingIntervalMs = 10000, joinTimeoutMs = 10000 }) {
+    super();
+    if (role !== 'speaker' && role !== 'viewer') throw new TypeError(`role must be "speaker" or "viewer", not ${role}`);
+    /** WebSocket URL in use. */
+    this.url = url ?? defaultUrl();
+    /** Room name. */
+    this.room = room;
+    /** Display name. */
+    this.name = name;
+    /** Requested role; after `join()` the role the server granted. */
+    this.role = role;
+    /** This participant's id, set by `join()`. @type {string|null} */
+    this.participantId = null;
+    /** Everyone else in the room, by id. @type {Map<string, Participant>} */
+    this.participants = new Map();
+    /** Remote media now arriving, by media id. @type {Map<string, RemoteMedia>} */
+    this.remoteMedia = new Map();
+    /** The peer connection, created by `join()`; use it for `getStats()`. @type {RTCPeerConnection|null} */
+    this.pc = null;
+    /** The stream given to `publish()`. @type {MediaStream|null} */
+    this.localStream = null;
+    /** Own mute state by kind. */
+    this.muted = { audio: false, video: false };
+    /** `performance.now()` when `join()` was called and when `joined` arrived. */
+    this.timing = { joinStarted: NaN, joined: NaN };
+
+    this._rtcConfig = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', ...rtcConfig };
+    this._pingIntervalMs = pingIntervalMs;
+    this._joinTimeoutMs = joinTimeoutMs;
+    this._ws = null;
+    this._closed = false;
+    this._pingTimer = 0;
+    this._pingSeq = 0;
+    this._pingsSent = new Map();
+    this._queue = Promise.resolve();
+    // Negotiation state of the page's own offers.
+    this._wantOffer = false;          // an offer should be (re)sent once the state allows
+    this._expectedCollisions = 0;     // own offers rolled back for a server offer; the server rejects each once
+    this._answerWaiters = [];         // publish() promises waiting for the server's answer
+    this._candidatesHeld = [];        // local candidates gathered before their description was sent
+    this._descriptionSent = false;
+    this._midBindings = new Map();    // mid -> media id, as of the last remote description
+  }
+
+  /**
+   * Open the socket and join the room. Resolves with the `joined` payload once the server accepted;
+   * rejects with a {@link DaisError} (e.g. `room_full`, `invalid_name`) otherwise.
+   * @returns {Promise<{participantId: string, role: string, participants: Participant[]}>}
+   */
+  join() {
+    if (this._ws) return Promise.reject(new DaisError('already_joined', 'join() was already called'));
+    this.timing.joinStarted = performance.now();
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.url);
+      this._ws = ws;
+      let settled = false;
+      const settle = (fn, value) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        fn(value);
+      };
+      const timer = setTimeout(() => {
+        settle(reject, new DaisError('timeout', `no "joined" within ${this._joinTimeoutMs} ms`));
+        this.close();
+      }, this._joinTimeoutMs);
+      this._onJoined = (detail) => settle(resolve, detail);
+      this._onJoinFailed = (error) => {
+        settle(reject, error);
+        this.close();
+      };
+      ws.addEventListener('open', () => {
+        this._send({ type: 'join', room: this.room, name: this.name, role: this.role, version: PROTOCOL_VERSION });
+      });
+      ws.addEventListener('message', (e) => this._onMessage(e.data));
+      ws.addEventListener('close', (e) => {
+        settle(reject, new DaisError('socket_closed', `socket closed before "joined" (code ${e.code})`));
+        this._finish(e.code, e.reason);
+      });
+    });
+  }
+
+  /**
+   * Publish a speaker's media: one sendonly transceiver per track of `stream` (audio and video),
+   * then an offer. Resolves once the server's answer is applied.
+   * @param {MediaStream} stream
+   * @returns {Promise<void>}
+   */
+  publish(stream) {
+    if (!this.pc) return Promise.reject(new DaisError('not_joined', 'publish() needs join() first'));
+    if (this.role !== 'speaker') return Promise.reject(new DaisError('not_a_speaker', 'only a speaker publishes'));
+    this.localStream = stream;
+    for (const track of [...stream.getAudioTracks(), ...stream.getVideoTracks()]) {
+      track.enabled = !this.muted[track.kind];
+      this.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    }
+    const answered = new Promise((resolve, reject) => this._answerWaiters.push({ resolve, reject }));
+    this._wantOffer = true;
+    this._enqueue(() => this._maybeOffer());
+    return answered;
+  }
+
+  /**
+   * Mute or unmute own audio or video: disables the local track (no renegotiation) and tells the
+   * room, which sees a `mutechanged` event.
+   * @param {'audio'|'video'} kind
+   * @param {boolean} muted
+   */
+  setMuted(kind, muted) {
+    this.muted[kind] = muted;
+    for (const track of this.localStream?.getTracks() ?? []) {
+      if (track.kind === kind) track.enabled = !muted;
+    }
+    this._send({ type: 'mute', kind, muted });
+  }
+
+  /**
+   * Leave the room: sends `leave`, waits up to `timeoutMs` for the server to close the socket,
+   * then closes everything. Local tracks are not stopped (the caller owns them).
+   * @param {number} [timeoutMs=2000]
+   * @returns {Promise<void>}
+   */
+  async leave(timeoutMs = 2000) {
+    if (this._closed) return;
+    const closed = new Promise((resolve) => this.addEventListener('close', () => resolve(), { once: true }));
+    this._send({ type: 'leave' });
+    await Promise.race([closed, new Promise((r) => setTimeout(r, timeoutMs))]);
+    this.close();
+  }
+
+  /** Close the socket and the peer connection at once, without `leave`. */
+  close() {
+    if (this._ws && this._ws.readyState <= WebSocket.OPEN) this._ws.close(1000, 'client closed');
+    this._finish(1000, 'client closed');
+  }
+
+  /**
+   * The remote media carried by an m-section, e.g. to map an inbound-rtp stats entry (`mid`).
+   * @param {string} mid
+   * @returns {RemoteMedia|undefined}
+   */
+  mediaForMid(mid) {
+    const mediaId = this._midBindings.get(mid);
+    return mediaId === undefined ? undefined : this.remoteMedia.get(mediaId);
+  }
+
+  /**
+   * Add a listener; returns a function that removes it.
+   * @param {string} type
+   * @param {(detail: any, event: CustomEvent) => void} fn called with `event.detail`
+   * @returns {() => void}
+   */
+  on(type, fn) {
+    const listener = (e) => fn(e.detail, e);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  // ---- internals -------------------------------------------------------------------------
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _send(message) {
+    if (this._ws?.readyState === WebSocket.OPEN) this._ws.send(JSON.stringify(message));
+  }
+
+  _enqueue(step) {
+    const run = this._queue.then(step);
+    this._queue = run.catch((err) => {
+      if (!this._closed) this._emit('error', { error: toDaisError(err) });
+    });
+    return run;
+  }
+
+  _onMessage(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      this._emit('error', { error: new DaisError('bad_json', 'server sent a frame that is not JSON') });
+      return;
+    }
+    switch (msg.type) {
+      case 'joined': return this._handleJoined(msg);
+      case 'offer': return void this._enqueue(() => this._handleServerOffer(msg.sdp));
+      case 'answer': return void this._enqueue(() => this._handleServerAnswer(msg.sdp));
+      case 'participant_joined': {
+        const p = normalizeParticipant(msg.participant);
+        this.participants.set(p.id, p);
+        return this._emit('participantjoined', { participant: p });
+      }
+      case 'participant_left': {
+        const participant = this.participants.get(msg.participant_id);
+        this.participants.delete(msg.participant_id);
+        return this._emit('participantleft', { participantId: msg.participant_id, participant });
+      }
+      case 'media_published': {
+        const p = this.participants.get(msg.participant_id);
+        if (p) p.media = [...p.media.filter((m) => m.id !== msg.media.id), msg.media];
+        return this._emit('mediapublished', { participantId: msg.participant_id, media: msg.media });
+      }
+      case 'media_unpublished': {
+        const p = this.participants.get(msg.participant_id);
+        if (p) p.media = p.media.filter((m) => m.id !== msg.media_id);
+        return this._emit('mediaunpublished', { participantId: msg.participant_id, mediaId: msg.media_id });
+      }
+      case 'mute_changed': {
+        const m = this.participants.get(msg.participant_id)?.media.find((x) => x.id === msg.media_id);
+        if (m) m.muted = msg.muted;
+        return this._emit('mutechanged', {
+          participantId: msg.participant_id, mediaId: msg.media_id, kind: msg.kind, muted: msg.muted,
+        });
+      }
+      case 'pong': {
+        const sentAt = this._pingsSent.get(msg.id);
+        this._pingsSent.delete(msg.id);
+        return this._emit('pong', { id: msg.id, rttMs: sentAt === undefined ? NaN : performance.now() - sentAt });
+      }
+      case 'error': return this._handleError(msg);
+      default:
+        // Unknown types are ignored so that a newer server can add messages.
+        return undefined;
+    }
+  }
+
+  _handleJoined(msg) {
+    this.participantId = msg.participant_id;
+    this.role = msg.role;
+    this.room = msg.room;
+    this.timing.joined = performance.now();
+    for (const p of msg.participants ?? []) this.participants.set(p.id, normalizeParticipant(p));
+    this._createPeerConnection();
+    if (this._pingIntervalMs > 0) this._pingTimer = setInterval(() => this._ping(), this._pingIntervalMs);
+    const detail = { participantId: this.participantId, role: this.role, participants: [...this.participants.values()] };
+    this._emit('joined', detail);
+    this._onJoined?.(detail);
+  }
+
+  _handleError(msg) {
+    const error = new DaisError(msg.code, msg.message ?? '', msg.request);
+    if (this.participantId === null) {
+      this._emit('error', { error });
+      this._onJoinFailed?.(error);
+      return;
+    }
+    if (msg.code === 'offer_collision') {
+      // Our offer crossed a server offer. If we already rolled it back while answering that offer,
+      // this is the expected echo; otherwise roll back now and offer again after the server's offer.
+      this._enqueue(async () => {
+        if (this._expectedCollisions > 0) {
+          this._expectedCollisions -= 1;
+          return;
+        }
+        if (this.pc.signalingState === 'have-local-offer') {
+          await this.pc.setLocalDescription({ type: 'rollback' });
+        }
+        this._wantOffer = true;
+      });
+      return;
+    }
+    if (msg.request === 'offer') {
+      // The server refused our offer: the publish() that caused it fails.
+      this._enqueue(async () => {
+        if (this.pc.signalingState === 'have-local-offer') await this.pc.setLocalDescription({ type: 'rollback' });
+        this._rejectAnswerWaiters(error);
+      });
+    }
+    this._emit('error', { error });
+  }
+
+  _createPeerConnection() {
+    const pc = new RTCPeerConnection(this._rtcConfig);
+    this.pc = pc;
+    pc.addEventListener('icecandidate', (e) => {
+      const candidate = e.candidate && e.candidate.candidate ? e.candidate.candidate : null;
+      const message = { type: 'candidate', candidate, sdpMid: candidate ? e.candidate.sdpMid : null };
+      if (this._descriptionSent) this._send(message);
+      else this._candidatesHeld.push(message);
+    });
+    pc.addEventListener('connectionstatechange', () => {
+      this._emit('connectionstatechange', { state: pc.connectionState });
+    });
+  }
+
+  // Send our own offer if one is wanted and no negotiation is under way. Runs on the queue.
+  async _maybeOffer() {
+    const pc = this.pc;
+    if (!this._wantOffer || this._closed || pc.signalingState !== 'stable') return;
+    this._wantOffer = false;
+    this._descriptionSent = false;
+    await pc.setLocalDescription(await pc.createOffer());
+    this._send({ type: 'offer', sdp: pc.localDescription.sdp });
+    this._flushCandidates();
+  }
+
+  async _handleServerOffer(sdp) {
+    const pc = this.pc;
+    if (!pc) return;
+    if (pc.signalingState === 'have-local-offer') {
+      // Glare. We are the polite peer: drop our offer, answer theirs, then offer again.
+      await pc.setLocalDescription({ type: 'rollback' });
+      this._expectedCollisions += 1;
+      this._wantOffer = true;
+    }
+    await pc.setRemoteDescription({ type: 'offer', sdp });
+    this._bindRemoteMedia();
+    this._descriptionSent = false;
+    await pc.setLocalDescription(await pc.createAnswer());
+    this._send({ type: 'answer', sdp: pc.localDescription.sdp });
+    this._flushCandidates();
+    await this._maybeOffer();
+  }
+
+  async _handleServerAnswer(sdp) {
+    const pc = this.pc;
+    if (!pc || pc.signalingState !== 'have-local-offer') return; // stale: that offer was rolled back
+    await pc.setRemoteDescription({ type: 'answer', sdp });
+    this._bindRemoteMedia();
+    const waiters = this._answerWaiters;
+    this._answerWaiters = [];
+    for (const w of waiters) w.resolve();
+    await this._maybeOffer();
+  }
+
+  _flushCandidates() {
+    this._descriptionSent = true;
+    for (const m of this._candidatesHeld.splice(0)) this._send(m);
+  }
+
+  _rejectAnswerWaiters(error) {
+    const waiters = this._answerWaiters;
+    this._answerWaiters = [];
+    for (const w of waiters) w.reject(error);
+  }
+
+  // Reconcile remoteMedia with the remote description just applied: every m-section the server
+  // sends on carries "a=msid:<participant> <media>".
+  _bindRemoteMedia() {
+    const sections = parseRemoteSections(this.pc.remoteDescription?.sdp ?? '');
+    const now = new Map();
+    for (const t of this.pc.getTransceivers()) {
+      if (!t.mid || t.stopped) continue;
+      const s = sections.get(t.mid);
+      if (!s || s.port === 0 || !(s.direction === 'sendonly' || s.direction === 'sendrecv')) continue;
+      const track = t.receiver.track;
+      const participantId = s.streamId ?? null;
+      const mediaId = s.trackId ?? this._guessMediaId(participantId, track);
+      if (!participantId || !mediaId) continue;
+      now.set(t.mid, { participantId, mediaId, kind: track.kind, mid: t.mid, track, transceiver: t });
+    }
+    for (const [mid, mediaId] of [...this._midBindings]) {
+      if (now.get(mid)?.mediaId === mediaId) continue;
+      this._midBindings.delete(mid);
+      const gone = this.remoteMedia.get(mediaId);
+      if (gone?.mid === mid) {
+        this.remoteMedia.delete(mediaId);
+        this._emit('trackremoved', gone);
+      }
+    }
+    for (const [mid, media] of now) {
+      if (this._midBindings.get(mid) === media.mediaId) continue;
+      this._midBindings.set(mid, media.mediaId);
+      this.remoteMedia.set(media.mediaId, media);
+      this._emit('track', media);
+    }
+  }
+
+  // Without an msid track id: the receiver's track id if the roster knows it, else the
+  // participant's only media of that kind.
+  _guessMediaId(participantId, track) {
+    const media = this.participants.get(participantId)?.media ?? [];
+    return (media.find((m) => m.id === track.id) ?? media.find((m) => m.kind === track.kind))?.id ?? null;
+  }
+
+  _ping() {
+    const id = ++this._pingSeq;
+    this._pingsSent.set(id, performance.now());
+    if (this._pingsSent.size > 10) this._pingsSent.delete(this._pingsSent.keys().next().value);
+    this._send({ type: 'ping', id });
+  }
+
+  _finish(code, reason) {
+    if (this._closed) return;
+    this._closed = true;
+    clearInterval(this._pingTimer);
+    this._rejectAnswerWaiters(new DaisError('socket_closed', 'the socket closed'));
+    this.pc?.close();
+    this._emit('close', { code, reason });
+  }
+}
+
+function defaultUrl() {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  return `${scheme}://${location.host}/ws`;
+}
+
+function normalizeParticipant(p) {
+  return { id: p.id, name: p.name, role: p.role, media: (p.media ?? []).map((m) => ({ ...m })) };
+}
+
+function toDaisError(err) {
+  if (err instanceof DaisError) return err;
+  return new DaisError('negotiation_failed', err?.message ?? String(err));
+}
+
+/**
+ * Split an SDP into its m-sections, keyed by mid.
+ * @param {string} sdp
+ * @returns {Map<string, {port: number, direction: string, streamId?: string, trackId?: string}>}
+ */
+export function parseRemoteSections(sdp) {
+  const sections = [];
+  let cur = null;
+  for (const raw of sdp.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (line.startsWith('m=')) {
+      cur = { mid: null, port: Number(line.split(' ')[1]), direction: 'sendrecv' };
+      sections.push(cur);
+    } else if (!cur) {
+      continue;
+    } else if (line.startsWith('a=mid:')) {
+      cur.mid = line.slice(6);
+    } else if (/^a=(sendonly|recvonly|sendrecv|inactive)$/.test(line)) {
+      cur.direction = line.slice(2);
+    } else if (line.startsWith('a=msid:') || (!cur.streamId && /^a=ssrc:\d+ msid:/.test(line))) {
+      const [streamId, trackId] = line.slice(line.indexOf('msid:') + 5).split(/\s+/);
+      if (streamId && streamId !== '-') cur.streamId = streamId;
+      if (trackId) cur.trackId = trackId;
+    }
+  }
+  return new Map(sections.filter((s) => s.mid !== null).map((s) => [s.mid, s]));
+}

@@ -1,0 +1,251 @@
+// ui.js: page helpers shared by /speak and /watch: the tile grid, the status line, the
+// "click to unmute" affordance, and the wiring from DaisClient events to tiles.
+//
+// A tile is one speaker: <article class="tile" data-participant-id="p1"> holding a muted <video>
+// and a separate <audio> (so video can autoplay while sound waits for a click if the browser
+// insists), each with data-media-id of the media it plays.
+
+import { DaisClient } from './dais.js';
+
+/** Create an element: `el('div', {class: 'x', dataset: {a: '1'}}, child, 'text')`. */
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'dataset') Object.assign(node.dataset, v);
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else if (v === true) node.setAttribute(k, '');
+    else if (v !== false && v != null) node.setAttribute(k, v);
+  }
+  node.append(...children.filter((c) => c != null));
+  return node;
+}
+
+/** Query parameters of this page. */
+export const params = new URLSearchParams(location.search);
+
+/** Show a one-line status; `tone` is 'info', 'ok' or 'error'. */
+export function setStatus(text, tone = 'info') {
+  const node = document.getElementById('status');
+  if (!node) return;
+  node.textContent = text;
+  node.dataset.tone = tone;
+}
+
+/**
+ * Plays <audio> elements, and when the browser refuses playback without a user gesture shows one
+ * "Click to unmute" button that starts all of them.
+ */
+export class AudioUnlock {
+  constructor(button) {
+    this.button = button;
+    this.blocked = new Set();
+    button.hidden = true;
+    button.addEventListener('click', () => {
+      const waiting = [...this.blocked];
+      this.blocked.clear();
+      button.hidden = true;
+      for (const audio of waiting) this.play(audio);
+    });
+  }
+
+  play(media) {
+    media.play().catch((err) => {
+      if (err.name !== 'NotAllowedError' || !media.isConnected) return;
+      this.blocked.add(media);
+      this.button.hidden = false;
+    });
+  }
+}
+
+/** The grid of speaker tiles. Tiles reflow as speakers come and go (see style.css). */
+export class TileGrid {
+  /**
+   * @param {HTMLElement} container
+   * @param {AudioUnlock} audio
+   */
+  constructor(container, audio) {
+    this.container = container;
+    this.audio = audio;
+    this.tiles = new Map();
+    this._sync();
+  }
+
+  /** The tile of a participant, created on first use. */
+  ensure({ id, name, local = false }) {
+    let tile = this.tiles.get(id);
+    if (tile) return tile;
+    const video = el('video', { autoplay: true, playsinline: true, muted: true });
+    video.muted = true; // the attribute alone does not set the property on a created element
+    tile = el('article', { class: 'tile', dataset: { participantId: id, audioMuted: 'false', videoMuted: 'false', hasVideo: 'false' } },
+      video,
+      el('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(name)),
+      el('footer', { class: 'label' },
+        el('span', { class: 'name' }, name),
+        el('span', { class: 'badge mic', title: 'microphone muted' }, 'mic off'),
+        el('span', { class: 'badge cam', title: 'camera off' }, 'cam off')));
+    if (local) tile.dataset.local = 'true';
+    else tile.append(el('audio', { autoplay: true }));
+    this.tiles.set(id, tile);
+    if (local) this.container.prepend(tile);
+    else this.container.append(tile);
+    this._sync();
+    return tile;
+  }
+
+  /** Remove a participant's tile and stop its playback. */
+  remove(id) {
+    const tile = this.tiles.get(id);
+    if (!tile) return;
+    for (const media of tile.querySelectorAll('video, audio')) media.srcObject = null;
+    tile.remove();
+    this.tiles.delete(id);
+    this._sync();
+  }
+
+  /** Remove every tile. */
+  clear() {
+    for (const id of [...this.tiles.keys()]) this.remove(id);
+  }
+
+  /** Play a track in a participant's tile. */
+  attach(participant, { mediaId, kind, track }) {
+    const tile = this.ensure(participant);
+    const media = tile.querySelector(kind === 'video' ? 'video' : 'audio');
+    if (!media) return;
+    media.dataset.mediaId = mediaId;
+    media.srcObject = new MediaStream([track]);
+    if (kind === 'video') {
+      tile.dataset.hasVideo = 'true';
+      media.play().catch(() => {});
+    } else {
+      this.audio.play(media);
+    }
+  }
+
+  /** Stop playing a media in whichever tile plays it. */
+  detach(mediaId) {
+    for (const tile of this.tiles.values()) {
+      for (const media of tile.querySelectorAll(`[data-media-id="${CSS.escape(mediaId)}"]`)) {
+        media.srcObject = null;
+        delete media.dataset.mediaId;
+        if (media.localName === 'video') tile.dataset.hasVideo = 'false';
+      }
+    }
+  }
+
+  /** Show or hide a tile's mute badge. */
+  setMuted(id, kind, muted) {
+    const tile = this.tiles.get(id);
+    if (tile) tile.dataset[kind === 'audio' ? 'audioMuted' : 'videoMuted'] = String(muted);
+  }
+
+  _sync() {
+    const n = this.tiles.size;
+    this.container.dataset.count = String(n);
+    this.container.style.setProperty('--cols', String(Math.max(1, Math.ceil(Math.sqrt(n)))));
+  }
+}
+
+/**
+ * Keep a grid in step with a client: one tile per speaker other than the client itself, tracks
+ * attached as they arrive, mute badges from the roster. `onAudience` hears the number of viewers.
+ * @param {import('./dais.js').DaisClient} client
+ * @param {TileGrid} grid
+ * @param {(viewers: number) => void} [onAudience]
+ */
+export function bindRoom(client, grid, onAudience = () => {}) {
+  const showSpeaker = (p) => {
+    if (p.role !== 'speaker' || p.id === client.participantId) return;
+    grid.ensure(p);
+    for (const m of p.media) grid.setMuted(p.id, m.kind, m.muted);
+    // Tracks can be bound before the roster names their owner; play them now.
+    for (const m of client.remoteMedia.values()) if (m.participantId === p.id) grid.attach(p, m);
+  };
+  const audience = () => onAudience([...client.participants.values()].filter((p) => p.role === 'viewer').length
+    + (client.role === 'viewer' ? 1 : 0));
+  client.on('joined', ({ participants }) => {
+    participants.forEach(showSpeaker);
+    audience();
+  });
+  client.on('participantjoined', ({ participant }) => {
+    showSpeaker(participant);
+    audience();
+  });
+  client.on('participantleft', ({ participantId }) => {
+    grid.remove(participantId);
+    audience();
+  });
+  client.on('mediapublished', ({ participantId, media }) => grid.setMuted(participantId, media.kind, media.muted));
+  client.on('mediaunpublished', ({ mediaId }) => grid.detach(mediaId));
+  client.on('mutechanged', ({ participantId, kind, muted }) => grid.setMuted(participantId, kind, muted));
+  const attachKnown = (m) => {
+    const p = client.participants.get(m.participantId);
+    if (!p || p.role !== 'speaker') return;
+    grid.attach(p, m);
+  };
+  client.on('track', attachKnown);
+  client.on('trackremoved', ({ mediaId }) => grid.detach(mediaId));
+}
+
+function initials(name) {
+  const words = String(name).trim().split(/\s+/).filter(Boolean);
+  return words.slice(0, 2).map((w) => [...w][0].toUpperCase()).join('') || '?';
+}
+
+/**
+ * Join a room for a page: creates the client (also `window.dais`, for tests and the console),
+ * the grid, the header and the Leave button. Resolves once joined; shows and rethrows a failure.
+ * @param {{room: string, name: string, role: 'speaker'|'viewer', onLeave?: () => void}} options
+ */
+export async function openRoom({ room, name, role, onLeave = () => {} }) {
+  const client = new DaisClient({ room, name, role });
+  window.dais = client;
+  const grid = new TileGrid(document.getElementById('grid'), new AudioUnlock(document.getElementById('unmute')));
+  const audience = document.getElementById('audience');
+  bindRoom(client, grid, (n) => { audience.textContent = `${n} watching`; });
+  document.getElementById('room-name').textContent = room;
+  document.title = `${room} · Dais`;
+
+  let leaving = false;
+  client.on('connectionstatechange', ({ state }) => {
+    if (state === 'connected') setStatus('Live', 'ok');
+    else if (state === 'failed') setStatus('Media connection failed', 'error');
+    else if (state === 'disconnected') setStatus('Media connection interrupted…', 'error');
+  });
+  client.on('error', ({ error }) => setStatus(`Error: ${error.message}`, 'error'));
+  client.on('close', () => {
+    if (!leaving) setStatus('Disconnected from the server', 'error');
+  });
+  window.addEventListener('pagehide', () => client.close());
+
+  const controls = document.getElementById('controls');
+  document.getElementById('leave').addEventListener('click', async () => {
+    leaving = true;
+    await client.leave();
+    grid.clear();
+    audience.textContent = '';
+    onLeave();
+    controls.replaceChildren(el('a', { class: 'button', href: location.href }, 'Rejoin'));
+    setStatus('You left the room.');
+  });
+
+  setStatus('Joining…');
+  try {
+    await client.join();
+  } catch (err) {
+    setStatus(`Could not join: ${err.message}`, 'error');
+    throw err;
+  }
+  controls.hidden = false;
+  setStatus('Connecting media…');
+  return { client, grid };
+}
+
+/** Show the page's join form, prefilled from the query; submitting reloads with the fields as query. */
+export function showJoinForm() {
+  const form = document.getElementById('join-form');
+  for (const input of form.querySelectorAll('input[name]')) input.value = params.get(input.name) ?? '';
+  form.hidden = false;
+  document.getElementById('grid').hidden = true;
+  [...form.querySelectorAll('input')].find((i) => !i.value)?.focus();
+}

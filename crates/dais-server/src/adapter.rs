@@ -1,0 +1,82 @@
+//! Adapts the media plane ([`dais_media::MediaHandle`]) to signaling's [`MediaPlane`] trait.
+//!
+//! This is the only place where the two meet; ids and events are translated one to one.
+
+use dais_media::{AnswerError, Kind, MediaHandle, OfferError, ProducerKey, SessionEvent, SessionId};
+use dais_proto::MediaKind;
+use dais_signaling::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+
+/// [`MediaPlane`] over a [`MediaHandle`].
+#[derive(Debug, Clone)]
+pub struct MediaAdapter {
+    handle: MediaHandle,
+}
+
+impl MediaAdapter {
+    /// Wrap a handle.
+    pub fn new(handle: MediaHandle) -> Self {
+        MediaAdapter { handle }
+    }
+}
+
+impl MediaPlane for MediaAdapter {
+    fn open_session(&self, session: u64, publisher: bool, events: mpsc::UnboundedSender<MediaEvent>) {
+        let sink = Box::new(move |ev: SessionEvent| {
+            let ev = match ev {
+                SessionEvent::Offer { sdp } => MediaEvent::Offer { sdp },
+                SessionEvent::ProducerAdded { producer, kind, codec } => MediaEvent::Published {
+                    producer: producer.0,
+                    kind: match kind {
+                        Kind::Audio => MediaKind::Audio,
+                        Kind::Video => MediaKind::Video,
+                    },
+                    codec,
+                },
+                SessionEvent::Connected { .. } => MediaEvent::Connected,
+                SessionEvent::Disconnected => MediaEvent::Disconnected,
+            };
+            let _ = events.send(ev);
+        });
+        self.handle.open_session(SessionId(session), publisher, sink);
+    }
+
+    fn client_offer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<String, OfferRejection>> {
+        let handle = self.handle.clone();
+        async move {
+            handle.client_offer(SessionId(session), sdp).await.map_err(|e| match e {
+                OfferError::BadSdp(d) => OfferRejection::BadSdp(d),
+                OfferError::NotAPublisher => OfferRejection::NotAPublisher,
+                OfferError::Collision => OfferRejection::Collision,
+                _ => OfferRejection::Gone,
+            })
+        }
+        .boxed()
+    }
+
+    fn client_answer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<(), AnswerRejection>> {
+        let handle = self.handle.clone();
+        async move {
+            handle.client_answer(SessionId(session), sdp).await.map_err(|e| match e {
+                AnswerError::BadSdp(d) => AnswerRejection::BadSdp(d),
+                AnswerError::Unexpected => AnswerRejection::Unexpected,
+                _ => AnswerRejection::Gone,
+            })
+        }
+        .boxed()
+    }
+
+    fn add_candidate(&self, session: u64, candidate: String) {
+        self.handle.add_candidate(SessionId(session), candidate);
+    }
+
+    fn subscribe(&self, session: u64, producer: u64, stream_id: String, track_id: String) {
+        self.handle.subscribe(SessionId(session), ProducerKey(producer), stream_id, track_id);
+    }
+
+    fn close_session(&self, session: u64) {
+        self.handle.close_session(SessionId(session));
+    }
+}

@@ -1,0 +1,352 @@
+//! Loopback integration: the real `dais` binary on 127.0.0.1 with ephemeral ports, driven by
+//! `dais-client` participants over real WebSockets and real WebRTC.
+//!
+//! Every test starts its own server (killed on drop, pass or fail) and its own room. Timeouts are
+//! generous because two cores are shared by the server, up to six clients and other tests; the
+//! tests assert behaviour (byte-identical payloads, contiguous sequence numbers, error codes,
+//! renegotiation), never speed.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use dais_client::{Client, ClientMessage, ErrorCode, MediaConfig, MediaKind, Role, ServerMessage, Snapshot};
+
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(40);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `dais`, killed when dropped.
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    media: SocketAddr,
+}
+
+impl Server {
+    fn start() -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dais"))
+            .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the dais binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        // Keep draining stdout for the server's whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addrs) = parse_ready(&line) {
+                    let _ = tx.send(addrs);
+                } else {
+                    println!("dais: {line}");
+                }
+            }
+        });
+        let mut server = Server { child, http: SocketAddr::from(([0, 0, 0, 0], 0)), media: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((http, media)) => {
+                server.http = http;
+                server.media = media;
+                server
+            }
+            Err(_) => panic!("dais did not print `dais ready http=... media=...` within 60 s"),
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parse `dais ready http=127.0.0.1:PORT media=127.0.0.1:PORT`.
+fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.trim().strip_prefix("dais ready http=")?;
+    let (http, media) = rest.split_once(" media=")?;
+    Some((http.parse().ok()?, media.parse().ok()?))
+}
+
+#[test]
+fn ready_line_parses() {
+    let (h, m) = parse_ready("dais ready http=127.0.0.1:40001 media=127.0.0.1:40002").expect("parses");
+    assert_eq!((h.port(), m.port()), (40001, 40002));
+    assert!(parse_ready("dais ready http=127.0.0.1:1").is_none());
+}
+
+/// A joined speaker that publishes synthetic audio and video; returns the client, its participant
+/// id and its payload tag.
+async fn speaker(server: &Server, room: &str, name: &str) -> (Client, String, u32) {
+    let c = Client::connect(&server.ws_url()).await.expect("speaker connects");
+    let joined = c.join(room, name, Role::Speaker).await.expect("speaker joins");
+    let handle = c.publish(MediaConfig::default()).await.expect("speaker publishes");
+    (c, joined.participant_id, handle.tag())
+}
+
+async fn viewer(server: &Server, room: &str, name: &str) -> (Client, String) {
+    let c = Client::connect(&server.ws_url()).await.expect("viewer connects");
+    let joined = c.join(room, name, Role::Viewer).await.expect("viewer joins");
+    (c, joined.participant_id)
+}
+
+/// Whether `s` holds an audio stream with at least `audio` packets and a video stream with at
+/// least `video` packets from `publisher`.
+fn has_media_from(s: &Snapshot, publisher: &str, audio: u64, video: u64) -> bool {
+    let enough = |kind, n| s.streams_of(publisher).any(|st| st.kind == kind && st.packets >= n);
+    enough(MediaKind::Audio, audio) && enough(MediaKind::Video, video)
+}
+
+/// Media ids `publisher` announced to this client (in `joined` or `media_published`).
+fn announced_media(s: &Snapshot, publisher: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for m in &s.messages {
+        match m {
+            ServerMessage::Joined { participants, .. } => {
+                for p in participants.iter().filter(|p| p.id == publisher) {
+                    ids.extend(p.media.iter().map(|m| m.id.clone()));
+                }
+            }
+            ServerMessage::MediaPublished { participant_id, media } if participant_id == publisher => {
+                ids.push(media.id.clone())
+            }
+            _ => {}
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Assert every stream from `publisher` arrived intact: byte-identical payloads, contiguous
+/// sequence numbers, the sender's tag, and video starting at a keyframe.
+fn assert_intact(who: &str, s: &Snapshot, publisher: &str, tag: u32) {
+    let streams: Vec<_> = s.streams_of(publisher).collect();
+    assert_eq!(streams.len(), 2, "{who}: expected audio+video from {publisher}, got {streams:#?}");
+    let announced = announced_media(s, publisher);
+    for st in streams {
+        assert!(announced.contains(&st.media_id), "{who}: track {} not announced ({announced:?})", st.media_id);
+        assert_eq!(st.payload_mismatches, 0, "{who}: payload mismatches in {st:#?}");
+        assert_eq!(st.seq_gaps, 0, "{who}: sequence gaps in {st:#?}");
+        assert_eq!(st.out_of_order, 0, "{who}: reordered or duplicated packets in {st:#?}");
+        assert_eq!(st.sender_tag, Some(tag), "{who}: wrong sender tag in {st:#?}");
+        if st.kind == MediaKind::Video {
+            assert!(st.first_is_keyframe, "{who}: video did not start at a keyframe: {st:#?}");
+        }
+    }
+}
+
+async fn assert_pair_uses_media_port(who: &str, c: &Client, server: &Server) {
+    let pair = c.selected_pair().await;
+    let Some((_, remote)) = pair else { panic!("{who}: no selected candidate pair") };
+    assert_eq!(remote.port(), server.media.port(), "{who}: selected pair {pair:?} is not on the media port {}", server.media);
+}
+
+/// Wait until every client in `observers` has received at least `n` more packets from `publisher`.
+async fn assert_flowing(observers: &[(&str, &Client)], publisher: &str, n: u64, after: &str) {
+    let before: Vec<u64> = observers.iter().map(|(_, c)| c.snapshot().packets_from(publisher)).collect();
+    for ((who, c), b) in observers.iter().zip(before) {
+        c.wait_until(MEDIA_TIMEOUT, &format!("{who}: media from {publisher} keeps flowing after {after}"), |s| {
+            s.packets_from(publisher) >= b + n
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_speakers_three_viewers_receive_everything_intact() {
+    let server = Server::start();
+    let room = "loop-fanout";
+    let (s1, p1, t1) = speaker(&server, room, "s1").await;
+    let (s2, p2, t2) = speaker(&server, room, "s2").await;
+    let mut viewers = Vec::new();
+    for i in 0..3 {
+        viewers.push(viewer(&server, room, &format!("v{i}")).await.0);
+    }
+
+    for (i, v) in viewers.iter().enumerate() {
+        let s = v
+            .wait_until(MEDIA_TIMEOUT, &format!("viewer {i} receives both speakers"), |s| {
+                has_media_from(s, &p1, 50, 30) && has_media_from(s, &p2, 50, 30)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}; snapshot: {:#?}", v.snapshot().streams));
+        assert_intact(&format!("viewer {i}"), &s, &p1, t1);
+        assert_intact(&format!("viewer {i}"), &s, &p2, t2);
+        assert!(s.offers_received >= 1 && s.answers_sent == s.offers_received, "viewer {i}: {s:#?}");
+    }
+    for (who, me, other, tag) in [("s1", &s1, &p2, t2), ("s2", &s2, &p1, t1)] {
+        let s = me
+            .wait_until(MEDIA_TIMEOUT, &format!("{who} receives the other speaker"), |s| has_media_from(s, other, 50, 30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}; snapshot: {:#?}", me.snapshot().streams));
+        assert_intact(who, &s, other, tag);
+        assert!(s.streams_of(&me.participant_id().unwrap_or_default()).next().is_none(), "{who} got its own media back");
+        assert!(s.sent.audio_packets >= 50 && s.sent.video_packets >= 30, "{who} sent too little: {:?}", s.sent);
+    }
+
+    assert_pair_uses_media_port("s1", &s1, &server).await;
+    assert_pair_uses_media_port("s2", &s2, &server).await;
+    for (i, v) in viewers.iter().enumerate() {
+        assert_pair_uses_media_port(&format!("viewer {i}"), v, &server).await;
+    }
+    for c in [&s1, &s2].into_iter().chain(viewers.iter()) {
+        assert!(c.snapshot().failures.is_empty(), "client failures: {:?}", c.snapshot().failures);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn speaker_leaving_unpublishes_and_renegotiates() {
+    let server = Server::start();
+    let room = "loop-leave";
+    let (leaver, gone, _) = speaker(&server, room, "leaver").await;
+    let (_stayer, stays, _) = speaker(&server, room, "stayer").await;
+    let (v1, _) = viewer(&server, room, "v1").await;
+    let (v2, _) = viewer(&server, room, "v2").await;
+    let viewers = [("v1", &v1), ("v2", &v2)];
+    for (who, v) in viewers {
+        v.wait_until(MEDIA_TIMEOUT, &format!("{who} receives both speakers"), |s| {
+            has_media_from(s, &gone, 10, 10) && has_media_from(s, &stays, 10, 10)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let gone_media: Vec<String> = {
+        let s = v1.snapshot();
+        s.streams_of(&gone).map(|st| st.media_id.clone()).collect()
+    };
+    assert_eq!(gone_media.len(), 2);
+
+    leaver.leave().await.expect("leave");
+
+    for (who, v) in viewers {
+        let s = v
+            .wait_until(MEDIA_TIMEOUT, &format!("{who}: media_unpublished for both media, then a server offer"), |s| {
+                let unpublished: Vec<usize> = gone_media
+                    .iter()
+                    .filter_map(|mid| {
+                        s.messages.iter().position(|m| {
+                            matches!(m, ServerMessage::MediaUnpublished { participant_id, media_id }
+                                if *participant_id == gone && media_id == mid)
+                        })
+                    })
+                    .collect();
+                let Some(first) = unpublished.iter().min() else { return false };
+                unpublished.len() == gone_media.len()
+                    && s.messages.iter().skip(first + 1).any(|m| matches!(m, ServerMessage::Offer { .. }))
+                    && s.answers_sent == s.offers_received
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}; messages: {:#?}", v.snapshot().messages));
+        assert!(s.failures.is_empty(), "{who}: {:?}", s.failures);
+    }
+    // The renegotiation must not disturb the remaining speaker's streams.
+    assert_flowing(&viewers, &stays, 50, "the renegotiation").await;
+    for (who, v) in viewers {
+        let s = v.snapshot();
+        for st in s.streams_of(&stays) {
+            assert_eq!((st.payload_mismatches, st.seq_gaps), (0, 0), "{who}: {st:#?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn viewer_cannot_publish_and_stays_connected() {
+    let server = Server::start();
+    let room = "loop-viewer-publish";
+    let (_s, sp, _) = speaker(&server, room, "s").await;
+    let (v, _) = viewer(&server, room, "v").await;
+    v.wait_until(MEDIA_TIMEOUT, "viewer receives the speaker", |s| has_media_from(s, &sp, 10, 10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let mark = v.message_count();
+    v.send_unsolicited_offer().await.expect("send the offer");
+    v.wait_for_error(mark, ErrorCode::ViewerCannotPublish, REPLY_TIMEOUT).await.unwrap_or_else(|e| {
+        panic!("{e}; messages since: {:#?}", &v.snapshot().messages[mark..])
+    });
+    v.ping(7, REPLY_TIMEOUT).await.expect("ping still answered");
+    assert!(v.snapshot().closed.is_none(), "socket closed after the refusal");
+    assert_flowing(&[("viewer", &v)], &sp, 50, "the refused offer").await;
+    let s = v.snapshot();
+    for st in s.streams_of(&sp) {
+        assert_eq!((st.payload_mismatches, st.seq_gaps), (0, 0), "{st:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_without_disturbing_others() {
+    let server = Server::start();
+    let room = "loop-bad-input";
+    let (_s, sp, _) = speaker(&server, room, "s").await;
+    let (o1, _) = viewer(&server, room, "o1").await;
+    let (o2, _) = viewer(&server, room, "o2").await;
+    let (bad, _) = viewer(&server, room, "bad").await;
+    let observers = [("o1", &o1), ("o2", &o2)];
+    for (who, o) in observers {
+        o.wait_until(MEDIA_TIMEOUT, &format!("{who} receives the speaker"), |s| has_media_from(s, &sp, 10, 10))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    let expect = async |c: &Client, text: &str, code: ErrorCode| {
+        let mark = c.message_count();
+        c.send_raw_text(text).expect("send");
+        c.wait_for_error(mark, code, REPLY_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: expected {code} for {:.80}; got {:#?}", text, &c.snapshot().messages[mark..]));
+    };
+
+    expect(&bad, "{not json", ErrorCode::BadJson).await;
+    assert_flowing(&observers, &sp, 25, "bad_json").await;
+
+    expect(&bad, r#"{"type":"fly"}"#, ErrorCode::UnknownType).await;
+    assert_flowing(&observers, &sp, 25, "unknown_type").await;
+
+    let sdp_speaker = Client::connect(&server.ws_url()).await.expect("connect");
+    sdp_speaker.join(room, "garbage-sdp", Role::Speaker).await.expect("join as speaker");
+    // Let any server offer to this socket be answered first, so the refusal is about the SDP alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sdp_speaker
+        .wait_until(REPLY_TIMEOUT, "quiet negotiation", |s| s.answers_sent == s.offers_received)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let garbage = ClientMessage::Offer { sdp: "v=0\r\nthis is not an SDP\r\n".into() }.to_json();
+    expect(&sdp_speaker, &garbage, ErrorCode::BadSdp).await;
+    assert_flowing(&observers, &sp, 25, "bad_sdp").await;
+
+    let join_again =
+        ClientMessage::Join { room: room.into(), name: "again".into(), role: Role::Viewer, version: 1 }.to_json();
+    expect(&bad, &join_again, ErrorCode::AlreadyJoined).await;
+    assert_flowing(&observers, &sp, 25, "already_joined").await;
+
+    for (label, bad_room) in [("empty", String::new()), ("10 KB", "r".repeat(10 * 1024))] {
+        let fresh = Client::connect(&server.ws_url()).await.expect("connect");
+        match fresh.join(&bad_room, "x", Role::Viewer).await {
+            Err(dais_client::ClientError::Server { code: ErrorCode::InvalidRoom, .. }) => {}
+            other => panic!("{label} room name: expected invalid_room, got {other:?}"),
+        }
+        assert_flowing(&observers, &sp, 25, &format!("the {label} room name")).await;
+    }
+
+    bad.send_raw_text(&"x".repeat(1024 * 1024)).expect("send 1 MiB");
+    let close = bad.wait_closed(REPLY_TIMEOUT).await.expect("socket closed");
+    assert_eq!(close.code, Some(1009), "close after an oversized frame: {close:?}");
+    assert_flowing(&observers, &sp, 25, "the oversized frame").await;
+
+    for (who, o) in observers {
+        let s = o.snapshot();
+        for st in s.streams_of(&sp) {
+            assert_eq!((st.payload_mismatches, st.seq_gaps), (0, 0), "{who}: {st:#?}");
+        }
+        assert!(s.closed.is_none(), "{who}'s socket closed");
+    }
+}

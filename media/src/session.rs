@@ -1,0 +1,75 @@
+//! State the worker keeps for one participant's WebRTC session.
+//!
+//! A session owns its str0m [`Rtc`], the one server offer that may be outstanding ([`Negotiation`]),
+//! the consumer m-lines waiting for the next offer, and the lookup tables from mid/SSRC to the
+//! router's producers and consumers. Invariant: a mid is in `consumers_by_mid` only once its m-line was
+//! accepted by the client and the router holds the consumer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use dais_forward::{ConsumerId, ProducerId};
+use str0m::change::SdpPendingOffer;
+use str0m::media::Mid;
+use str0m::rtp::Ssrc;
+use str0m::Rtc;
+
+use crate::{EventSink, Kind, ProducerKey};
+
+/// A consumer m-line to put in the next server offer.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingConsumer {
+    pub producer: ProducerKey,
+    pub kind: Kind,
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+/// The server offer that awaits the client's answer.
+pub(crate) struct Negotiation {
+    pub offer: SdpPendingOffer,
+    pub adds: Vec<(Mid, PendingConsumer)>,
+}
+
+pub(crate) struct Session {
+    pub rtc: Rtc,
+    pub publisher: bool,
+    pub events: EventSink,
+    /// A client offer was accepted at least once. Publishers get no server offer before that, so the
+    /// browser's first offer never collides with ours.
+    pub client_offered: bool,
+    pub negotiation: Option<Negotiation>,
+    pub queued_adds: Vec<PendingConsumer>,
+    pub queued_stops: Vec<Mid>,
+    pub producers_by_mid: HashMap<Mid, ProducerId>,
+    pub producers_by_ssrc: HashMap<Ssrc, ProducerId>,
+    pub consumers_by_mid: HashMap<Mid, ConsumerId>,
+    pub next_timeout: Option<Instant>,
+    pub addrs: Vec<SocketAddr>,
+    pub last_source: Option<SocketAddr>,
+    pub dirty: bool,
+    pub wants_negotiation: bool,
+}
+
+impl Session {
+    pub fn new(rtc: Rtc, publisher: bool, events: EventSink) -> Self {
+        Session {
+            rtc,
+            publisher,
+            events,
+            client_offered: false,
+            negotiation: None,
+            queued_adds: Vec::new(),
+            queued_stops: Vec::new(),
+            producers_by_mid: HashMap::new(),
+            producers_by_ssrc: HashMap::new(),
+            consumers_by_mid: HashMap::new(),
+            next_timeout: None,
+            addrs: Vec::new(),
+            last_source: None,
+            dirty: true,
+            wants_negotiation: false,
+        }
+    }
+}

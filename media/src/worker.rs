@@ -1,0 +1,772 @@
+//! The media worker: one thread that owns the UDP socket, every session and the router.
+//!
+//! The loop waits for the first of: a command, a datagram, or the earliest timeout of any session or
+//! of the router. Handlers only feed input and mark sessions dirty; `flush` then polls each dirty
+//! session until str0m reports its next timeout, sending what it transmits and acting on its events.
+//! Forwarding happens inside that polling: an incoming RTP packet goes through the router, and each
+//! output is written to the consumer's str0m send stream with the same shared payload (`Arc<[u8]>`),
+//! which marks the consumer's session dirty in turn. Network bytes never make this loop fail: they
+//! are dropped and counted.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use dais_forward::{
+    ConsumeError, ConsumerId, ConsumerSpec, KeyframeKind, Output as FwdOutput, ProducerId, ProducerSpec, Router,
+    RouterConfig, RtpIn,
+};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::CodecSpec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::codec;
+use crate::session::{Negotiation, PendingConsumer, Session};
+use crate::{AnswerError, Command, Kind, MediaStats, OfferError, ProducerKey, SessionEvent, SessionId};
+
+/// Host candidate addresses for a socket bound to `local`.
+pub(crate) fn candidate_addrs(local: SocketAddr, advertise: &[IpAddr]) -> Vec<SocketAddr> {
+    if !advertise.is_empty() {
+        return advertise.iter().map(|ip| SocketAddr::new(*ip, local.port())).collect();
+    }
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() == local.is_ipv4())
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+struct ProducerRec {
+    session: SessionId,
+    mid: Mid,
+    key: ProducerKey,
+    specs: Vec<CodecSpec>,
+    clock_rate: u32,
+}
+
+struct ConsumerRec {
+    session: SessionId,
+    mid: Mid,
+    ssrc: Ssrc,
+    kind: Kind,
+}
+
+/// What one ingress packet lends to every egress copy of it.
+struct Ingress {
+    payload: Arc<[u8]>,
+    ext: ExtensionValues,
+    wallclock: Instant,
+}
+
+struct Worker {
+    candidates: Vec<SocketAddr>,
+    sessions: HashMap<SessionId, Session>,
+    addr_map: HashMap<SocketAddr, SessionId>,
+    router: Router,
+    producers: HashMap<ProducerId, ProducerRec>,
+    keys: HashMap<ProducerKey, ProducerId>,
+    consumers: HashMap<ConsumerId, ConsumerRec>,
+    next_key: u64,
+    stats: Arc<MediaStats>,
+    dirty: Vec<SessionId>,
+    seq_seed: u64,
+    next_report: Instant,
+}
+
+pub(crate) fn run(
+    socket: std::net::UdpSocket,
+    local: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    stats: Arc<MediaStats>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!("media runtime failed to start: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let socket = match UdpSocket::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("media socket could not be registered: {e}");
+                return;
+            }
+        };
+        info!(%local, candidates = ?candidates, "media worker started");
+        let seq_seed =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let mut w = Worker {
+            candidates,
+            sessions: HashMap::new(),
+            addr_map: HashMap::new(),
+            router: Router::new(RouterConfig::default()),
+            producers: HashMap::new(),
+            keys: HashMap::new(),
+            consumers: HashMap::new(),
+            next_key: 1,
+            stats,
+            dirty: Vec::new(),
+            seq_seed,
+            next_report: Instant::now(),
+        };
+        w.run(&socket, rx).await;
+    });
+}
+
+impl Worker {
+    async fn run(&mut self, socket: &UdpSocket, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if !self.handle_command(cmd) { break; }
+                    // Batch whatever else is queued so one offer carries many subscriptions.
+                    let mut stop = false;
+                    while let Ok(cmd) = rx.try_recv() {
+                        if !self.handle_command(cmd) { stop = true; break; }
+                    }
+                    if stop { break; }
+                }
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok((n, src)) => {
+                        self.handle_datagram(Instant::now(), src, &buf[..n], socket);
+                        // Drain what else is readable without waiting.
+                        for _ in 0..64 {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, src)) => self.handle_datagram(Instant::now(), src, &buf[..n], socket),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    // ICMP errors (port unreachable) surface here on Linux; they concern one peer only.
+                    Err(e) => debug!("udp recv error: {e}"),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => self.handle_timeout(Instant::now()),
+            }
+            self.flush(socket);
+        }
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.rtc.disconnect();
+            }
+            self.poll_session(id, socket);
+        }
+        info!("media worker stopped");
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut t = Instant::now() + Duration::from_secs(1);
+        for s in self.sessions.values() {
+            if let Some(n) = s.next_timeout {
+                t = t.min(n);
+            }
+        }
+        if let Some(r) = self.router.poll_timeout() {
+            t = t.min(r);
+        }
+        t
+    }
+
+    fn mark(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Returns false on shutdown.
+    fn handle_command(&mut self, cmd: Command) -> bool {
+        let now = Instant::now();
+        match cmd {
+            Command::Shutdown => return false,
+            Command::Open { session, publisher, events } => self.open(now, session, publisher, events),
+            Command::ClientOffer { session, sdp, reply } => {
+                let r = self.client_offer(now, session, &sdp);
+                let _ = reply.send(r);
+            }
+            Command::ClientAnswer { session, sdp, reply } => {
+                let r = self.client_answer(now, session, &sdp);
+                let _ = reply.send(r);
+            }
+            Command::Candidate { session, candidate } => {
+                let text = candidate.trim();
+                let text = text.strip_prefix("a=").unwrap_or(text);
+                match Candidate::from_sdp_string(text) {
+                    Ok(c) => {
+                        if let Some(s) = self.sessions.get_mut(&session) {
+                            s.rtc.add_remote_candidate(c);
+                            self.mark(session);
+                        }
+                    }
+                    Err(e) => debug!(?session, "ignoring remote candidate: {e}"),
+                }
+            }
+            Command::Subscribe { session, producer, stream_id, track_id } => {
+                let Some(pid) = self.keys.get(&producer).copied() else {
+                    debug!(?session, ?producer, "subscribe to a producer that is gone");
+                    return true;
+                };
+                let kind = match self.producers.get(&pid) {
+                    Some(p) if p.specs.first().map(|s| s.codec.is_audio()).unwrap_or(false) => Kind::Audio,
+                    Some(_) => Kind::Video,
+                    None => return true,
+                };
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.queued_adds.push(PendingConsumer { producer, kind, stream_id, track_id });
+                    s.wants_negotiation = true;
+                    self.mark(session);
+                }
+            }
+            Command::Close { session } => self.close_session(session, false),
+        }
+        true
+    }
+
+    fn open(&mut self, now: Instant, id: SessionId, publisher: bool, events: crate::EventSink) {
+        let mut rtc = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .enable_av1(true)
+            .build(now);
+        for addr in &self.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!(%addr, "cannot use candidate: {e}"),
+            }
+        }
+        if self.sessions.contains_key(&id) {
+            self.close_session(id, false);
+        }
+        self.sessions.insert(id, Session::new(rtc, publisher, events));
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        self.dirty.push(id);
+    }
+
+    fn client_offer(&mut self, now: Instant, id: SessionId, sdp: &str) -> Result<String, OfferError> {
+        let s = self.sessions.get_mut(&id).ok_or(OfferError::NoSession)?;
+        if !s.publisher && crate::offers_to_send(sdp) {
+            return Err(OfferError::NotAPublisher);
+        }
+        if s.negotiation.is_some() {
+            return Err(OfferError::Collision);
+        }
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| OfferError::BadSdp(e.to_string()))?;
+        let answer = s.rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
+        s.client_offered = true;
+        s.wants_negotiation = true;
+        let _ = now;
+        self.mark(id);
+        Ok(answer.to_sdp_string())
+    }
+
+    fn client_answer(&mut self, now: Instant, id: SessionId, sdp: &str) -> Result<(), AnswerError> {
+        let s = self.sessions.get_mut(&id).ok_or(AnswerError::NoSession)?;
+        if s.negotiation.is_none() {
+            return Err(AnswerError::Unexpected);
+        }
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| AnswerError::BadSdp(e.to_string()))?;
+        let Some(neg) = s.negotiation.take() else {
+            return Err(AnswerError::Unexpected);
+        };
+        let Negotiation { offer, adds } = neg;
+        if let Err(e) = s.rtc.sdp_api().accept_answer(offer, answer) {
+            // The change set is gone; put its consumers back so the next offer retries them.
+            s.queued_adds.extend(adds.into_iter().map(|(_, a)| a));
+            s.wants_negotiation = true;
+            self.mark(id);
+            return Err(AnswerError::BadSdp(e.to_string()));
+        }
+        for (mid, add) in adds {
+            self.create_consumer(now, id, mid, add);
+        }
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.wants_negotiation = true;
+        }
+        self.mark(id);
+        self.drain_router(None);
+        Ok(())
+    }
+
+    fn create_consumer(&mut self, now: Instant, id: SessionId, mid: Mid, add: PendingConsumer) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Some(pid) = self.keys.get(&add.producer).copied() else {
+            // The producer ended while the offer was in flight.
+            s.queued_stops.push(mid);
+            return;
+        };
+        let Some(prec) = self.producers.get(&pid) else { return };
+        let Some(ssrc) = s.rtc.direct_api().stream_tx_by_mid(mid, None).map(|tx| tx.ssrc()) else {
+            warn!(?id, %mid, "no send stream for accepted consumer m-line");
+            return;
+        };
+        let remote_pts: Vec<Pt> = s.rtc.media(mid).map(|m| m.remote_pts().to_vec()).unwrap_or_default();
+        let cparams = codec::params_for(s.rtc.codec_config().params(), &remote_pts);
+        let mut payload_types = Vec::new();
+        for pspec in &prec.specs {
+            if let Some(p) = cparams.iter().find(|p| codec::compatible(pspec, &p.spec())) {
+                let c = codec::core_codec(pspec.codec);
+                if !payload_types.iter().any(|(pc, _)| *pc == c) {
+                    payload_types.push((c, *p.pt()));
+                }
+            }
+        }
+        self.seq_seed = self.seq_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let initial_seq = ((self.seq_seed >> 33) as u16) & 0x3fff;
+        let spec = ConsumerSpec { ssrc: *ssrc, payload_types, initial_seq };
+        match self.router.add_consumer(now, pid, spec) {
+            Ok(cid) => {
+                self.consumers.insert(cid, ConsumerRec { session: id, mid, ssrc, kind: add.kind });
+                s.consumers_by_mid.insert(mid, cid);
+                debug!(?id, %mid, producer = ?add.producer, "consumer added");
+            }
+            Err(ConsumeError::NoCommonCodec) => {
+                warn!(?id, %mid, producer = ?add.producer, "viewer accepted none of the producer's codecs");
+            }
+            Err(e) => warn!(?id, %mid, "consumer not added: {e}"),
+        }
+    }
+
+    fn negotiate(&mut self, id: SessionId) {
+        let keys = &self.keys;
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        s.wants_negotiation = false;
+        if s.negotiation.is_some() || (s.publisher && !s.client_offered) {
+            return;
+        }
+        s.queued_adds.retain(|a| keys.contains_key(&a.producer));
+        if s.queued_adds.is_empty() && s.queued_stops.is_empty() {
+            return;
+        }
+        let adds = std::mem::take(&mut s.queued_adds);
+        let stops = std::mem::take(&mut s.queued_stops);
+        let mut api = s.rtc.sdp_api();
+        let mut planned = Vec::with_capacity(adds.len());
+        for a in adds {
+            let kind = match a.kind {
+                Kind::Audio => MediaKind::Audio,
+                Kind::Video => MediaKind::Video,
+            };
+            let mid =
+                api.add_media(kind, Direction::SendOnly, Some(a.stream_id.clone()), Some(a.track_id.clone()), None);
+            planned.push((mid, a));
+        }
+        for mid in stops {
+            api.stop_media(mid);
+        }
+        if let Some((offer, pending)) = api.apply() {
+            s.negotiation = Some(Negotiation { offer: pending, adds: planned });
+            (s.events)(SessionEvent::Offer { sdp: offer.to_sdp_string() });
+        }
+    }
+
+    /// Feed one datagram to its session and poll that session at once: in RTP mode str0m holds only
+    /// one received packet until the next poll, so two inputs without a poll in between lose one.
+    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &[u8], socket: &UdpSocket) {
+        self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        let Ok(contents) = DatagramRecv::try_from(data) else {
+            self.stats.dropped_unparseable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let destination = self.destination_for(src);
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source: src, destination, contents });
+        let known = self
+            .addr_map
+            .get(&src)
+            .copied()
+            .filter(|id| self.sessions.get(id).map(|s| s.rtc.accepts(&input)).unwrap_or(false));
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let Some(id) = self.sessions.iter().find(|(_, s)| s.rtc.accepts(&input)).map(|(k, _)| *k) else {
+                    self.stats.dropped_unknown_source.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                self.addr_map.insert(src, id);
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.addrs.push(src);
+                }
+                id
+            }
+        };
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        s.last_source = Some(src);
+        if let Err(e) = s.rtc.handle_input(input) {
+            debug!(?id, "session input error: {e}");
+        }
+        self.poll_session(id, socket);
+    }
+
+    /// The local address a datagram from `src` was sent to. The socket does not report it, so it is
+    /// chosen among the advertised candidates: loopback for loopback peers, else the first of the
+    /// same family.
+    fn destination_for(&self, src: SocketAddr) -> SocketAddr {
+        if self.candidates.len() == 1 {
+            return self.candidates[0];
+        }
+        let same_family = |c: &&SocketAddr| c.is_ipv4() == src.is_ipv4();
+        if src.ip().is_loopback() {
+            if let Some(c) = self.candidates.iter().filter(same_family).find(|c| c.ip().is_loopback()) {
+                return *c;
+            }
+        }
+        self.candidates
+            .iter()
+            .filter(same_family)
+            .find(|c| !c.ip().is_loopback())
+            .or_else(|| self.candidates.first())
+            .copied()
+            .unwrap_or(src)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.next_timeout.is_none_or(|t| t <= now)).map(|(k, _)| *k).collect();
+        for id in due {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                    debug!(?id, "session timeout error: {e}");
+                }
+            }
+            self.mark(id);
+        }
+        if now >= self.next_report {
+            self.next_report = now + Duration::from_secs(10);
+            let drops: Vec<String> = self
+                .router
+                .drops()
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| format!("{}={n}", r.as_str()))
+                .collect();
+            let st = self.router.stats();
+            debug!(
+                sessions = self.sessions.len(),
+                packets_in = st.packets_in,
+                packets_out = st.packets_out,
+                keyframe_requests = st.keyframe_requests_sent,
+                drops = %drops.join(","),
+                "router stats"
+            );
+        }
+        if self.router.poll_timeout().is_some_and(|t| t <= now) {
+            self.router.handle_timeout(now);
+            self.drain_router(None);
+        }
+    }
+
+    fn flush(&mut self, socket: &UdpSocket) {
+        loop {
+            while let Some(id) = self.dirty.pop() {
+                self.poll_session(id, socket);
+            }
+            let wanting: Vec<SessionId> =
+                self.sessions.iter().filter(|(_, s)| s.wants_negotiation).map(|(k, _)| *k).collect();
+            if wanting.is_empty() {
+                break;
+            }
+            for id in wanting {
+                self.negotiate(id);
+                self.mark(id);
+            }
+        }
+        let dead: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| !s.rtc.is_alive()).map(|(k, _)| *k).collect();
+        for id in dead {
+            self.close_session(id, true);
+        }
+    }
+
+    fn poll_session(&mut self, id: SessionId, socket: &UdpSocket) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.dirty = false;
+        }
+        loop {
+            let Some(s) = self.sessions.get_mut(&id) else { return };
+            let out = match s.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(?id, "session failed: {e}");
+                    self.close_session(id, true);
+                    return;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    s.next_timeout = Some(t);
+                    return;
+                }
+                Output::Transmit(t) => match socket.try_send_to(&t.contents, t.destination) {
+                    Ok(_) => {
+                        self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Output::Event(e) => self.handle_event(id, e),
+            }
+        }
+    }
+
+    fn handle_event(&mut self, id: SessionId, e: Event) {
+        let now = Instant::now();
+        match e {
+            Event::Connected => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let remote = s.last_source.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    info!(?id, %remote, "session connected");
+                    (s.events)(SessionEvent::Connected { remote });
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                info!(?id, "session ICE disconnected");
+                self.close_session(id, true);
+            }
+            Event::MediaAdded(m) => {
+                let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
+                let publisher = self.sessions.get(&id).map(|s| s.publisher).unwrap_or(false);
+                if receives && publisher {
+                    self.add_producer(now, id, m.mid, m.kind);
+                }
+            }
+            Event::MediaChanged(m) => {
+                // A publisher that stops sending on a mid ends that producer.
+                let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
+                if !receives {
+                    if let Some(pid) = self.sessions.get_mut(&id).and_then(|s| s.producers_by_mid.remove(&m.mid)) {
+                        self.end_producer(pid);
+                    }
+                }
+            }
+            Event::RtpPacket(p) => self.forward(now, id, p),
+            Event::KeyframeRequest(r) => {
+                let cid = self.sessions.get(&id).and_then(|s| s.consumers_by_mid.get(&r.mid)).copied();
+                if let Some(cid) = cid {
+                    let kind = match r.kind {
+                        KeyframeRequestKind::Fir => KeyframeKind::Fir,
+                        _ => KeyframeKind::Pli,
+                    };
+                    self.router.handle_keyframe_request(now, cid, kind);
+                    self.drain_router(None);
+                }
+            }
+            Event::Closed => self.close_session(id, true),
+            _ => {}
+        }
+    }
+
+    fn add_producer(&mut self, now: Instant, id: SessionId, mid: Mid, kind: MediaKind) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.producers_by_mid.contains_key(&mid) {
+            return;
+        }
+        let remote_pts: Vec<Pt> = s.rtc.media(mid).map(|m| m.remote_pts().to_vec()).unwrap_or_default();
+        let params = codec::params_for(s.rtc.codec_config().params(), &remote_pts);
+        let Some(first) = params.first() else {
+            warn!(?id, %mid, "publisher m-line without a codec we forward");
+            return;
+        };
+        let specs: Vec<CodecSpec> = params.iter().map(|p| p.spec()).collect();
+        let clock_rate = first.spec().clock_rate.get();
+        let codec_name = codec::codec_name(first.spec().codec);
+        let payload_types = params.iter().map(|p| (*p.pt(), codec::core_codec(p.spec().codec))).collect();
+        let fkind =
+            if kind == MediaKind::Audio { dais_forward::MediaKind::Audio } else { dais_forward::MediaKind::Video };
+        let pid = self.router.add_producer(now, ProducerSpec { kind: fkind, clock_rate, payload_types });
+        let key = ProducerKey(self.next_key);
+        self.next_key += 1;
+        s.producers_by_mid.insert(mid, pid);
+        self.producers.insert(pid, ProducerRec { session: id, mid, key, specs, clock_rate });
+        self.keys.insert(key, pid);
+        let kind = if kind == MediaKind::Audio { Kind::Audio } else { Kind::Video };
+        info!(?id, %mid, ?key, codec = %codec_name, "producer added");
+        (s.events)(SessionEvent::ProducerAdded { producer: key, kind, codec: codec_name });
+    }
+
+    fn end_producer(&mut self, pid: ProducerId) {
+        let Some(rec) = self.producers.remove(&pid) else { return };
+        self.keys.remove(&rec.key);
+        if let Some(s) = self.sessions.get_mut(&rec.session) {
+            s.producers_by_mid.remove(&rec.mid);
+            s.producers_by_ssrc.retain(|_, p| *p != pid);
+        }
+        for cid in self.router.remove_producer(pid) {
+            let Some(c) = self.consumers.remove(&cid) else { continue };
+            if let Some(cs) = self.sessions.get_mut(&c.session) {
+                cs.consumers_by_mid.remove(&c.mid);
+                cs.queued_stops.push(c.mid);
+                cs.wants_negotiation = true;
+            }
+            self.mark(c.session);
+        }
+    }
+
+    fn close_session(&mut self, id: SessionId, notify: bool) {
+        let Some(mut s) = self.sessions.remove(&id) else { return };
+        s.rtc.disconnect();
+        self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+        for a in &s.addrs {
+            if self.addr_map.get(a) == Some(&id) {
+                self.addr_map.remove(a);
+            }
+        }
+        for (_, cid) in s.consumers_by_mid.drain() {
+            self.router.remove_consumer(cid);
+            self.consumers.remove(&cid);
+        }
+        let pids: Vec<ProducerId> = s.producers_by_mid.values().copied().collect();
+        for pid in pids {
+            self.end_producer(pid);
+        }
+        if notify {
+            (s.events)(SessionEvent::Disconnected);
+        }
+        info!(?id, "session closed");
+    }
+
+    fn forward(&mut self, now: Instant, id: SessionId, p: RtpPacket) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let ssrc = p.header.ssrc;
+        let pid = match s.producers_by_ssrc.get(&ssrc) {
+            Some(pid) => *pid,
+            None => {
+                let mid = s.rtc.direct_api().stream_rx(&ssrc).map(|rx| rx.mid());
+                let Some(pid) = mid.and_then(|m| s.producers_by_mid.get(&m)).copied() else {
+                    self.stats.rtp_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                s.producers_by_ssrc.insert(ssrc, pid);
+                pid
+            }
+        };
+        let clock_rate = self.producers.get(&pid).map(|p| p.clock_rate).unwrap_or(90_000);
+        let wallclock = capture_wallclock(now, &p, clock_rate);
+        let ext = egress_extensions(&p.header.ext_vals);
+        let input = RtpIn {
+            ssrc: *ssrc,
+            seq: p.header.sequence_number,
+            timestamp: p.header.timestamp,
+            payload_type: *p.header.payload_type,
+            marker: p.header.marker,
+            payload: Bytes::from_owner(p.payload.clone()),
+        };
+        let dropped_before = self.router.drops().total();
+        self.router.handle_rtp(now, pid, input);
+        self.drain_router(Some(&Ingress { payload: p.payload, ext, wallclock }));
+        let dropped = self.router.drops().total() - dropped_before;
+        if dropped > 0 {
+            self.stats.rtp_dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    fn drain_router(&mut self, ingress: Option<&Ingress>) {
+        while let Some(out) = self.router.poll_output() {
+            match out {
+                FwdOutput::Rtp(o) => {
+                    let Some(c) = self.consumers.get(&o.consumer) else { continue };
+                    let (session, ssrc, nackable) = (c.session, c.ssrc, c.kind == Kind::Video);
+                    let Some(s) = self.sessions.get_mut(&session) else { continue };
+                    let mut api = s.rtc.direct_api();
+                    let Some(tx) = api.stream_tx(&ssrc) else { continue };
+                    let (payload, ext, wallclock) = match ingress {
+                        Some(i) => (i.payload.clone(), i.ext.clone(), i.wallclock),
+                        None => (Arc::from(&o.payload[..]), ExtensionValues::default(), Instant::now()),
+                    };
+                    let write =
+                        RtpWrite::new(Pt::from(o.payload_type), SeqNo::from(o.seq), o.timestamp, wallclock, payload)
+                            .marker(o.marker)
+                            .ext_vals(ext)
+                            .nackable(nackable);
+                    tx.write_rtp(write);
+                    self.stats.rtp_forwarded.fetch_add(1, Ordering::Relaxed);
+                    self.mark(session);
+                }
+                FwdOutput::KeyframeRequest { producer, kind } => {
+                    let Some(rec) = self.producers.get(&producer) else { continue };
+                    let (session, mid) = (rec.session, rec.mid);
+                    let Some(s) = self.sessions.get_mut(&session) else { continue };
+                    let kind = match kind {
+                        KeyframeKind::Fir => KeyframeRequestKind::Fir,
+                        _ => KeyframeRequestKind::Pli,
+                    };
+                    if let Some(rx) = s.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                        rx.request_keyframe(kind);
+                        self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        debug!(?session, %mid, ?kind, "keyframe requested from publisher");
+                    } else {
+                        debug!(?session, %mid, "no receive stream yet for keyframe request");
+                    }
+                    self.mark(session);
+                }
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Header extensions that describe the media itself and so travel with it. Transport extensions
+/// (mid, rid, transport-cc, abs-send-time) belong to each leg and are written by str0m.
+fn egress_extensions(ext: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: ext.audio_level,
+        voice_activity: ext.voice_activity,
+        video_orientation: ext.video_orientation,
+        video_content_type: ext.video_content_type,
+        ..Default::default()
+    }
+}
+
+/// The publisher's capture time of a packet, mapped onto our clock through its latest sender report,
+/// so that sender reports to viewers keep its audio and video in sync. Falls back to arrival time.
+fn capture_wallclock(now: Instant, p: &RtpPacket, clock_rate: u32) -> Instant {
+    let Some(si) = &p.last_sender_info else { return p.timestamp };
+    if clock_rate == 0 {
+        return p.timestamp;
+    }
+    let sr_rtp = si.rtp_time.numer() as u32;
+    let delta_ticks = p.header.timestamp.wrapping_sub(sr_rtp) as i32 as i64;
+    let delta = Duration::from_micros((delta_ticks.unsigned_abs() * 1_000_000) / clock_rate as u64);
+    let capture = if delta_ticks >= 0 { si.ntp_time.checked_add(delta) } else { si.ntp_time.checked_sub(delta) };
+    let Some(capture) = capture else { return p.timestamp };
+    let sys_now = SystemTime::now();
+    let limit = Duration::from_secs(10);
+    match sys_now.duration_since(capture) {
+        Ok(ago) if ago <= limit => now.checked_sub(ago).unwrap_or(p.timestamp),
+        Err(ahead) if ahead.duration() <= limit => now + ahead.duration(),
+        _ => p.timestamp,
+    }
+}

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Real-browser tests: start the dais server on ephemeral loopback ports and run tests/browser
+# (Playwright driving Debian's headless Chromium) against it. See shared/BROWSER-TESTING.md.
+#
+#   scripts/browser-test.sh              # uses target/debug/dais
+#   DAIS_BIN=target/release/dais scripts/browser-test.sh
+#
+# Installs Chromium and the npm packages when missing (that needs the network), then re-executes
+# itself once inside a private network namespace holding only `lo`, so every ICE candidate pair is
+# 127.0.0.1 <-> 127.0.0.1. Where unshare is refused it runs in the default namespace.
+# Environment: DAIS_BIN (server binary), DAIS_NO_NETNS=1 (skip the namespace),
+# DAIS_TEST_LOG_DIR (where the server's output goes; default a temp dir).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SELF="$ROOT/scripts/browser-test.sh"
+log() { echo "browser-test: $*" >&2; }
+
+install_missing() {
+  local sudo=""
+  [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  if [[ ! -x /usr/bin/chromium ]] || ! command -v ip >/dev/null; then
+    log "installing chromium"
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends chromium chromium-driver iproute2
+  fi
+  if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+    log "installing npm packages"
+    (cd tests/browser && if [[ -f package-lock.json ]]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi)
+  fi
+}
+
+case "${DAIS_BROWSER_TEST_NETNS:-}" in
+  inside)
+    ip link set lo up
+    ;;
+  default)
+    ;;
+  *)
+    install_missing
+    if [[ "${DAIS_NO_NETNS:-}" != 1 ]] && unshare -n true 2>/dev/null; then
+      DAIS_BROWSER_TEST_NETNS=inside exec unshare -n -- bash "$SELF" "$@"
+    fi
+    log "no private network namespace (unshare -n refused or DAIS_NO_NETNS=1); using the default one"
+    export DAIS_BROWSER_TEST_NETNS=default
+    ;;
+esac
+
+DAIS_BIN="${DAIS_BIN:-target/debug/dais}"
+if [[ ! -x "$DAIS_BIN" ]]; then
+  log "no server binary at $DAIS_BIN (build it with: cargo build -p dais-server)"
+  exit 1
+fi
+
+LOG_DIR="${DAIS_TEST_LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/dais-browser-test.XXXXXX")}"
+mkdir -p "$LOG_DIR"
+SERVER_OUT="$LOG_DIR/server.stdout"
+SERVER_ERR="$LOG_DIR/server.stderr"
+SERVER_PID=""
+
+cleanup() {
+  local rc=$?
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [[ $rc != 0 && -s "$SERVER_ERR" ]]; then
+    log "last lines of the server's stderr ($SERVER_ERR):"
+    tail -n 40 "$SERVER_ERR" >&2
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$DAIS_BIN" --http-addr 127.0.0.1:0 --media-addr 127.0.0.1:0 >"$SERVER_OUT" 2>"$SERVER_ERR" &
+SERVER_PID=$!
+
+READY=""
+for _ in $(seq 300); do   # 30 s
+  READY="$(grep -m1 -E '^dais ready http=[0-9.]+:[0-9]+ media=[0-9.]+:[0-9]+$' "$SERVER_OUT" || true)"
+  [[ -n "$READY" ]] && break
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    log "the server exited before it was ready"
+    exit 1
+  fi
+  sleep 0.1
+done
+if [[ -z "$READY" ]]; then
+  log "no 'dais ready' line from the server within 30 s"
+  exit 1
+fi
+
+HTTP_ADDR="${READY#dais ready http=}"
+HTTP_ADDR="${HTTP_ADDR%% *}"
+export DAIS_URL="http://$HTTP_ADDR"
+export DAIS_MEDIA_ADDR="${READY##* media=}"
+log "server pid $SERVER_PID at $DAIS_URL, media $DAIS_MEDIA_ADDR, namespace: $DAIS_BROWSER_TEST_NETNS, logs in $LOG_DIR"
+
+node --test tests/browser/

@@ -1,0 +1,361 @@
+//! One WebSocket connection: the participant's state machine.
+//!
+//! States: *connected* (only `join`, `ping` and `leave` are meaningful), *joined* (everything), and
+//! *closed*. Every failure of a client message is answered with an `error` and the connection stays
+//! open, except an oversized frame (close 1009), `leave`, shutdown and idle timeout. When the task ends
+//! for any reason the participant leaves its room: others get `media_unpublished` for each of its
+//! streams and `participant_left`, and its media session is closed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dais_proto::{
+    parse_client, valid_name, valid_room, ClientMessage, ErrorCode, MediaInfo, MediaKind, Role, ServerMessage,
+    CLOSE_MESSAGE_TOO_BIG, MAX_SDP_BYTES, PROTOCOL_VERSION,
+};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
+use crate::room::{self, media_wire_id, participant_wire_id};
+use crate::{Frame, OutFrame, Signaling};
+
+struct Joined {
+    room: String,
+    id: u64,
+    role: Role,
+}
+
+/// Why the loop ended.
+enum End {
+    /// Client went away or asked to leave; `Some` sends a close frame.
+    Close(Option<(u16, String)>),
+}
+
+impl Signaling {
+    /// Serve one WebSocket connection until it closes.
+    pub async fn serve<S, K>(self: Arc<Self>, incoming: S, outgoing: K)
+    where
+        S: Stream<Item = Frame> + Unpin + Send,
+        K: Sink<OutFrame> + Unpin + Send,
+    {
+        let conn = self.next_id();
+        let span = info_span!("ws", conn);
+        self.serve_inner(incoming, outgoing).instrument(span).await
+    }
+
+    async fn serve_inner<S, K>(self: Arc<Self>, mut incoming: S, mut outgoing: K)
+    where
+        S: Stream<Item = Frame> + Unpin + Send,
+        K: Sink<OutFrame> + Unpin + Send,
+    {
+        let (notice_tx, mut notice_rx) = mpsc::unbounded_channel::<ServerMessage>();
+        let (media_tx, mut media_rx) = mpsc::unbounded_channel::<MediaEvent>();
+        let mut shutdown = self.shutdown.subscribe();
+        let mut joined: Option<Joined> = None;
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.tick().await;
+        let mut last_seen = Instant::now();
+
+        let end = loop {
+            tokio::select! {
+                frame = incoming.next() => {
+                    last_seen = Instant::now();
+                    let frame = frame.unwrap_or(Frame::Close);
+                    match frame {
+                        Frame::Text(text) => {
+                            match self.handle_text(&text, &mut joined, &notice_tx, &media_tx).await {
+                                Step::Reply(msgs) => {
+                                    if send_all(&mut outgoing, msgs).await.is_err() { break End::Close(None); }
+                                }
+                                Step::Leave => break End::Close(Some((1000, "bye".into()))),
+                            }
+                        }
+                        Frame::Binary => {
+                            let m = ServerMessage::error(ErrorCode::BinaryNotSupported, "the protocol uses text frames only", None);
+                            if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
+                        }
+                        Frame::Pong => {}
+                        Frame::TooBig => {
+                            warn!("oversized frame, closing");
+                            break End::Close(Some((CLOSE_MESSAGE_TOO_BIG, "message too big".into())));
+                        }
+                        Frame::Close => break End::Close(None),
+                        Frame::Error(e) => { debug!("transport error: {e}"); break End::Close(None); }
+                    }
+                }
+                Some(msg) = notice_rx.recv() => {
+                    if send_all(&mut outgoing, vec![msg]).await.is_err() { break End::Close(None); }
+                }
+                Some(ev) = media_rx.recv() => {
+                    let step = self.handle_media_event(ev, joined.as_ref());
+                    if let Some(MediaStep::Fail) = step {
+                        let m = ServerMessage::error(ErrorCode::MediaFailed, "the media connection was lost", None);
+                        let _ = send_all(&mut outgoing, vec![m]).await;
+                        break End::Close(Some((1011, "media failed".into())));
+                    }
+                    if let Some(MediaStep::Send(m)) = step {
+                        if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > self.config.idle_timeout {
+                        let m = ServerMessage::error(ErrorCode::IdleTimeout, "no traffic from the client", None);
+                        let _ = send_all(&mut outgoing, vec![m]).await;
+                        break End::Close(Some((1001, "idle".into())));
+                    }
+                    if outgoing.send(OutFrame::Ping).await.is_err() { break End::Close(None); }
+                }
+                _ = shutdown.changed() => break End::Close(Some((1001, "server shutting down".into()))),
+            }
+        };
+
+        if let Some(j) = joined.take() {
+            self.leave(&j);
+        }
+        let End::Close(frame) = end;
+        if let Some((code, reason)) = frame {
+            let _ = outgoing.send(OutFrame::Close(code, reason)).await;
+        }
+        let _ = outgoing.close().await;
+    }
+
+    async fn handle_text(
+        &self,
+        text: &str,
+        joined: &mut Option<Joined>,
+        notices: &mpsc::UnboundedSender<ServerMessage>,
+        media_events: &mpsc::UnboundedSender<MediaEvent>,
+    ) -> Step {
+        let msg = match parse_client(text) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(code = %e.code, "bad client message");
+                return Step::Reply(vec![ServerMessage::Error {
+                    code: e.code,
+                    message: e.message,
+                    request: e.request,
+                }]);
+            }
+        };
+        let ty = msg.type_name();
+        let err = |code: ErrorCode, message: &str| Step::Reply(vec![ServerMessage::error(code, message, Some(ty))]);
+        match msg {
+            ClientMessage::Ping { id } => Step::Reply(vec![ServerMessage::Pong { id }]),
+            ClientMessage::Leave => Step::Leave,
+            ClientMessage::Join { room, name, role, version } => {
+                if joined.is_some() {
+                    return err(ErrorCode::AlreadyJoined, "this socket already joined a room");
+                }
+                if version != PROTOCOL_VERSION {
+                    return err(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1");
+                }
+                if !valid_room(&room) {
+                    return err(ErrorCode::InvalidRoom, "room names are 1-64 letters, digits, '-', '_' or '.'");
+                }
+                if !valid_name(&name) {
+                    return err(ErrorCode::InvalidName, "names are 1-64 bytes without control characters");
+                }
+                match self.join(room, name, role, notices.clone(), media_events.clone()) {
+                    Ok((j, reply)) => {
+                        *joined = Some(j);
+                        Step::Reply(vec![reply])
+                    }
+                    Err(code) => err(code, "the room is full"),
+                }
+            }
+            other => {
+                let Some(j) = joined.as_ref() else {
+                    return err(ErrorCode::NotJoined, "send join first");
+                };
+                self.handle_joined(j, other).await
+            }
+        }
+    }
+
+    async fn handle_joined(&self, j: &Joined, msg: ClientMessage) -> Step {
+        let ty = msg.type_name();
+        let err = |code: ErrorCode, message: &str| Step::Reply(vec![ServerMessage::error(code, message, Some(ty))]);
+        match msg {
+            ClientMessage::Offer { sdp } => {
+                if sdp.len() > MAX_SDP_BYTES {
+                    return err(ErrorCode::BadSdp, "SDP larger than 32 KiB");
+                }
+                match self.media.client_offer(j.id, sdp).await {
+                    Ok(answer) => Step::Reply(vec![ServerMessage::Answer { sdp: answer }]),
+                    Err(OfferRejection::BadSdp(detail)) => {
+                        info!(%detail, "client offer refused");
+                        err(ErrorCode::BadSdp, "the offer could not be parsed or negotiated")
+                    }
+                    Err(OfferRejection::NotAPublisher) => {
+                        err(ErrorCode::ViewerCannotPublish, "viewers receive media only; this offer sends media")
+                    }
+                    Err(OfferRejection::Collision) => {
+                        err(ErrorCode::OfferCollision, "answer the outstanding server offer, then offer again")
+                    }
+                    Err(OfferRejection::Gone) => err(ErrorCode::Internal, "the media session is gone"),
+                }
+            }
+            ClientMessage::Answer { sdp } => {
+                if sdp.len() > MAX_SDP_BYTES {
+                    return err(ErrorCode::BadSdp, "SDP larger than 32 KiB");
+                }
+                match self.media.client_answer(j.id, sdp).await {
+                    Ok(()) => Step::Reply(vec![]),
+                    Err(AnswerRejection::BadSdp(detail)) => {
+                        info!(%detail, "client answer refused");
+                        err(ErrorCode::BadSdp, "the answer could not be parsed or does not match the offer")
+                    }
+                    Err(AnswerRejection::Unexpected) => {
+                        err(ErrorCode::UnexpectedAnswer, "no server offer is outstanding")
+                    }
+                    Err(AnswerRejection::Gone) => err(ErrorCode::Internal, "the media session is gone"),
+                }
+            }
+            ClientMessage::Candidate { candidate, .. } => {
+                if let Some(c) = candidate.filter(|c| !c.trim().is_empty()) {
+                    if c.len() <= 1024 {
+                        self.media.add_candidate(j.id, c);
+                    } else {
+                        return err(ErrorCode::BadMessage, "candidate longer than 1024 bytes");
+                    }
+                }
+                Step::Reply(vec![])
+            }
+            ClientMessage::Mute { kind, muted } => {
+                if j.role != Role::Speaker {
+                    return err(ErrorCode::ViewerCannotPublish, "viewers publish no media to mute");
+                }
+                self.set_muted(j, kind, muted);
+                Step::Reply(vec![])
+            }
+            // Join, ping and leave are handled before.
+            _ => Step::Reply(vec![]),
+        }
+    }
+
+    fn join(
+        &self,
+        room_name: String,
+        name: String,
+        role: Role,
+        notices: mpsc::UnboundedSender<ServerMessage>,
+        media_events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> Result<(Joined, ServerMessage), ErrorCode> {
+        let id = self.next_id();
+        let Ok(mut rooms) = self.rooms.lock() else { return Err(ErrorCode::Internal) };
+        let room = rooms.by_name.entry(room_name.clone()).or_default();
+        if room.members.len() >= self.config.max_participants {
+            return Err(ErrorCode::RoomFull);
+        }
+        let me = room::member(id, name, role, notices);
+        let info = me.info.clone();
+        let participants: Vec<_> = room.members.values().map(|m| m.info.clone()).collect();
+        room.broadcast(id, &ServerMessage::ParticipantJoined { participant: info.clone() });
+        // Media session first, then subscriptions to what the room already publishes.
+        self.media.open_session(id, role == Role::Speaker, media_events);
+        for m in room.members.values() {
+            for (producer, media) in m.producers.iter().zip(&m.info.media) {
+                self.media.subscribe(id, *producer, m.info.id.clone(), media.id.clone());
+            }
+        }
+        room.members.insert(id, me);
+        info!(room = %room_name, participant = %info.id, ?role, "joined");
+        let reply = ServerMessage::Joined {
+            room: room_name.clone(),
+            participant_id: participant_wire_id(id),
+            role,
+            version: PROTOCOL_VERSION,
+            participants,
+        };
+        Ok((Joined { room: room_name, id, role }, reply))
+    }
+
+    fn leave(&self, j: &Joined) {
+        self.media.close_session(j.id);
+        let Ok(mut rooms) = self.rooms.lock() else { return };
+        let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
+        if let Some(me) = room.members.remove(&j.id) {
+            for media in &me.info.media {
+                room.broadcast(
+                    j.id,
+                    &ServerMessage::MediaUnpublished { participant_id: me.info.id.clone(), media_id: media.id.clone() },
+                );
+            }
+            room.broadcast(j.id, &ServerMessage::ParticipantLeft { participant_id: me.info.id.clone() });
+        }
+        if room.members.is_empty() {
+            rooms.by_name.remove(&j.room);
+        }
+        info!(room = %j.room, participant = %participant_wire_id(j.id), "left");
+    }
+
+    fn set_muted(&self, j: &Joined, kind: MediaKind, muted: bool) {
+        let Ok(mut rooms) = self.rooms.lock() else { return };
+        let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
+        let Some(me) = room.members.get_mut(&j.id) else { return };
+        let pid = me.info.id.clone();
+        let mut changed = Vec::new();
+        for media in me.info.media.iter_mut().filter(|m| m.kind == kind) {
+            if media.muted != muted {
+                media.muted = muted;
+                changed.push(media.id.clone());
+            }
+        }
+        for media_id in changed {
+            room.broadcast(j.id, &ServerMessage::MuteChanged { participant_id: pid.clone(), media_id, kind, muted });
+        }
+    }
+
+    fn handle_media_event(&self, ev: MediaEvent, joined: Option<&Joined>) -> Option<MediaStep> {
+        let j = joined?;
+        match ev {
+            MediaEvent::Offer { sdp } => Some(MediaStep::Send(ServerMessage::Offer { sdp })),
+            MediaEvent::Connected => {
+                info!(participant = %participant_wire_id(j.id), "media connected");
+                None
+            }
+            MediaEvent::Disconnected => Some(MediaStep::Fail),
+            MediaEvent::Published { producer, kind, codec } => {
+                let Ok(mut rooms) = self.rooms.lock() else { return None };
+                let room = rooms.by_name.get_mut(&j.room)?;
+                let me = room.members.get_mut(&j.id)?;
+                let media = MediaInfo { id: media_wire_id(producer), kind, codec, muted: false };
+                me.info.media.push(media.clone());
+                me.producers.push(producer);
+                let pid = me.info.id.clone();
+                room.broadcast(
+                    j.id,
+                    &ServerMessage::MediaPublished { participant_id: pid.clone(), media: media.clone() },
+                );
+                for (other, m) in &room.members {
+                    if *other != j.id {
+                        self.media.subscribe(m.session, producer, pid.clone(), media.id.clone());
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+enum Step {
+    Reply(Vec<ServerMessage>),
+    Leave,
+}
+
+enum MediaStep {
+    Send(ServerMessage),
+    Fail,
+}
+
+async fn send_all<K>(out: &mut K, msgs: Vec<ServerMessage>) -> Result<(), ()>
+where
+    K: Sink<OutFrame> + Unpin,
+{
+    for m in msgs {
+        out.send(OutFrame::Text(m.to_json())).await.map_err(|_| ())?;
+    }
+    Ok(())
+}

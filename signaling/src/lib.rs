@@ -1,0 +1,111 @@
+//! Dais signaling: WebSocket sessions, rooms, participants and roles.
+//!
+//! [`Signaling`] owns every room. Each WebSocket connection runs [`Signaling::serve`], which speaks the
+//! JSON protocol of `dais-proto` (docs/protocol.md): it validates and answers client messages, relays
+//! SDP between the client and the media plane, and fans room news out to the other participants. Rooms
+//! live behind one mutex held only for short, non-blocking updates; every participant has its own task
+//! and its own outbound queue, so a slow or broken client hurts nobody else. Signaling reaches the media
+//! plane only through the [`MediaPlane`] trait.
+
+mod connection;
+mod media_api;
+mod room;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use media_api::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection};
+pub use room::RoomSnapshot;
+
+/// One incoming WebSocket frame, independent of the HTTP stack that carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A text frame.
+    Text(String),
+    /// A binary frame (not part of the protocol).
+    Binary,
+    /// A WebSocket ping or pong: proof of life only.
+    Pong,
+    /// The peer closed the socket.
+    Close,
+    /// The frame exceeded the size limit.
+    TooBig,
+    /// The transport failed.
+    Error(String),
+}
+
+/// One outgoing WebSocket frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutFrame {
+    /// A text frame.
+    Text(String),
+    /// A WebSocket ping (keep-alive).
+    Ping,
+    /// Close with a code and reason.
+    Close(u16, String),
+}
+
+/// Signaling settings.
+#[derive(Debug, Clone)]
+pub struct SignalingConfig {
+    /// Most participants in one room, viewers included.
+    pub max_participants: usize,
+    /// Interval of WebSocket pings from the server.
+    pub ping_interval: Duration,
+    /// A connection that sent nothing for this long is closed with `idle_timeout`.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            max_participants: 10_000,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// The signaling service: all rooms, shared by every connection.
+pub struct Signaling {
+    media: Arc<dyn MediaPlane>,
+    rooms: Mutex<room::Rooms>,
+    next_id: AtomicU64,
+    config: SignalingConfig,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Signaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signaling").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Signaling {
+    /// Create the service on top of a media plane.
+    pub fn new(media: Arc<dyn MediaPlane>, config: SignalingConfig) -> Arc<Self> {
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        Arc::new(Signaling {
+            media,
+            rooms: Mutex::new(room::Rooms::default()),
+            next_id: AtomicU64::new(1),
+            config,
+            shutdown,
+        })
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A snapshot of every room, for operators and tests.
+    pub fn rooms(&self) -> Vec<RoomSnapshot> {
+        self.rooms.lock().map(|r| r.snapshot()).unwrap_or_default()
+    }
+
+    /// Ask every connection to close (with a `1001 going away` close frame).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,0 +1,71 @@
+//! The small command/event interface through which signaling drives the media plane.
+//!
+//! Signaling never imports the media crate: the binary implements [`MediaPlane`] over it. Sessions and
+//! producers are plain integers here; the binary maps them to the media plane's own ids.
+
+use dais_proto::MediaKind;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+/// What the media plane reports about one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A server-initiated offer for the client.
+    Offer {
+        /// SDP text.
+        sdp: String,
+    },
+    /// The client started publishing a stream.
+    Published {
+        /// Media-plane producer id.
+        producer: u64,
+        /// Audio or video.
+        kind: MediaKind,
+        /// Codec name, e.g. `"vp8"`.
+        codec: String,
+    },
+    /// ICE and DTLS completed.
+    Connected,
+    /// The media connection was lost; the session is gone.
+    Disconnected,
+}
+
+/// Why the media plane refused a client offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferRejection {
+    /// Unparseable or unacceptable SDP (detail for the log only).
+    BadSdp(String),
+    /// The session may not publish.
+    NotAPublisher,
+    /// A server offer is outstanding.
+    Collision,
+    /// The session no longer exists.
+    Gone,
+}
+
+/// Why the media plane refused a client answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerRejection {
+    /// Unparseable or mismatched SDP (detail for the log only).
+    BadSdp(String),
+    /// No server offer was outstanding.
+    Unexpected,
+    /// The session no longer exists.
+    Gone,
+}
+
+/// Commands signaling sends to the media plane.
+pub trait MediaPlane: Send + Sync + 'static {
+    /// Create a session; its events go to `events`.
+    fn open_session(&self, session: u64, publisher: bool, events: mpsc::UnboundedSender<MediaEvent>);
+    /// Apply a client offer; resolves to the answer SDP.
+    fn client_offer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<String, OfferRejection>>;
+    /// Apply a client answer to the outstanding server offer.
+    fn client_answer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<(), AnswerRejection>>;
+    /// A trickled client candidate.
+    fn add_candidate(&self, session: u64, candidate: String);
+    /// Send `producer` to `session`, labelled with msid `stream_id track_id`.
+    fn subscribe(&self, session: u64, producer: u64, stream_id: String, track_id: String);
+    /// End a session and its producers.
+    fn close_session(&self, session: u64);
+}
