@@ -109,3 +109,6 @@ impl Signaling {
         let _ = self.shutdown.send(true);
     }
 }
+
+#[cfg(test)]
+mod tests;

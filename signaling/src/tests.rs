@@ -1,0 +1,297 @@
+//! Signaling unit tests: a fake media plane records commands, in-memory channels stand in for the
+//! WebSocket, and assertions read the JSON a client would see.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dais_proto::{ErrorCode, MediaKind, Role, ServerMessage, CLOSE_MESSAGE_TOO_BIG};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, Sink, Stream};
+use tokio::sync::mpsc;
+
+use crate::{AnswerRejection, Frame, MediaEvent, MediaPlane, OfferRejection, OutFrame, Signaling, SignalingConfig};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Open(u64, bool),
+    Offer(u64),
+    Answer(u64),
+    Candidate(u64, String),
+    Subscribe { session: u64, producer: u64, stream_id: String, track_id: String },
+    Close(u64),
+}
+
+#[derive(Default)]
+struct FakeMedia {
+    calls: Mutex<Vec<Call>>,
+    events: Mutex<Vec<(u64, mpsc::UnboundedSender<MediaEvent>)>>,
+}
+
+impl FakeMedia {
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn emit(&self, session: u64, ev: MediaEvent) {
+        let events = self.events.lock().unwrap();
+        let (_, tx) = events.iter().find(|(s, _)| *s == session).expect("session was opened");
+        tx.send(ev).unwrap();
+    }
+}
+
+impl MediaPlane for FakeMedia {
+    fn open_session(&self, session: u64, publisher: bool, events: mpsc::UnboundedSender<MediaEvent>) {
+        self.calls.lock().unwrap().push(Call::Open(session, publisher));
+        self.events.lock().unwrap().push((session, events));
+    }
+    fn client_offer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<String, OfferRejection>> {
+        self.calls.lock().unwrap().push(Call::Offer(session));
+        let r = match sdp.as_str() {
+            "garbage" => Err(OfferRejection::BadSdp("parse".into())),
+            "sends" => Err(OfferRejection::NotAPublisher),
+            "collide" => Err(OfferRejection::Collision),
+            _ => Ok("v=0 answer".to_owned()),
+        };
+        async move { r }.boxed()
+    }
+    fn client_answer(&self, session: u64, _sdp: String) -> BoxFuture<'static, Result<(), AnswerRejection>> {
+        self.calls.lock().unwrap().push(Call::Answer(session));
+        async move { Err(AnswerRejection::Unexpected) }.boxed()
+    }
+    fn add_candidate(&self, session: u64, candidate: String) {
+        self.calls.lock().unwrap().push(Call::Candidate(session, candidate));
+    }
+    fn subscribe(&self, session: u64, producer: u64, stream_id: String, track_id: String) {
+        self.calls.lock().unwrap().push(Call::Subscribe { session, producer, stream_id, track_id });
+    }
+    fn close_session(&self, session: u64) {
+        self.calls.lock().unwrap().push(Call::Close(session));
+    }
+}
+
+type In = Pin<Box<dyn Stream<Item = Frame> + Send>>;
+type Out = Pin<Box<dyn Sink<OutFrame, Error = ()> + Send>>;
+
+/// One fake WebSocket: what the test sends in, and what the server sent out.
+struct Peer {
+    to_server: mpsc::UnboundedSender<Frame>,
+    from_server: mpsc::UnboundedReceiver<OutFrame>,
+}
+
+impl Peer {
+    fn send(&self, text: &str) {
+        self.to_server.send(Frame::Text(text.to_owned())).unwrap();
+    }
+
+    /// The next frame, within a second.
+    async fn next(&mut self) -> OutFrame {
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(1), self.from_server.recv())
+                .await
+                .expect("a frame within 1 s")
+                .expect("socket open");
+            if f != OutFrame::Ping {
+                return f;
+            }
+        }
+    }
+
+    async fn msg(&mut self) -> ServerMessage {
+        match self.next().await {
+            OutFrame::Text(t) => serde_json::from_str(&t).expect("server JSON parses"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    async fn error_code(&mut self) -> ErrorCode {
+        match self.msg().await {
+            ServerMessage::Error { code, .. } => code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    async fn join(&mut self, room: &str, name: &str, role: &str) -> ServerMessage {
+        self.send(&format!(r#"{{"type":"join","room":"{room}","name":"{name}","role":"{role}","version":1}}"#));
+        self.msg().await
+    }
+}
+
+fn connect(sig: &Arc<Signaling>) -> Peer {
+    let (to_server, rx_in) = mpsc::unbounded_channel::<Frame>();
+    let (tx_out, from_server) = mpsc::unbounded_channel::<OutFrame>();
+    let incoming: In =
+        Box::pin(futures_util::stream::unfold(rx_in, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) }));
+    let outgoing: Out = Box::pin(futures_util::sink::unfold(tx_out, |tx, f: OutFrame| async move {
+        tx.send(f).map_err(|_| ())?;
+        Ok::<_, ()>(tx)
+    }));
+    tokio::spawn(sig.clone().serve(incoming, outgoing));
+    Peer { to_server, from_server }
+}
+
+fn setup() -> (Arc<FakeMedia>, Arc<Signaling>) {
+    let media = Arc::new(FakeMedia::default());
+    let sig = Signaling::new(media.clone(), SignalingConfig { max_participants: 3, ..SignalingConfig::default() });
+    (media, sig)
+}
+
+#[tokio::test]
+async fn join_validation_codes() {
+    let (_, sig) = setup();
+    let mut p = connect(&sig);
+    p.send("{oops");
+    assert_eq!(p.error_code().await, ErrorCode::BadJson);
+    p.send(r#"{"type":"teleport"}"#);
+    assert_eq!(p.error_code().await, ErrorCode::UnknownType);
+    p.send(r#"{"type":"offer","sdp":"v=0"}"#);
+    assert_eq!(p.error_code().await, ErrorCode::NotJoined);
+    p.send(r#"{"type":"join","room":"r","name":"a","role":"speaker","version":2}"#);
+    assert_eq!(p.error_code().await, ErrorCode::UnsupportedVersion);
+    p.send(r#"{"type":"join","room":"","name":"a","role":"speaker","version":1}"#);
+    assert_eq!(p.error_code().await, ErrorCode::InvalidRoom);
+    let long = "r".repeat(10 * 1024);
+    p.send(&format!(r#"{{"type":"join","room":"{long}","name":"a","role":"speaker","version":1}}"#));
+    assert_eq!(p.error_code().await, ErrorCode::InvalidRoom);
+    p.send(r#"{"type":"join","room":"r","name":"\n","role":"speaker","version":1}"#);
+    assert_eq!(p.error_code().await, ErrorCode::InvalidName);
+    p.send(r#"{"type":"join","room":"r","name":"a","role":"king","version":1}"#);
+    assert_eq!(p.error_code().await, ErrorCode::BadMessage);
+    assert!(matches!(p.join("r", "a", "speaker").await, ServerMessage::Joined { role: Role::Speaker, .. }));
+    assert!(matches!(p.join("r", "a", "speaker").await, ServerMessage::Error { code: ErrorCode::AlreadyJoined, .. }));
+    p.send(r#"{"type":"ping","id":7}"#);
+    assert_eq!(p.msg().await, ServerMessage::Pong { id: Some(7) });
+}
+
+#[tokio::test]
+async fn publishing_fans_out_and_subscribes_everyone_else() {
+    let (media, sig) = setup();
+    let mut a = connect(&sig);
+    let ServerMessage::Joined { participant_id: a_id, .. } = a.join("room", "A", "speaker").await else { panic!() };
+    let mut v = connect(&sig);
+    let ServerMessage::Joined { participant_id: v_id, participants, .. } = v.join("room", "V", "viewer").await else {
+        panic!()
+    };
+    assert_eq!(participants.len(), 1);
+    assert_eq!(participants[0].id, a_id);
+    assert!(matches!(a.msg().await, ServerMessage::ParticipantJoined { participant } if participant.id == v_id));
+
+    let a_session: u64 = a_id.trim_start_matches('p').parse().unwrap();
+    a.send(r#"{"type":"offer","sdp":"v=0 offer"}"#);
+    assert_eq!(a.msg().await, ServerMessage::Answer { sdp: "v=0 answer".into() });
+    media.emit(a_session, MediaEvent::Published { producer: 9, kind: MediaKind::Video, codec: "vp8".into() });
+    match v.msg().await {
+        ServerMessage::MediaPublished { participant_id, media } => {
+            assert_eq!(participant_id, a_id);
+            assert_eq!((media.id.as_str(), media.kind, media.codec.as_str()), ("m9", MediaKind::Video, "vp8"));
+        }
+        other => panic!("expected media_published, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let v_session: u64 = v_id.trim_start_matches('p').parse().unwrap();
+    assert!(media.calls().contains(&Call::Subscribe {
+        session: v_session,
+        producer: 9,
+        stream_id: a_id.clone(),
+        track_id: "m9".into()
+    }));
+
+    // A late joiner is subscribed to what is already published.
+    let mut late = connect(&sig);
+    let ServerMessage::Joined { participant_id: late_id, participants, .. } = late.join("room", "L", "viewer").await
+    else {
+        panic!()
+    };
+    let a_info = participants.iter().find(|p| p.id == a_id).expect("speaker listed");
+    assert_eq!(a_info.media.len(), 1);
+    let late_session: u64 = late_id.trim_start_matches('p').parse().unwrap();
+    assert!(media.calls().contains(&Call::Subscribe {
+        session: late_session,
+        producer: 9,
+        stream_id: a_id.clone(),
+        track_id: "m9".into()
+    }));
+
+    // Server offers are relayed; mute reaches the others.
+    media.emit(v_session, MediaEvent::Offer { sdp: "v=0 server".into() });
+    assert!(matches!(v.msg().await, ServerMessage::ParticipantJoined { .. }));
+    assert_eq!(v.msg().await, ServerMessage::Offer { sdp: "v=0 server".into() });
+    a.send(r#"{"type":"mute","kind":"video","muted":true}"#);
+    assert!(matches!(a.msg().await, ServerMessage::ParticipantJoined { .. }));
+    assert_eq!(
+        v.msg().await,
+        ServerMessage::MuteChanged {
+            participant_id: a_id.clone(),
+            media_id: "m9".into(),
+            kind: MediaKind::Video,
+            muted: true
+        }
+    );
+
+    // The speaker leaves: media_unpublished, participant_left, session closed.
+    a.send(r#"{"type":"leave"}"#);
+    assert!(matches!(a.next().await, OutFrame::Close(1000, _)));
+    assert_eq!(v.msg().await, ServerMessage::MediaUnpublished { participant_id: a_id.clone(), media_id: "m9".into() });
+    assert_eq!(v.msg().await, ServerMessage::ParticipantLeft { participant_id: a_id.clone() });
+    assert!(media.calls().contains(&Call::Close(a_session)));
+}
+
+#[tokio::test]
+async fn media_rejections_map_to_codes_and_keep_the_socket() {
+    let (_, sig) = setup();
+    let mut v = connect(&sig);
+    v.join("r", "V", "viewer").await;
+    v.send(r#"{"type":"offer","sdp":"sends"}"#);
+    assert_eq!(v.error_code().await, ErrorCode::ViewerCannotPublish);
+    v.send(r#"{"type":"mute","kind":"audio","muted":true}"#);
+    assert_eq!(v.error_code().await, ErrorCode::ViewerCannotPublish);
+    v.send(r#"{"type":"offer","sdp":"garbage"}"#);
+    assert_eq!(v.error_code().await, ErrorCode::BadSdp);
+    v.send(r#"{"type":"offer","sdp":"collide"}"#);
+    assert_eq!(v.error_code().await, ErrorCode::OfferCollision);
+    v.send(r#"{"type":"answer","sdp":"v=0"}"#);
+    assert_eq!(v.error_code().await, ErrorCode::UnexpectedAnswer);
+    let big = "a".repeat(40 * 1024);
+    v.send(&format!(r#"{{"type":"offer","sdp":"{big}"}}"#));
+    assert_eq!(v.error_code().await, ErrorCode::BadSdp);
+    v.to_server.send(Frame::Binary).unwrap();
+    assert_eq!(v.error_code().await, ErrorCode::BinaryNotSupported);
+    v.send(r#"{"type":"ping"}"#);
+    assert_eq!(v.msg().await, ServerMessage::Pong { id: None });
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009_and_room_full_is_refused() {
+    let (media, sig) = setup();
+    let mut a = connect(&sig);
+    a.join("r", "A", "viewer").await;
+    a.to_server.send(Frame::TooBig).unwrap();
+    assert_eq!(a.next().await, OutFrame::Close(CLOSE_MESSAGE_TOO_BIG, "message too big".into()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(media.calls().iter().any(|c| matches!(c, Call::Close(_))), "the participant left");
+    assert!(sig.rooms().is_empty(), "an empty room is removed");
+
+    let mut peers = Vec::new();
+    for i in 0..3 {
+        let mut p = connect(&sig);
+        assert!(matches!(p.join("full", &format!("v{i}"), "viewer").await, ServerMessage::Joined { .. }));
+        peers.push(p);
+    }
+    let mut extra = connect(&sig);
+    assert!(matches!(extra.join("full", "x", "viewer").await, ServerMessage::Error { code: ErrorCode::RoomFull, .. }));
+}
+
+#[tokio::test]
+async fn media_failure_ends_the_participant() {
+    let (media, sig) = setup();
+    let mut a = connect(&sig);
+    let ServerMessage::Joined { participant_id, .. } = a.join("r", "A", "speaker").await else { panic!() };
+    let session: u64 = participant_id.trim_start_matches('p').parse().unwrap();
+    media.emit(session, MediaEvent::Disconnected);
+    assert_eq!(a.error_code().await, ErrorCode::MediaFailed);
+    assert!(matches!(a.next().await, OutFrame::Close(1011, _)));
+    a.to_server
+        .send(Frame::Text(r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host"}"#.into()))
+        .ok();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(sig.rooms().is_empty());
+}
