@@ -20,10 +20,14 @@ log() { echo "browser-test: $*" >&2; }
 install_missing() {
   local sudo=""
   [[ "$(id -u)" == 0 ]] || sudo="sudo"
-  if [[ ! -x /usr/bin/chromium ]] || ! command -v ip >/dev/null; then
-    log "installing chromium"
+  local pkgs=()
+  [[ -x /usr/bin/chromium ]] || pkgs+=(chromium chromium-driver)
+  command -v ip >/dev/null || pkgs+=(iproute2)
+  [[ -x /usr/sbin/iptables ]] || command -v iptables >/dev/null || pkgs+=(iptables)   # tests/browser/loss.test.mjs drops packets with it
+  if (( ${#pkgs[@]} )); then
+    log "installing ${pkgs[*]}"
     $sudo apt-get update
-    $sudo apt-get install -y --no-install-recommends chromium chromium-driver iproute2
+    $sudo apt-get install -y --no-install-recommends "${pkgs[@]}"
   fi
   if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
     log "installing npm packages"
@@ -100,4 +104,5 @@ export DAIS_URL="http://$HTTP_ADDR"
 export DAIS_MEDIA_ADDR="${READY##* media=}"
 log "server pid $SERVER_PID at $DAIS_URL, media $DAIS_MEDIA_ADDR, namespace: $DAIS_BROWSER_TEST_NETNS, logs in $LOG_DIR"
 
-node --test tests/browser/
+# One test file at a time: they share the server, and loss.test.mjs drops some of its packets.
+node --test --test-concurrency=1 tests/browser/

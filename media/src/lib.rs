@@ -60,14 +60,23 @@ pub enum SessionEvent {
         /// Lower-case codec name of the first negotiated codec, e.g. `"vp8"`.
         codec: String,
     },
+    /// The client stopped sending a stream (its own renegotiation made the m-line inactive).
+    ProducerRemoved {
+        /// Its id.
+        producer: ProducerKey,
+    },
     /// ICE and DTLS completed.
     Connected {
         /// The client's address as seen by the server.
         remote: SocketAddr,
     },
-    /// The session lost its connection (ICE consent expired or DTLS closed) and was closed.
+    /// The session lost its connection (ICE consent expired, DTLS closed, or ICE and DTLS did not
+    /// complete within [`CONNECT_TIMEOUT`] of the first completed negotiation). The owner must close it.
     Disconnected,
 }
+
+/// How long a session may take from its first completed SDP exchange to a connected DTLS transport.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where a session's events go. Called on the media thread: it must not block.
 pub type EventSink = Box<dyn FnMut(SessionEvent) + Send>;

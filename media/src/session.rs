@@ -50,6 +50,14 @@ pub(crate) struct Session {
     pub last_source: Option<SocketAddr>,
     pub dirty: bool,
     pub wants_negotiation: bool,
+    /// ICE and DTLS completed; until then accepted consumer m-lines wait in `awaiting_connect`, so the
+    /// keyframe that opens a consumer's gate is never spent on a session that cannot send it yet.
+    pub connected: bool,
+    /// Set when the connection failed on its own; see `Worker::fail_session`.
+    pub failed_at: Option<Instant>,
+    /// When the first SDP exchange completed; the connect timeout runs from here.
+    pub negotiated_at: Option<Instant>,
+    pub awaiting_connect: Vec<(Mid, PendingConsumer)>,
 }
 
 impl Session {
@@ -70,6 +78,10 @@ impl Session {
             last_source: None,
             dirty: true,
             wants_negotiation: false,
+            connected: false,
+            failed_at: None,
+            negotiated_at: None,
+            awaiting_connect: Vec::new(),
         }
     }
 }

@@ -54,6 +54,9 @@ pub(crate) fn candidate_addrs(local: SocketAddr, advertise: &[IpAddr]) -> Vec<So
     out
 }
 
+/// How long a failed session keeps its producers while waiting for its owner's close.
+const FAILED_GRACE: Duration = Duration::from_secs(10);
+
 struct ProducerRec {
     session: SessionId,
     mid: Mid,
@@ -139,6 +142,13 @@ impl Worker {
         let mut buf = vec![0u8; 2048];
         loop {
             let deadline = self.next_deadline();
+            // Timers first when due: under a socket that is always readable, the select below would
+            // otherwise never pick its timer branch.
+            if deadline <= Instant::now() {
+                self.handle_timeout(Instant::now());
+                self.flush(socket);
+                continue;
+            }
             tokio::select! {
                 biased;
                 cmd = rx.recv() => {
@@ -182,8 +192,15 @@ impl Worker {
     fn next_deadline(&self) -> Instant {
         let mut t = Instant::now() + Duration::from_secs(1);
         for s in self.sessions.values() {
+            if let Some(f) = s.failed_at {
+                t = t.min(f + FAILED_GRACE);
+                continue;
+            }
             if let Some(n) = s.next_timeout {
                 t = t.min(n);
+            }
+            if let (false, Some(neg)) = (s.connected, s.negotiated_at) {
+                t = t.min(neg + crate::CONNECT_TIMEOUT);
             }
         }
         if let Some(r) = self.router.poll_timeout() {
@@ -288,7 +305,7 @@ impl Worker {
         let answer = s.rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
         s.client_offered = true;
         s.wants_negotiation = true;
-        let _ = now;
+        s.negotiated_at.get_or_insert(now);
         self.mark(id);
         Ok(answer.to_sdp_string())
     }
@@ -310,8 +327,13 @@ impl Worker {
             self.mark(id);
             return Err(AnswerError::BadSdp(e.to_string()));
         }
-        for (mid, add) in adds {
-            self.create_consumer(now, id, mid, add);
+        s.negotiated_at.get_or_insert(now);
+        if s.connected {
+            for (mid, add) in adds {
+                self.create_consumer(now, id, mid, add);
+            }
+        } else {
+            s.awaiting_connect.extend(adds);
         }
         if let Some(s) = self.sessions.get_mut(&id) {
             s.wants_negotiation = true;
@@ -423,6 +445,10 @@ impl Worker {
             }
         };
         let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.failed_at.is_some() {
+            self.stats.dropped_unknown_source.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         s.last_source = Some(src);
         if let Err(e) = s.rtc.handle_input(input) {
             debug!(?id, "session input error: {e}");
@@ -453,8 +479,35 @@ impl Worker {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<SessionId> =
-            self.sessions.iter().filter(|(_, s)| s.next_timeout.is_none_or(|t| t <= now)).map(|(k, _)| *k).collect();
+        let expired: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.failed_at.is_some_and(|t| now.duration_since(t) >= FAILED_GRACE))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in expired {
+            self.close_session(id, false);
+        }
+        let stuck: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                !s.connected
+                    && s.failed_at.is_none()
+                    && s.negotiated_at.is_some_and(|t| now.duration_since(t) >= crate::CONNECT_TIMEOUT)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for id in stuck {
+            info!(?id, "session did not connect in time");
+            self.fail_session(id);
+        }
+        let due: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.failed_at.is_none() && s.next_timeout.is_none_or(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
         for id in due {
             if let Some(s) = self.sessions.get_mut(&id) {
                 if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
@@ -503,15 +556,19 @@ impl Worker {
                 self.mark(id);
             }
         }
-        let dead: Vec<SessionId> = self.sessions.iter().filter(|(_, s)| !s.rtc.is_alive()).map(|(k, _)| *k).collect();
+        let dead: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.failed_at.is_none() && !s.rtc.is_alive()).map(|(k, _)| *k).collect();
         for id in dead {
-            self.close_session(id, true);
+            self.fail_session(id);
         }
     }
 
     fn poll_session(&mut self, id: SessionId, socket: &UdpSocket) {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.dirty = false;
+            if s.failed_at.is_some() {
+                return;
+            }
         }
         loop {
             let Some(s) = self.sessions.get_mut(&id) else { return };
@@ -519,7 +576,7 @@ impl Worker {
                 Ok(o) => o,
                 Err(e) => {
                     warn!(?id, "session failed: {e}");
-                    self.close_session(id, true);
+                    self.fail_session(id);
                     return;
                 }
             };
@@ -545,15 +602,19 @@ impl Worker {
         let now = Instant::now();
         match e {
             Event::Connected => {
-                if let Some(s) = self.sessions.get_mut(&id) {
-                    let remote = s.last_source.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    info!(?id, %remote, "session connected");
-                    (s.events)(SessionEvent::Connected { remote });
+                let Some(s) = self.sessions.get_mut(&id) else { return };
+                let remote = s.last_source.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                info!(?id, %remote, "session connected");
+                s.connected = true;
+                (s.events)(SessionEvent::Connected { remote });
+                for (mid, add) in std::mem::take(&mut s.awaiting_connect) {
+                    self.create_consumer(now, id, mid, add);
                 }
+                self.drain_router(None);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 info!(?id, "session ICE disconnected");
-                self.close_session(id, true);
+                self.fail_session(id);
             }
             Event::MediaAdded(m) => {
                 let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
@@ -566,7 +627,13 @@ impl Worker {
                 // A publisher that stops sending on a mid ends that producer.
                 let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
                 if !receives {
-                    if let Some(pid) = self.sessions.get_mut(&id).and_then(|s| s.producers_by_mid.remove(&m.mid)) {
+                    if let Some(pid) = self.sessions.get_mut(&id).and_then(|s| s.producers_by_mid.get(&m.mid).copied())
+                    {
+                        if let Some(key) = self.producers.get(&pid).map(|p| p.key) {
+                            if let Some(s) = self.sessions.get_mut(&id) {
+                                (s.events)(SessionEvent::ProducerRemoved { producer: key });
+                            }
+                        }
                         self.end_producer(pid);
                     }
                 }
@@ -583,7 +650,7 @@ impl Worker {
                     self.drain_router(None);
                 }
             }
-            Event::Closed => self.close_session(id, true),
+            Event::Closed => self.fail_session(id),
             _ => {}
         }
     }
@@ -632,6 +699,22 @@ impl Worker {
             }
             self.mark(c.session);
         }
+    }
+
+    /// The session lost its connection on its own. Tell the owner and stop feeding it, but keep its
+    /// producers until the owner's [`Command::Close`]: the owner announces the unpublish first, so
+    /// other participants never see the renegotiation before the news that explains it. A failed
+    /// session that is not closed within [`FAILED_GRACE`] is closed anyway.
+    fn fail_session(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.failed_at.is_some() {
+            return;
+        }
+        s.failed_at = Some(Instant::now());
+        s.next_timeout = None;
+        s.rtc.disconnect();
+        (s.events)(SessionEvent::Disconnected);
+        info!(?id, "session failed; waiting for its owner to close it");
     }
 
     fn close_session(&mut self, id: SessionId, notify: bool) {

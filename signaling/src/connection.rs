@@ -2,7 +2,8 @@
 //!
 //! States: *connected* (only `join`, `ping` and `leave` are meaningful), *joined* (everything), and
 //! *closed*. Every failure of a client message is answered with an `error` and the connection stays
-//! open, except an oversized frame (close 1009), `leave`, shutdown and idle timeout. When the task ends
+//! open, except an oversized frame (close 1009), `leave` (1000), shutdown (1001), idle timeout (1001) and a
+//! failed media connection (`media_failed`, 1011). When the task ends
 //! for any reason the participant leaves its room: others get `media_unpublished` for each of its
 //! streams and `participant_left`, and its media session is closed.
 
@@ -41,7 +42,7 @@ impl Signaling {
         K: Sink<OutFrame> + Unpin + Send,
     {
         let conn = self.next_id();
-        let span = info_span!("ws", conn);
+        let span = info_span!("ws", conn, room = tracing::field::Empty, participant = tracing::field::Empty);
         self.serve_inner(incoming, outgoing).instrument(span).await
     }
 
@@ -60,6 +61,12 @@ impl Signaling {
 
         let end = loop {
             tokio::select! {
+                // Room news before media events: a `media_unpublished` queued before the media plane
+                // produced its renegotiation offer is always delivered first.
+                biased;
+                Some(msg) = notice_rx.recv() => {
+                    if send_all(&mut outgoing, vec![msg]).await.is_err() { break End::Close(None); }
+                }
                 frame = incoming.next() => {
                     last_seen = Instant::now();
                     let frame = frame.unwrap_or(Frame::Close);
@@ -84,9 +91,6 @@ impl Signaling {
                         Frame::Close => break End::Close(None),
                         Frame::Error(e) => { debug!("transport error: {e}"); break End::Close(None); }
                     }
-                }
-                Some(msg) = notice_rx.recv() => {
-                    if send_all(&mut outgoing, vec![msg]).await.is_err() { break End::Close(None); }
                 }
                 Some(ev) = media_rx.recv() => {
                     let step = self.handle_media_event(ev, joined.as_ref());
@@ -159,10 +163,13 @@ impl Signaling {
                 }
                 match self.join(room, name, role, notices.clone(), media_events.clone()) {
                     Ok((j, reply)) => {
+                        tracing::Span::current().record("room", j.room.as_str());
+                        tracing::Span::current().record("participant", participant_wire_id(j.id).as_str());
                         *joined = Some(j);
                         Step::Reply(vec![reply])
                     }
-                    Err(code) => err(code, "the room is full"),
+                    Err(ErrorCode::RoomFull) => err(ErrorCode::RoomFull, "the room is full"),
+                    Err(code) => err(code, "the join could not be completed"),
                 }
             }
             other => {
@@ -272,8 +279,15 @@ impl Signaling {
         Ok((Joined { room: room_name, id, role }, reply))
     }
 
+    /// Remove the participant. Others hear `media_unpublished` and `participant_left` before the media
+    /// session closes, so the renegotiation offers that follow always come after the news.
     fn leave(&self, j: &Joined) {
+        self.remove_member(j);
         self.media.close_session(j.id);
+        info!(room = %j.room, participant = %participant_wire_id(j.id), "left");
+    }
+
+    fn remove_member(&self, j: &Joined) {
         let Ok(mut rooms) = self.rooms.lock() else { return };
         let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
         if let Some(me) = room.members.remove(&j.id) {
@@ -288,7 +302,6 @@ impl Signaling {
         if room.members.is_empty() {
             rooms.by_name.remove(&j.room);
         }
-        info!(room = %j.room, participant = %participant_wire_id(j.id), "left");
     }
 
     fn set_muted(&self, j: &Joined, kind: MediaKind, muted: bool) {
@@ -296,6 +309,10 @@ impl Signaling {
         let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
         let Some(me) = room.members.get_mut(&j.id) else { return };
         let pid = me.info.id.clone();
+        match kind {
+            MediaKind::Audio => me.audio_muted = muted,
+            MediaKind::Video => me.video_muted = muted,
+        }
         let mut changed = Vec::new();
         for media in me.info.media.iter_mut().filter(|m| m.kind == kind) {
             if media.muted != muted {
@@ -317,11 +334,26 @@ impl Signaling {
                 None
             }
             MediaEvent::Disconnected => Some(MediaStep::Fail),
+            MediaEvent::Unpublished { producer } => {
+                let Ok(mut rooms) = self.rooms.lock() else { return None };
+                let room = rooms.by_name.get_mut(&j.room)?;
+                let me = room.members.get_mut(&j.id)?;
+                let idx = me.producers.iter().position(|p| *p == producer)?;
+                me.producers.remove(idx);
+                let media = me.info.media.remove(idx);
+                let msg = ServerMessage::MediaUnpublished { participant_id: me.info.id.clone(), media_id: media.id };
+                room.broadcast(j.id, &msg);
+                None
+            }
             MediaEvent::Published { producer, kind, codec } => {
                 let Ok(mut rooms) = self.rooms.lock() else { return None };
                 let room = rooms.by_name.get_mut(&j.room)?;
                 let me = room.members.get_mut(&j.id)?;
-                let media = MediaInfo { id: media_wire_id(producer), kind, codec, muted: false };
+                let muted = match kind {
+                    MediaKind::Audio => me.audio_muted,
+                    MediaKind::Video => me.video_muted,
+                };
+                let media = MediaInfo { id: media_wire_id(producer), kind, codec, muted };
                 me.info.media.push(media.clone());
                 me.producers.push(producer);
                 let pid = me.info.id.clone();

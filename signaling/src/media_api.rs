@@ -24,6 +24,11 @@ pub enum MediaEvent {
         /// Codec name, e.g. `"vp8"`.
         codec: String,
     },
+    /// The client stopped publishing a stream on its own (renegotiation).
+    Unpublished {
+        /// Media-plane producer id.
+        producer: u64,
+    },
     /// ICE and DTLS completed.
     Connected,
     /// The media connection was lost; the session is gone.

@@ -15,6 +15,10 @@ pub(crate) struct Member {
     pub session: u64,
     /// Producer id of each entry of `info.media`, same order.
     pub producers: Vec<u64>,
+    /// Mute state announced by the participant, applied to streams it publishes later.
+    pub audio_muted: bool,
+    /// See `audio_muted`.
+    pub video_muted: bool,
     pub notices: mpsc::UnboundedSender<ServerMessage>,
 }
 
@@ -81,6 +85,8 @@ pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::Unbounded
         info: ParticipantInfo { id: participant_wire_id(id), name, role, media: Vec::<MediaInfo>::new() },
         session: id,
         producers: Vec::new(),
+        audio_muted: false,
+        video_muted: false,
         notices,
     }
 }

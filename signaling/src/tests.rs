@@ -295,3 +295,27 @@ async fn media_failure_ends_the_participant() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(sig.rooms().is_empty());
 }
+
+#[tokio::test]
+async fn mute_before_publishing_applies_and_own_unpublish_is_announced() {
+    let (media, sig) = setup();
+    let mut a = connect(&sig);
+    let ServerMessage::Joined { participant_id: a_id, .. } = a.join("r", "A", "speaker").await else { panic!() };
+    let a_session: u64 = a_id.trim_start_matches('p').parse().unwrap();
+    let mut v = connect(&sig);
+    v.join("r", "V", "viewer").await;
+    assert!(matches!(a.msg().await, ServerMessage::ParticipantJoined { .. }));
+    a.send(r#"{"type":"mute","kind":"audio","muted":true}"#);
+    a.send(r#"{"type":"ping","id":1}"#);
+    assert_eq!(a.msg().await, ServerMessage::Pong { id: Some(1) });
+    media.emit(a_session, MediaEvent::Published { producer: 4, kind: MediaKind::Audio, codec: "opus".into() });
+    match v.msg().await {
+        ServerMessage::MediaPublished { media, .. } => assert!(media.muted, "the early mute applies"),
+        other => panic!("expected media_published, got {other:?}"),
+    }
+    media.emit(a_session, MediaEvent::Unpublished { producer: 4 });
+    assert_eq!(v.msg().await, ServerMessage::MediaUnpublished { participant_id: a_id.clone(), media_id: "m4".into() });
+    let rooms = sig.rooms();
+    let a_info = rooms[0].participants.iter().find(|p| p.id == a_id).unwrap();
+    assert!(a_info.media.is_empty(), "the room forgets the stream");
+}

@@ -11,23 +11,14 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import {
+  BASE, MEDIA_ADDR, WAIT_MS, launchBrowser, openPage as openPageIn, join as joinIn, waitFor, sleep,
+  inbound, outboundBytes, selectedPair,
+} from './lib.mjs';
 
-const BASE = process.env.DAIS_URL;
-const MEDIA_ADDR = process.env.DAIS_MEDIA_ADDR; // "127.0.0.1:PORT", when the runner knows it
-const EXECUTABLE = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const ROOM = `roundtable-${process.pid}-${Date.now().toString(36)}`;
-const WAIT_MS = 30_000;
 const FIRST_FRAME_BUDGET_MS = 2_000;
 const LATE_JOIN_AFTER_MS = 10_000;
-
-// shared/BROWSER-TESTING.md, plus autoplay with sound.
-const CHROMIUM_ARGS = [
-  '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
-];
 
 let browser;
 let speakersJoinedAt = 0;
@@ -36,10 +27,7 @@ const viewers = [];
 const everyone = () => [...speakers, ...viewers];
 
 before(async () => {
-  assert.ok(BASE, 'DAIS_URL must name the server, e.g. http://127.0.0.1:8080 (scripts/browser-test.sh sets it)');
-  // headless: false because the flag list above already carries --headless=new; Playwright's own
-  // headless mode would add its flags (and --mute-audio) on top.
-  browser = await chromium.launch({ executablePath: EXECUTABLE, headless: false, args: CHROMIUM_ARGS });
+  browser = await launchBrowser();
   speakers.push(await join('speaker-a', `/speak?room=${ROOM}&name=Ann`));
   speakers.push(await join('speaker-b', `/speak?room=${ROOM}&name=Bo`));
   speakersJoinedAt = Date.now();
@@ -173,43 +161,8 @@ test('no page threw or logged an error', () => {
 
 // ---- helpers -------------------------------------------------------------------------------
 
-async function openPage(label) {
-  const context = await browser.newContext();
-  await context.addInitScript(installSdpParser);
-  const page = await context.newPage();
-  const problems = [];
-  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
-  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console.error: ${m.text()}`); });
-  return { label, context, page, problems, id: null };
-}
-
-async function join(label, path) {
-  const p = await openPage(label);
-  await p.page.goto(BASE + path);
-  await p.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
-  p.id = await p.page.evaluate(() => window.dais.participantId);
-  return p;
-}
-
-/** Poll `check` until it returns something truthy; fail with `what` after WAIT_MS. */
-async function waitFor(what, check, timeoutMs = WAIT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let lastError;
-  while (Date.now() < deadline) {
-    try {
-      const v = await check();
-      if (v) return v;
-    } catch (e) {
-      lastError = e;
-    }
-    await sleep(250);
-  }
-  assert.fail(`timed out after ${timeoutMs} ms waiting until ${what}${lastError ? ` (last error: ${lastError.message})` : ''}`);
-}
-
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
+const openPage = (label) => openPageIn(browser, label);
+const join = (label, path) => joinIn(browser, label, path);
 
 function streamsFrom(stats, participantId, kind) {
   return stats.filter((s) => s.participantId === participantId && s.kind === kind && s.active);
@@ -223,73 +176,10 @@ async function speakerMedia(page, participantId) {
   return byKind;
 }
 
-// Installed in every page before its scripts: m-sections of an SDP by mid, with the msid's
-// participant and media ids. Kept independent of dais.js on purpose.
-function installSdpParser() {
-  window.__sdpSections = (sdp) => {
-    const out = new Map();
-    let cur = null;
-    for (const raw of sdp.split(/\r?\n/)) {
-      const line = raw.trim();
-      if (line.startsWith('m=')) { cur = { port: Number(line.split(' ')[1]), direction: 'sendrecv' }; continue; }
-      if (!cur) continue;
-      if (line.startsWith('a=mid:')) out.set(line.slice(6), cur);
-      else if (/^a=(sendonly|recvonly|sendrecv|inactive)$/.test(line)) cur.direction = line.slice(2);
-      else if (line.startsWith('a=msid:')) [cur.participantId, cur.mediaId] = line.slice(7).split(/\s+/);
-    }
-    for (const s of out.values()) s.active = s.port !== 0 && (s.direction === 'sendonly' || s.direction === 'sendrecv');
-    return out;
-  };
-}
-
-/** inbound-rtp entries of a page, each attributed to a publisher through the remote SDP. */
-async function inbound(page) {
-  return page.evaluate(async () => {
-    const pc = window.dais.pc;
-    const sections = window.__sdpSections(pc.remoteDescription?.sdp ?? '');
-    const midOfTrack = new Map(pc.getTransceivers().map((t) => [t.receiver.track.id, t.mid]));
-    const out = [];
-    (await pc.getStats()).forEach((r) => {
-      if (r.type !== 'inbound-rtp') return;
-      const mid = r.mid ?? midOfTrack.get(r.trackIdentifier);
-      const s = sections.get(mid) ?? {};
-      out.push({
-        kind: r.kind, mid, ssrc: r.ssrc, active: !!s.active,
-        participantId: s.participantId ?? null, mediaId: s.mediaId ?? null,
-        framesDecoded: r.framesDecoded ?? 0, packetsReceived: r.packetsReceived ?? 0,
-      });
-    });
-    return out;
-  });
-}
-
 async function activeSections(page) {
   return page.evaluate(() => {
     const sections = window.__sdpSections(window.dais.pc.remoteDescription?.sdp ?? '');
     return [...sections.values()].filter((s) => s.active);
-  });
-}
-
-async function outboundBytes(page) {
-  return page.evaluate(async () => {
-    const out = { audio: 0, video: 0 };
-    (await window.dais.pc.getStats()).forEach((r) => {
-      if (r.type === 'outbound-rtp') out[r.kind] += r.bytesSent ?? 0;
-    });
-    return out;
-  });
-}
-
-async function selectedPair(page) {
-  return page.evaluate(async () => {
-    const stats = await window.dais.pc.getStats();
-    let pair = null;
-    stats.forEach((r) => {
-      if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
-    });
-    if (!pair) return null;
-    const remote = stats.get(pair.remoteCandidateId) ?? {};
-    return { state: pair.state, remoteAddress: remote.address ?? remote.ip, remotePort: remote.port };
   });
 }
 

@@ -16,30 +16,22 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use dais_proto::{
-    ClientMessage, ErrorCode, MediaKind, ParticipantInfo, Role, ServerMessage, PROTOCOL_VERSION,
-};
+use dais_proto::{ClientMessage, ErrorCode, MediaKind, ParticipantInfo, Role, ServerMessage, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    PeerConnection, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
-};
+use webrtc::peer_connection::{PeerConnection, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription};
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
 use crate::error::ClientError;
 use crate::media::verify_payload;
-use crate::peer::{
-    build_peer, opus_codec, selected_pair, vp8_codec, Peer, PeerEvent, OPUS_PT, VP8_PT,
-};
+use crate::peer::{build_peer, opus_codec, selected_pair, vp8_codec, Peer, PeerEvent, OPUS_PT, VP8_PT};
 use crate::sender::{self, MediaConfig, Outlet, SendCounters, SenderStats};
 use crate::stats::StreamStats;
 
@@ -57,11 +49,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self {
-            packet_events: false,
-            gather_timeout: Duration::from_secs(5),
-            join_timeout: Duration::from_secs(10),
-        }
+        Self { packet_events: false, gather_timeout: Duration::from_secs(5), join_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -176,18 +164,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// The statistics of one received stream.
     pub fn stream(&self, participant_id: &str, media_id: &str) -> Option<&StreamStats> {
-        self.streams
-            .get(&(participant_id.to_owned(), media_id.to_owned()))
+        self.streams.get(&(participant_id.to_owned(), media_id.to_owned()))
     }
 
     /// The received streams published by one participant.
-    pub fn streams_of<'a>(
-        &'a self,
-        participant_id: &'a str,
-    ) -> impl Iterator<Item = &'a StreamStats> + 'a {
-        self.streams
-            .values()
-            .filter(move |s| s.participant_id == participant_id)
+    pub fn streams_of<'a>(&'a self, participant_id: &'a str) -> impl Iterator<Item = &'a StreamStats> + 'a {
+        self.streams.values().filter(move |s| s.participant_id == participant_id)
     }
 
     /// Packets received from one publisher, all its streams together.
@@ -259,11 +241,15 @@ impl Shared {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut s = self.lock().clone();
-        s.sent = self
-            .counters
-            .snapshot(*self.tag.lock().unwrap_or_else(|e| e.into_inner()));
-        s
+        self.check(|_| true).unwrap_or_default()
+    }
+
+    /// Evaluate `pred` under the lock (no copy per check) and copy the state only if it holds.
+    fn check(&self, pred: impl FnOnce(&Snapshot) -> bool) -> Option<Snapshot> {
+        let tag = *self.tag.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.lock();
+        s.sent = self.counters.snapshot(tag);
+        pred(&s).then(|| s.clone())
     }
 }
 
@@ -321,10 +307,7 @@ impl Client {
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (neg, neg_rx) = mpsc::unbounded_channel::<NegCmd>();
         let shared = Arc::new(Shared {
-            state: Mutex::new(Snapshot {
-                peer_state: RTCPeerConnectionState::New.to_string(),
-                ..Default::default()
-            }),
+            state: Mutex::new(Snapshot { peer_state: RTCPeerConnectionState::New.to_string(), ..Default::default() }),
             changed: Notify::new(),
             events: Mutex::new(None),
             options,
@@ -352,9 +335,7 @@ impl Client {
             tokio::spawn(async move {
                 let close = loop {
                     match stream.next().await {
-                        Some(Ok(Message::Text(text))) => {
-                            on_server_text(&shared, &neg, text.as_str())
-                        }
+                        Some(Ok(Message::Text(text))) => on_server_text(&shared, &neg, text.as_str()),
                         Some(Ok(Message::Close(frame))) => {
                             break CloseInfo {
                                 code: frame.as_ref().map(|f| u16::from(f.code)),
@@ -362,18 +343,8 @@ impl Client {
                             }
                         }
                         Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            break CloseInfo {
-                                code: None,
-                                reason: e.to_string(),
-                            }
-                        }
-                        None => {
-                            break CloseInfo {
-                                code: None,
-                                reason: "end of stream".into(),
-                            }
-                        }
+                        Some(Err(e)) => break CloseInfo { code: None, reason: e.to_string() },
+                        None => break CloseInfo { code: None, reason: "end of stream".into() },
                     }
                 };
                 shared.update(|s| s.closed = Some(close.clone()));
@@ -386,51 +357,25 @@ impl Client {
             tokio::spawn(n.run(neg_rx))
         };
 
-        Ok(Client {
-            shared,
-            out,
-            neg,
-            tasks: vec![writer, reader, negotiator],
-        })
+        Ok(Client { shared, out, neg, tasks: vec![writer, reader, negotiator] })
     }
 
     /// Send `join` and wait for `joined`; a server `error` becomes [`ClientError::Server`].
     pub async fn join(&self, room: &str, name: &str, role: Role) -> Result<Joined, ClientError> {
         let mark = self.message_count();
-        self.send(ClientMessage::Join {
-            room: room.into(),
-            name: name.into(),
-            role,
-            version: PROTOCOL_VERSION,
-        })?;
+        self.send(ClientMessage::Join { room: room.into(), name: name.into(), role, version: PROTOCOL_VERSION })?;
         let reply = self
             .wait_for_message(
                 mark,
-                |m| {
-                    matches!(
-                        m,
-                        ServerMessage::Joined { .. } | ServerMessage::Error { .. }
-                    )
-                },
+                |m| matches!(m, ServerMessage::Joined { .. } | ServerMessage::Error { .. }),
                 self.shared.options.join_timeout,
             )
             .await?;
         match reply {
-            ServerMessage::Joined {
-                room,
-                participant_id,
-                role,
-                participants,
-                ..
-            } => Ok(Joined {
-                room,
-                participant_id,
-                role,
-                participants,
-            }),
-            ServerMessage::Error { code, message, .. } => {
-                Err(ClientError::Server { code, message })
+            ServerMessage::Joined { room, participant_id, role, participants, .. } => {
+                Ok(Joined { room, participant_id, role, participants })
             }
+            ServerMessage::Error { code, message, .. } => Err(ClientError::Server { code, message }),
             _ => Err(ClientError::InvalidState("unexpected reply to join".into())),
         }
     }
@@ -441,20 +386,14 @@ impl Client {
         match self.shared.lock().role {
             Some(Role::Speaker) => {}
             other => {
-                return Err(ClientError::InvalidState(format!(
-                    "publish needs a joined speaker, role is {other:?}"
-                )))
+                return Err(ClientError::InvalidState(format!("publish needs a joined speaker, role is {other:?}")))
             }
         }
         *self.shared.tag.lock().unwrap_or_else(|e| e.into_inner()) = config.tag;
         let (tx, rx) = oneshot::channel();
-        self.neg
-            .send(NegCmd::Publish(config, tx))
-            .map_err(|_| ClientError::Closed)?;
+        self.neg.send(NegCmd::Publish(config, tx)).map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)??;
-        Ok(MediaHandle {
-            shared: self.shared.clone(),
-        })
+        Ok(MediaHandle { shared: self.shared.clone() })
     }
 
     /// Send a genuine sendonly audio+video offer from a throwaway peer connection, whatever this
@@ -464,14 +403,9 @@ impl Client {
         let (tx, _rx) = mpsc::unbounded_channel();
         let peer = build_peer(tx).await?;
         let tag = sender::next_tag();
-        for (kind, ssrc) in [
-            (RtpCodecKind::Audio, tag),
-            (RtpCodecKind::Video, tag.wrapping_add(1)),
-        ] {
+        for (kind, ssrc) in [(RtpCodecKind::Audio, tag), (RtpCodecKind::Video, tag.wrapping_add(1))] {
             let track = Arc::new(local_track(kind, "scratch", ssrc));
-            peer.pc
-                .add_transceiver_from_track(track as Arc<dyn TrackLocal>, Some(sendonly("scratch")))
-                .await?;
+            peer.pc.add_transceiver_from_track(track as Arc<dyn TrackLocal>, Some(sendonly("scratch"))).await?;
         }
         let offer = peer.pc.create_offer(None).await?;
         peer.pc.set_local_description(offer).await?;
@@ -492,22 +426,16 @@ impl Client {
         if self.shared.lock().closed.is_some() {
             return Err(ClientError::Closed);
         }
-        self.out
-            .send(Message::text(text))
-            .map_err(|_| ClientError::Closed)
+        self.out.send(Message::text(text)).map_err(|_| ClientError::Closed)
     }
 
     /// Send a `ping` and wait for its `pong`.
     pub async fn ping(&self, id: u64, timeout: Duration) -> Result<(), ClientError> {
         let mark = self.message_count();
         self.send(ClientMessage::Ping { id: Some(id) })?;
-        self.wait_for_message(
-            mark,
-            |m| matches!(m, ServerMessage::Pong { id: Some(i) } if *i == id),
-            timeout,
-        )
-        .await
-        .map(|_| ())
+        self.wait_for_message(mark, |m| matches!(m, ServerMessage::Pong { id: Some(i) } if *i == id), timeout)
+            .await
+            .map(|_| ())
     }
 
     /// Send `leave`, stop media and close the peer connection. The server closes the socket.
@@ -569,8 +497,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.shared.changed.notified();
-            let snap = self.shared.snapshot();
-            if pred(&snap) {
+            if let Some(snap) = self.shared.check(&mut pred) {
                 return Ok(snap);
             }
             let now = tokio::time::Instant::now();
@@ -605,26 +532,17 @@ impl Client {
         code: ErrorCode,
         timeout: Duration,
     ) -> Result<ServerMessage, ClientError> {
-        self.wait_for_message(
-            mark,
-            |m| matches!(m, ServerMessage::Error { code: c, .. } if *c == code),
-            timeout,
-        )
-        .await
+        self.wait_for_message(mark, |m| matches!(m, ServerMessage::Error { code: c, .. } if *c == code), timeout).await
     }
 
     /// Wait until the peer connection is connected.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
-        self.wait_until(timeout, "peer connection connected", Snapshot::connected)
-            .await
-            .map(|_| ())
+        self.wait_until(timeout, "peer connection connected", Snapshot::connected).await.map(|_| ())
     }
 
     /// Wait until the signaling socket is closed; returns how.
     pub async fn wait_closed(&self, timeout: Duration) -> Result<CloseInfo, ClientError> {
-        let s = self
-            .wait_until(timeout, "socket closed", |s| s.closed.is_some())
-            .await?;
+        let s = self.wait_until(timeout, "socket closed", |s| s.closed.is_some()).await?;
         s.closed.ok_or(ClientError::Closed)
     }
 }
@@ -647,10 +565,7 @@ fn on_server_text(shared: &Arc<Shared>, neg: &mpsc::UnboundedSender<NegCmd>, tex
     let msg: ServerMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
-            shared.fail(format!(
-                "unparseable server message ({e}): {}",
-                text.chars().take(200).collect::<String>()
-            ));
+            shared.fail(format!("unparseable server message ({e}): {}", text.chars().take(200).collect::<String>()));
             return;
         }
     };
@@ -658,19 +573,12 @@ fn on_server_text(shared: &Arc<Shared>, neg: &mpsc::UnboundedSender<NegCmd>, tex
     let cmd = match &msg {
         ServerMessage::Offer { sdp } => Some(NegCmd::ServerOffer(sdp.clone())),
         ServerMessage::Answer { sdp } => Some(NegCmd::ServerAnswer(sdp.clone())),
-        ServerMessage::Error {
-            code: ErrorCode::OfferCollision,
-            ..
-        } => Some(NegCmd::Collision),
+        ServerMessage::Error { code: ErrorCode::OfferCollision, .. } => Some(NegCmd::Collision),
         _ => None,
     };
     shared.update(|s| {
         match &msg {
-            ServerMessage::Joined {
-                participant_id,
-                role,
-                ..
-            } => {
+            ServerMessage::Joined { participant_id, role, .. } => {
                 s.participant_id = Some(participant_id.clone());
                 s.role = Some(*role);
             }
@@ -696,10 +604,7 @@ fn local_track(kind: RtpCodecKind, stream_id: &str, ssrc: u32) -> TrackLocalStat
         label.to_owned(),
         kind,
         vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                ..Default::default()
-            },
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
             active: true,
             codec,
             ..Default::default()
@@ -719,18 +624,12 @@ fn sendonly(stream_id: &str) -> RTCRtpTransceiverInit {
 /// then carries the gathered candidates.
 async fn gathered_sdp(peer: &Peer, timeout: Duration) -> Result<String, ClientError> {
     let mut g = peer.gathering.clone();
-    let _ = tokio::time::timeout(
-        timeout,
-        g.wait_for(|s| *s == RTCIceGatheringState::Complete),
-    )
-    .await;
+    let _ = tokio::time::timeout(timeout, g.wait_for(|s| *s == RTCIceGatheringState::Complete)).await;
     peer.pc
         .local_description()
         .await
         .map(|d| d.sdp)
-        .ok_or_else(|| {
-            ClientError::InvalidState("no local description after set_local_description".into())
-        })
+        .ok_or_else(|| ClientError::InvalidState("no local description after set_local_description".into()))
 }
 
 /// A stream this client publishes.
@@ -805,9 +704,7 @@ impl Negotiator {
     }
 
     fn send(&self, msg: ClientMessage) -> Result<(), ClientError> {
-        self.out
-            .send(Message::text(msg.to_json()))
-            .map_err(|_| ClientError::Closed)
+        self.out.send(Message::text(msg.to_json())).map_err(|_| ClientError::Closed)
     }
 
     async fn peer(&mut self) -> Result<&Peer, ClientError> {
@@ -834,9 +731,7 @@ impl Negotiator {
             });
             self.peer = Some(peer);
         }
-        self.peer
-            .as_ref()
-            .ok_or_else(|| ClientError::InvalidState("no peer connection".into()))
+        self.peer.as_ref().ok_or_else(|| ClientError::InvalidState("no peer connection".into()))
     }
 
     async fn send_offer(&mut self) -> Result<(), ClientError> {
@@ -855,9 +750,7 @@ impl Negotiator {
         self.offer_outstanding = false;
         self.reoffer = true;
         let peer = self.peer().await?;
-        peer.pc
-            .set_local_description(RTCSessionDescription::rollback(None)?)
-            .await?;
+        peer.pc.set_local_description(RTCSessionDescription::rollback(None)?).await?;
         Ok(())
     }
 
@@ -869,9 +762,7 @@ impl Negotiator {
         }
         let timeout = self.shared.options.gather_timeout;
         let peer = self.peer().await?;
-        peer.pc
-            .set_remote_description(RTCSessionDescription::offer(sdp)?)
-            .await?;
+        peer.pc.set_remote_description(RTCSessionDescription::offer(sdp)?).await?;
         let answer = peer.pc.create_answer(None).await?;
         peer.pc.set_local_description(answer).await?;
         let sdp = gathered_sdp(peer, timeout).await?;
@@ -885,14 +776,10 @@ impl Negotiator {
 
     async fn on_server_answer(&mut self, sdp: String) -> Result<(), ClientError> {
         if !self.offer_outstanding {
-            return Err(ClientError::InvalidState(
-                "server answer without an outstanding offer".into(),
-            ));
+            return Err(ClientError::InvalidState("server answer without an outstanding offer".into()));
         }
         let peer = self.peer().await?;
-        peer.pc
-            .set_remote_description(RTCSessionDescription::answer(sdp)?)
-            .await?;
+        peer.pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
         self.offer_outstanding = false;
         self.shared.update(|s| s.answers_received += 1);
         self.start_media().await
@@ -914,56 +801,26 @@ impl Negotiator {
         if self.publication.is_some() {
             return Err(ClientError::InvalidState("already publishing".into()));
         }
-        let stream_id = self
-            .shared
-            .lock()
-            .participant_id
-            .clone()
-            .unwrap_or_else(|| "dais-client".into());
+        let stream_id = self.shared.lock().participant_id.clone().unwrap_or_else(|| "dais-client".into());
         let peer = self.peer().await?;
-        let add =
-            async |kind: RtpCodecKind, ssrc: u32, default_pt: u8| -> Result<Local, ClientError> {
-                let track = Arc::new(local_track(kind, &stream_id, ssrc));
-                let t = peer
-                    .pc
-                    .add_transceiver_from_track(
-                        track.clone() as Arc<dyn TrackLocal>,
-                        Some(sendonly(&stream_id)),
-                    )
-                    .await?;
-                let sender = t.sender().await?.ok_or_else(|| {
-                    ClientError::InvalidState("transceiver without sender".into())
-                })?;
-                Ok(Local {
-                    track,
-                    sender,
-                    ssrc,
-                    default_pt,
-                })
-            };
+        let add = async |kind: RtpCodecKind, ssrc: u32, default_pt: u8| -> Result<Local, ClientError> {
+            let track = Arc::new(local_track(kind, &stream_id, ssrc));
+            let t = peer
+                .pc
+                .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(sendonly(&stream_id)))
+                .await?;
+            let sender =
+                t.sender().await?.ok_or_else(|| ClientError::InvalidState("transceiver without sender".into()))?;
+            Ok(Local { track, sender, ssrc, default_pt })
+        };
         let ssrc = config.tag.wrapping_mul(2).wrapping_add(0x1000_0001);
-        let audio = if config.audio {
-            Some(add(RtpCodecKind::Audio, ssrc, OPUS_PT).await?)
-        } else {
-            None
-        };
-        let video = if config.video {
-            Some(add(RtpCodecKind::Video, ssrc.wrapping_add(1), VP8_PT).await?)
-        } else {
-            None
-        };
+        let audio = if config.audio { Some(add(RtpCodecKind::Audio, ssrc, OPUS_PT).await?) } else { None };
+        let video =
+            if config.video { Some(add(RtpCodecKind::Video, ssrc.wrapping_add(1), VP8_PT).await?) } else { None };
         if let Some(v) = &video {
-            tokio::spawn(sender::watch_keyframe_requests(
-                v.track.clone(),
-                self.shared.counters.clone(),
-            ));
+            tokio::spawn(sender::watch_keyframe_requests(v.track.clone(), self.shared.counters.clone()));
         }
-        self.publication = Some(Publication {
-            config,
-            audio,
-            video,
-            started: false,
-        });
+        self.publication = Some(Publication { config, audio, video, started: false });
         if self.offer_outstanding {
             // Cannot happen (only publish offers first), but never stack two offers.
             self.reoffer = true;
@@ -999,14 +856,7 @@ impl Negotiator {
         if let Some(v) = &publication.video {
             let outlet = outlet(v).await;
             let interval = publication.config.keyframe_interval;
-            tokio::spawn(sender::run_video(
-                outlet,
-                tag,
-                interval,
-                counters,
-                state,
-                self.shared.stop_media.subscribe(),
-            ));
+            tokio::spawn(sender::run_video(outlet, tag, interval, counters, state, self.shared.stop_media.subscribe()));
         }
         Ok(())
     }
@@ -1015,19 +865,10 @@ impl Negotiator {
 /// The negotiated payload type of a local stream (the first codec the sender settled on).
 async fn outlet(local: &Local) -> Outlet {
     let payload_type = match local.sender.get_parameters().await {
-        Ok(p) => p
-            .rtp_parameters
-            .codecs
-            .first()
-            .map(|c| c.payload_type)
-            .unwrap_or(local.default_pt),
+        Ok(p) => p.rtp_parameters.codecs.first().map(|c| c.payload_type).unwrap_or(local.default_pt),
         Err(_) => local.default_pt,
     };
-    Outlet {
-        track: local.track.clone(),
-        ssrc: local.ssrc,
-        payload_type,
-    }
+    Outlet { track: local.track.clone(), ssrc: local.ssrc, payload_type }
 }
 
 /// Read one remote track to its end, verifying every payload into the stream's statistics.
@@ -1046,11 +887,7 @@ async fn read_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
             .or_insert_with(|| StreamStats::new(participant_id.clone(), media_id.clone(), kind));
         entry.ended = false;
     });
-    shared.emit(ClientEvent::TrackOpened {
-        participant_id: participant_id.clone(),
-        media_id: media_id.clone(),
-        kind,
-    });
+    shared.emit(ClientEvent::TrackOpened { participant_id: participant_id.clone(), media_id: media_id.clone(), kind });
     let packet_events = shared.options.packet_events;
     while let Some(event) = track.poll().await {
         match event {
@@ -1087,8 +924,5 @@ async fn read_track(shared: Arc<Shared>, track: Arc<dyn TrackRemote>) {
             st.ended = true;
         }
     });
-    shared.emit(ClientEvent::TrackEnded {
-        participant_id,
-        media_id,
-    });
+    shared.emit(ClientEvent::TrackEnded { participant_id, media_id });
 }

@@ -28,9 +28,7 @@ mod peer;
 mod sender;
 mod stats;
 
-pub use client::{
-    Client, ClientEvent, ClientOptions, CloseInfo, Joined, MediaHandle, ReceivedPacket, Snapshot,
-};
+pub use client::{Client, ClientEvent, ClientOptions, CloseInfo, Joined, MediaHandle, ReceivedPacket, Snapshot};
 pub use dais_proto::{ClientMessage, ErrorCode, MediaKind, Role, ServerMessage};
 pub use error::ClientError;
 pub use peer::{OPUS_PT, VP8_PT};

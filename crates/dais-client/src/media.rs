@@ -28,9 +28,7 @@ pub const VIDEO_TS_STEP: u32 = 3000;
 
 const TAG_BLOCK_LEN: usize = 16;
 const AUDIO_PREFIX: &[u8] = &[0x78];
-const VIDEO_KEY_PREFIX: &[u8] = &[
-    0x10, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00,
-];
+const VIDEO_KEY_PREFIX: &[u8] = &[0x10, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00];
 const VIDEO_DELTA_PREFIX: &[u8] = &[0x10, 0x11, 0x02, 0x00];
 const VIDEO_CONT_PREFIX: &[u8] = &[0x00];
 
@@ -82,8 +80,7 @@ pub fn build_payload(tag: u32, kind: MediaKind, counter: u64, flags: u8, len: us
     buf.put_u64(counter);
     // `len` is at most MAX_PAYLOAD, which fits in u16.
     buf.put_u16(len as u16);
-    let mut state =
-        (u64::from(tag) << 32) ^ (u64::from(kind_byte(kind)) << 24) ^ counter.rotate_left(17);
+    let mut state = (u64::from(tag) << 32) ^ (u64::from(kind_byte(kind)) << 24) ^ counter.rotate_left(17);
     while buf.len() < len {
         let word = splitmix(&mut state).to_be_bytes();
         let take = (len - buf.len()).min(word.len());
@@ -135,12 +132,7 @@ pub fn verify_payload(kind: MediaKind, payload: &[u8]) -> Option<Verified> {
     let len = usize::from(u16::from_be_bytes(block[14..16].try_into().ok()?));
     let expected = build_payload(tag, kind, counter, flags, len);
     let ok = block[4] == kind_byte(kind) && expected.as_ref() == payload;
-    Some(Verified {
-        tag,
-        counter,
-        flags,
-        ok,
-    })
+    Some(Verified { tag, counter, flags, ok })
 }
 
 /// One packet of a synthetic frame, ready to be put in an RTP packet.
@@ -192,21 +184,13 @@ pub struct VideoSource {
 impl VideoSource {
     /// A source whose packets carry `tag`.
     pub fn new(tag: u32) -> Self {
-        Self {
-            tag,
-            counter: 0,
-            frame: 0,
-        }
+        Self { tag, counter: 0, frame: 0 }
     }
 
     /// The packets of the next frame: a keyframe spans three packets (about 3 KB), a delta frame
     /// one or two (500 to 1999 bytes). Every packet is at most [`MAX_PAYLOAD`] bytes.
     pub fn next_frame(&mut self, keyframe: bool) -> Vec<SyntheticPacket> {
-        let budget = if keyframe {
-            3000
-        } else {
-            500 + (self.frame.wrapping_mul(97) % 1500) as usize
-        };
+        let budget = if keyframe { 3000 } else { 500 + (self.frame.wrapping_mul(97) % 1500) as usize };
         self.frame += 1;
         let n = budget.div_ceil(MAX_PAYLOAD).max(1);
         let mut out = Vec::with_capacity(n);
@@ -250,11 +234,7 @@ mod tests {
             bad[last] ^= 1;
             assert!(!verify_payload(MediaKind::Audio, &bad).expect("readable").ok);
             let short = &p.payload[..p.payload.len() - 1];
-            assert!(
-                !verify_payload(MediaKind::Audio, short)
-                    .expect("readable")
-                    .ok
-            );
+            assert!(!verify_payload(MediaKind::Audio, short).expect("readable").ok);
         }
     }
 

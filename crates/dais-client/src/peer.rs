@@ -13,12 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports,
-};
-use rtc::peer_connection::configuration::media_engine::{
-    MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8,
-};
+use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_rtcp_reports};
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -28,8 +24,8 @@ use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, watch};
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCBundlePolicy,
-    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCBundlePolicy, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCPeerConnectionState, SettingEngineBuilder,
 };
 
 use crate::error::ClientError;
@@ -100,43 +96,24 @@ pub(crate) struct Peer {
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peer")
-            .field("state", &*self.state.borrow())
-            .finish_non_exhaustive()
+        f.debug_struct("Peer").field("state", &*self.state.borrow()).finish_non_exhaustive()
     }
 }
 
 /// Build a bundled (max-bundle) peer connection on one 127.0.0.1 UDP socket.
-pub(crate) async fn build_peer(
-    events: mpsc::UnboundedSender<PeerEvent>,
-) -> Result<Peer, ClientError> {
+pub(crate) async fn build_peer(events: mpsc::UnboundedSender<PeerEvent>) -> Result<Peer, ClientError> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: opus_codec(),
-            payload_type: OPUS_PT,
-        },
+        RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: OPUS_PT },
         RtpCodecKind::Audio,
     )?;
-    media_engine.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: vp8_codec(),
-            payload_type: VP8_PT,
-        },
-        RtpCodecKind::Video,
-    )?;
-    media_engine.register_feedback(
-        RTCPFeedback {
-            typ: "ccm".to_owned(),
-            parameter: "fir".to_owned(),
-        },
-        RtpCodecKind::Video,
-    );
+    media_engine
+        .register_codec(RTCRtpCodecParameters { rtp_codec: vp8_codec(), payload_type: VP8_PT }, RtpCodecKind::Video)?;
+    media_engine
+        .register_feedback(RTCPFeedback { typ: "ccm".to_owned(), parameter: "fir".to_owned() }, RtpCodecKind::Video);
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         media_engine.register_header_extension(
-            RTCRtpHeaderExtensionCapability {
-                uri: rtc::sdp::extmap::SDES_MID_URI.to_owned(),
-            },
+            RTCRtpHeaderExtensionCapability { uri: rtc::sdp::extmap::SDES_MID_URI.to_owned() },
             kind,
             None,
         )?;
@@ -146,20 +123,13 @@ pub(crate) async fn build_peer(
     // Application-most, so every other interceptor has seen the inbound RTCP first.
     let registry = registry.with(Slot::from(14_000), KeyframeRequestForwarder::default());
 
-    let config = RTCConfigurationBuilder::new()
-        .with_bundle_policy(RTCBundlePolicy::MaxBundle)
-        .build();
-    let setting_engine = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .build();
+    let config = RTCConfigurationBuilder::new().with_bundle_policy(RTCBundlePolicy::MaxBundle).build();
+    let setting_engine =
+        SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled).build();
 
     let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
-    let handler = Arc::new(Handler {
-        gathering: gathering_tx,
-        state: state_tx,
-        events,
-    });
+    let handler = Arc::new(Handler { gathering: gathering_tx, state: state_tx, events });
     let pc = PeerConnectionBuilder::new()
         .with_configuration(config)
         .with_media_engine(media_engine)
@@ -169,18 +139,12 @@ pub(crate) async fn build_peer(
         .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
         .build()
         .await?;
-    Ok(Peer {
-        pc: Arc::new(pc),
-        gathering,
-        state,
-    })
+    Ok(Peer { pc: Arc::new(pc), gathering, state })
 }
 
 /// The selected ICE candidate pair of `pc` as (local, remote) addresses, walking from any
 /// transceiver's sender or receiver to its DTLS and ICE transports (they are all one, bundled).
-pub(crate) async fn selected_pair(
-    pc: &Arc<dyn PeerConnection>,
-) -> Option<(SocketAddr, SocketAddr)> {
+pub(crate) async fn selected_pair(pc: &Arc<dyn PeerConnection>) -> Option<(SocketAddr, SocketAddr)> {
     for t in pc.get_transceivers().await {
         let mut transports = Vec::new();
         if let Ok(Some(s)) = t.sender().await {
@@ -197,12 +161,7 @@ pub(crate) async fn selected_pair(
                 format!("{}:{}", c.address, c.port)
                     .parse::<SocketAddr>()
                     .ok()
-                    .or_else(|| {
-                        c.address
-                            .parse::<std::net::IpAddr>()
-                            .ok()
-                            .map(|ip| SocketAddr::new(ip, c.port))
-                    })
+                    .or_else(|| c.address.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, c.port)))
             };
             if let (Some(l), Some(r)) = (addr(pair.local()), addr(pair.remote())) {
                 return Some((l, r));
@@ -236,11 +195,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
-                .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
-                .cloned()
-                .collect();
+            let requests: Vec<Box<dyn rtc::rtcp::Packet>> =
+                packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
             if requests.is_empty() {
                 return Ok(());
             }

@@ -37,12 +37,7 @@ pub struct MediaConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self {
-            tag: next_tag(),
-            audio: true,
-            video: true,
-            keyframe_interval: Duration::from_secs(2),
-        }
+        Self { tag: next_tag(), audio: true, video: true, keyframe_interval: Duration::from_secs(2) }
     }
 }
 
@@ -128,10 +123,7 @@ fn packet(outlet: &Outlet, seq: u16, ts: u32, p: SyntheticPacket) -> rtp::Packet
     }
 }
 
-async fn wait_connected(
-    state: &mut watch::Receiver<RTCPeerConnectionState>,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
+async fn wait_connected(state: &mut watch::Receiver<RTCPeerConnectionState>, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         r = state.wait_for(|s| *s == RTCPeerConnectionState::Connected) => r.is_ok(),
         _ = stop.wait_for(|s| *s) => false,
@@ -219,16 +211,10 @@ pub(crate) async fn run_video(
 
 /// Watch the video track's RTCP feedback (PLI/FIR, delivered by the interceptor in `peer`) and
 /// ask the video task for a keyframe. Ends when the track is unbound or the connection closes.
-pub(crate) async fn watch_keyframe_requests(
-    track: Arc<TrackLocalStaticRTP>,
-    counters: Arc<SendCounters>,
-) {
+pub(crate) async fn watch_keyframe_requests(track: Arc<TrackLocalStaticRTP>, counters: Arc<SendCounters>) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
-            let n = packets
-                .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
-                .count() as u64;
+            let n = packets.iter().filter(|p| is_keyframe_request(p.as_ref())).count() as u64;
             if n > 0 {
                 tracing::debug!(n, "keyframe requested");
                 counters.keyframe_requests.fetch_add(n, Ordering::Relaxed);

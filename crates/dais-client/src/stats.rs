@@ -80,14 +80,7 @@ impl StreamStats {
     }
 
     /// Account one received packet.
-    pub fn record(
-        &mut self,
-        seq: u16,
-        ssrc: u32,
-        marker: bool,
-        len: usize,
-        verified: Option<Verified>,
-    ) {
+    pub fn record(&mut self, seq: u16, ssrc: u32, marker: bool, len: usize, verified: Option<Verified>) {
         let ok = verified.is_some_and(|v| v.ok);
         if self.packets == 0 {
             self.first_seq = Some(seq);
@@ -151,19 +144,10 @@ mod tests {
         let mut seq: u16 = 65530;
         for _ in 0..12 {
             let p = src.next_packet();
-            s.record(
-                seq,
-                9,
-                false,
-                p.payload.len(),
-                verify_payload(MediaKind::Audio, &p.payload),
-            );
+            s.record(seq, 9, false, p.payload.len(), verify_payload(MediaKind::Audio, &p.payload));
             seq = seq.wrapping_add(1);
         }
-        assert_eq!(
-            (s.packets, s.seq_gaps, s.out_of_order, s.payload_mismatches),
-            (12, 0, 0, 0)
-        );
+        assert_eq!((s.packets, s.seq_gaps, s.out_of_order, s.payload_mismatches), (12, 0, 0, 0));
         assert_eq!(s.counter_jumps, 0);
         s.record(seq.wrapping_add(2), 9, false, 10, None);
         assert_eq!((s.seq_gaps, s.payload_mismatches), (2, 1));

@@ -8,7 +8,7 @@
 // so descriptions are applied in the order their messages arrived.
 //
 // Remote media are mapped from the SDP the server sends: each m-section's msid is
-// "<participant id> <media id>", which holds even when the server reuses an m-line for new media.
+// "<participant id> <media id>", read from the remote SDP after every negotiation.
 //
 // Plain ES module, no dependencies:  import { DaisClient } from '/assets/dais.js';
 

@@ -35,6 +35,7 @@ impl MediaPlane for MediaAdapter {
                     },
                     codec,
                 },
+                SessionEvent::ProducerRemoved { producer } => MediaEvent::Unpublished { producer: producer.0 },
                 SessionEvent::Connected { .. } => MediaEvent::Connected,
                 SessionEvent::Disconnected => MediaEvent::Disconnected,
             };

@@ -45,7 +45,8 @@ impl Server {
                 }
             }
         });
-        let mut server = Server { child, http: SocketAddr::from(([0, 0, 0, 0], 0)), media: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        let mut server =
+            Server { child, http: SocketAddr::from(([0, 0, 0, 0], 0)), media: SocketAddr::from(([0, 0, 0, 0], 0)) };
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok((http, media)) => {
                 server.http = http;
@@ -146,7 +147,12 @@ fn assert_intact(who: &str, s: &Snapshot, publisher: &str, tag: u32) {
 async fn assert_pair_uses_media_port(who: &str, c: &Client, server: &Server) {
     let pair = c.selected_pair().await;
     let Some((_, remote)) = pair else { panic!("{who}: no selected candidate pair") };
-    assert_eq!(remote.port(), server.media.port(), "{who}: selected pair {pair:?} is not on the media port {}", server.media);
+    assert_eq!(
+        remote.port(),
+        server.media.port(),
+        "{who}: selected pair {pair:?} is not on the media port {}",
+        server.media
+    );
 }
 
 /// Wait until every client in `observers` has received at least `n` more packets from `publisher`.
@@ -185,11 +191,16 @@ async fn two_speakers_three_viewers_receive_everything_intact() {
     }
     for (who, me, other, tag) in [("s1", &s1, &p2, t2), ("s2", &s2, &p1, t1)] {
         let s = me
-            .wait_until(MEDIA_TIMEOUT, &format!("{who} receives the other speaker"), |s| has_media_from(s, other, 50, 30))
+            .wait_until(MEDIA_TIMEOUT, &format!("{who} receives the other speaker"), |s| {
+                has_media_from(s, other, 50, 30)
+            })
             .await
             .unwrap_or_else(|e| panic!("{e}; snapshot: {:#?}", me.snapshot().streams));
         assert_intact(who, &s, other, tag);
-        assert!(s.streams_of(&me.participant_id().unwrap_or_default()).next().is_none(), "{who} got its own media back");
+        assert!(
+            s.streams_of(&me.participant_id().unwrap_or_default()).next().is_none(),
+            "{who} got its own media back"
+        );
         assert!(s.sent.audio_packets >= 50 && s.sent.video_packets >= 30, "{who} sent too little: {:?}", s.sent);
     }
 
@@ -270,9 +281,9 @@ async fn viewer_cannot_publish_and_stays_connected() {
 
     let mark = v.message_count();
     v.send_unsolicited_offer().await.expect("send the offer");
-    v.wait_for_error(mark, ErrorCode::ViewerCannotPublish, REPLY_TIMEOUT).await.unwrap_or_else(|e| {
-        panic!("{e}; messages since: {:#?}", &v.snapshot().messages[mark..])
-    });
+    v.wait_for_error(mark, ErrorCode::ViewerCannotPublish, REPLY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; messages since: {:#?}", &v.snapshot().messages[mark..]));
     v.ping(7, REPLY_TIMEOUT).await.expect("ping still answered");
     assert!(v.snapshot().closed.is_none(), "socket closed after the refusal");
     assert_flowing(&[("viewer", &v)], &sp, 50, "the refused offer").await;
@@ -300,9 +311,9 @@ async fn bad_input_is_refused_without_disturbing_others() {
     let expect = async |c: &Client, text: &str, code: ErrorCode| {
         let mark = c.message_count();
         c.send_raw_text(text).expect("send");
-        c.wait_for_error(mark, code, REPLY_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("{e}: expected {code} for {:.80}; got {:#?}", text, &c.snapshot().messages[mark..]));
+        c.wait_for_error(mark, code, REPLY_TIMEOUT).await.unwrap_or_else(|e| {
+            panic!("{e}: expected {code} for {:.80}; got {:#?}", text, &c.snapshot().messages[mark..])
+        });
     };
 
     expect(&bad, "{not json", ErrorCode::BadJson).await;
