@@ -361,3 +361,56 @@ async fn bad_input_is_refused_without_disturbing_others() {
         assert!(s.closed.is_none(), "{who}'s socket closed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn garbage_datagrams_on_the_media_port_harm_no_one() {
+    let server = Server::start();
+    let room = "loop-garbage-udp";
+    let (_s, sp, tag) = speaker(&server, room, "s").await;
+    let (v, _) = viewer(&server, room, "v").await;
+    v.wait_until(MEDIA_TIMEOUT, "viewer receives the speaker", |s| has_media_from(s, &sp, 10, 10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Junk of every shape the demux sees: empty, random, RTP-looking, RTCP-looking, DTLS-looking,
+    // a STUN binding request with a USERNAME no session owns, and an oversized datagram.
+    let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[7; 12]);
+    stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x08]);
+    stun.extend_from_slice(b"nobody:x");
+    let mut x: u32 = 0x1234_5678;
+    let mut random = |n: usize| {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let mut junk: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0x80],
+        [vec![0x80, 0x60, 0x00, 0x01, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef], random(200)].concat(),
+        [vec![0x80, 0xc9, 0x00, 0x01, 0xde, 0xad, 0xbe, 0xef], random(20)].concat(),
+        [vec![0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40], random(64)].concat(),
+        stun,
+        random(1500),
+        random(9000),
+    ];
+    for _ in 0..200 {
+        let n = (random(1)[0] as usize) * 4;
+        junk.push(random(n));
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for _ in 0..5 {
+        for d in &junk {
+            let _ = sock.send_to(d, server.media);
+        }
+        assert_flowing(&[("viewer", &v)], &sp, 10, "a burst of garbage datagrams").await;
+    }
+    let s = v.snapshot();
+    assert_intact("viewer", &s, &sp, tag);
+    assert!(s.closed.is_none(), "the viewer's socket stayed open");
+}
