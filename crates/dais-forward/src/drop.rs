@@ -23,11 +23,14 @@ pub enum DropReason {
     Malformed,
     /// A keyframe request named a consumer the router does not know.
     UnknownConsumer,
+    /// The packet carries the SSRC the producer's stream had before its latest restart and arrived shortly
+    /// after it: a late packet of the old stream, not a second restart.
+    StaleSsrc,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::UnknownProducer,
         DropReason::UnknownPayloadType,
         DropReason::CodecNotNegotiated,
@@ -35,6 +38,7 @@ impl DropReason {
         DropReason::BeforeStart,
         DropReason::Malformed,
         DropReason::UnknownConsumer,
+        DropReason::StaleSsrc,
     ];
 
     /// Stable snake_case name, suitable as a metrics label.
@@ -47,6 +51,7 @@ impl DropReason {
             DropReason::BeforeStart => "before_start",
             DropReason::Malformed => "malformed",
             DropReason::UnknownConsumer => "unknown_consumer",
+            DropReason::StaleSsrc => "stale_ssrc",
         }
     }
 

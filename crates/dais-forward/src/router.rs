@@ -3,7 +3,8 @@
 //! Invariants kept here:
 //! - Each consumer's extended sequence numbers start at its `initial_seq`, never go below it, keep the
 //!   producer's gaps (so loss stays visible to NACK) and stay continuous across a publisher stream restart
-//!   (SSRC change), as do its timestamps.
+//!   (SSRC change), as do its timestamps. Late packets of the replaced stream do not count as another
+//!   restart: for [`STALE_SSRC_WINDOW`] after a restart they are dropped as [`DropReason::StaleSsrc`].
 //! - A video consumer forwards nothing before the first packet that starts a keyframe.
 //! - At most one keyframe request per producer per [`RouterConfig::keyframe_request_interval`]; requests
 //!   inside the window are merged (FIR beats PLI) and sent when it ends.
@@ -76,6 +77,11 @@ impl fmt::Display for ConsumeError {
 
 impl std::error::Error for ConsumeError {}
 
+/// How long after a publisher stream restart packets with the previous SSRC are taken for late packets of
+/// the old stream (and dropped) rather than for a restart back to it. Reordering on real paths is far
+/// shorter; a publisher that really returns to its previous SSRC loses at most this much.
+pub(crate) const STALE_SSRC_WINDOW: Duration = Duration::from_secs(1);
+
 /// Highest RTP payload type plus one.
 const PT_COUNT: usize = 128;
 
@@ -88,6 +94,8 @@ struct Producer {
     consumers: Vec<usize>,
     /// SSRC of the current stream; a different one is a restart.
     ssrc: Option<u32>,
+    /// SSRC of the stream the latest restart replaced, and when.
+    replaced: Option<(u32, Instant)>,
     /// Bumped on every restart; consumers rebase when theirs differs.
     epoch: u32,
     seq: SeqExtender,
@@ -178,6 +186,7 @@ impl Router {
                 codec_by_pt,
                 consumers: Vec::new(),
                 ssrc: None,
+                replaced: None,
                 epoch: 0,
                 seq: SeqExtender::default(),
                 waiting: 0,
@@ -331,7 +340,16 @@ impl Router {
 
         match p.ssrc {
             Some(ssrc) if ssrc == packet.ssrc => {}
-            Some(_) => {
+            Some(_)
+                if p.replaced.is_some_and(|(old, at)| {
+                    old == packet.ssrc && now.saturating_duration_since(at) < STALE_SSRC_WINDOW
+                }) =>
+            {
+                drops.count(DropReason::StaleSsrc);
+                return;
+            }
+            Some(old) => {
+                p.replaced = Some((old, now));
                 p.ssrc = Some(packet.ssrc);
                 p.epoch = p.epoch.wrapping_add(1);
                 p.seq.reset();

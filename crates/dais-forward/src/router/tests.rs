@@ -165,6 +165,39 @@ fn ssrc_switch_without_elapsed_time_advances_ts_by_one() {
     assert!(drain(&mut r).is_empty(), "no keyframe request for audio");
 }
 
+/// Regression: a late packet of the old stream after a restart used to count as a restart back to it (and
+/// the next packet of the new stream as a third one). It was forwarded between the two halves of the new
+/// stream's first keyframe with an invented timestamp, and that keyframe was split across two timestamps.
+#[test]
+fn late_packet_of_the_replaced_stream_is_not_a_restart() {
+    let base = Instant::now();
+    let mut r = router();
+    let p = r.add_producer(base, video_spec());
+    r.add_consumer(base, p, consumer(42, &[(Codec::Vp8, 96)], 100)).expect("vp8");
+    r.handle_rtp(base, p, pkt(1, 10, 1000, 96, VP8_KEY));
+    r.handle_rtp(at(base, 1), p, pkt(1, 11, 1000, 96, VP8_CONT));
+    assert_eq!(requests(&drain(&mut r)).len(), 1);
+
+    // Restart to SSRC 2; SSRC 1's seq 12, reordered on the path, arrives inside the new keyframe.
+    r.handle_rtp(at(base, 100), p, pkt(2, 500, 7000, 96, VP8_KEY));
+    r.handle_rtp(at(base, 105), p, pkt(1, 12, 1000, 96, VP8_CONT));
+    r.handle_rtp(at(base, 106), p, pkt(2, 501, 7000, 96, VP8_CONT));
+    let out = rtp(&drain(&mut r));
+    // 99 ms since the last packet out: 8910 ticks at 90 kHz.
+    assert_eq!(out.iter().map(|o| (o.seq, o.timestamp)).collect::<Vec<_>>(), vec![(102, 9910), (103, 9910)]);
+    assert_eq!(r.drops().get(DropReason::StaleSsrc), 1);
+    assert_eq!(r.drops().total(), 1);
+    // The restart's request (queued inside the throttle window) was answered by the new stream's keyframe;
+    // the late packet queued no other.
+    assert_eq!(r.poll_timeout(), None);
+
+    // Long after the restart the old SSRC is a genuine restart back to it.
+    r.handle_rtp(at(base, 100 + 1000), p, pkt(1, 40, 50_000, 96, VP8_KEY));
+    let out = rtp(&drain(&mut r));
+    assert_eq!(out.iter().map(|o| o.seq).collect::<Vec<_>>(), vec![104]);
+    assert_eq!(r.drops().total(), 1);
+}
+
 #[test]
 fn keyframe_gating_vp8() {
     let base = Instant::now();
