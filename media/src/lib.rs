@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use dais_forward::DropReason;
 pub use sdp_check::offers_to_send;
 
 /// Identifies one participant's WebRTC session. Chosen by the caller, unique while the session lives.
@@ -157,7 +158,8 @@ pub struct MediaStats {
     pub dropped_unknown_source: AtomicU64,
     /// Datagrams the kernel refused to send (buffer full).
     pub send_errors: AtomicU64,
-    /// RTP packets the router dropped, all reasons together (see the worker log for reasons).
+    /// RTP packets the router dropped, all reasons together (see `drops_by_reason`), plus packets of
+    /// streams that no producer owns.
     pub rtp_dropped: AtomicU64,
     /// RTP packets forwarded to consumers.
     pub rtp_forwarded: AtomicU64,
@@ -165,6 +167,49 @@ pub struct MediaStats {
     pub keyframe_requests: AtomicU64,
     /// Sessions alive now.
     pub sessions: AtomicU64,
+    /// Bytes received on the socket.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    /// RTP packets received from publishers and handed to the router.
+    pub rtp_in: AtomicU64,
+    /// NACKs received from viewers (answered from the per-consumer send buffers, never forwarded).
+    pub nacks_received: AtomicU64,
+    /// Router drops by reason, in the order of [`dais_forward::DropReason::ALL`]; refreshed about once a second.
+    pub drops_by_reason: [AtomicU64; dais_forward::DropReason::ALL.len()],
+    /// Forwarding latency: ingress datagram received -> last egress copy handed to the kernel.
+    pub latency: Histogram,
+}
+
+/// A fixed-bucket latency histogram with atomic counters (Prometheus style: cumulative on read).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+/// Upper bounds of the latency buckets, in microseconds; a last bucket catches the rest.
+pub const LATENCY_BOUNDS_US: [u64; 11] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000];
+
+impl Histogram {
+    /// Record one observation.
+    pub fn record(&self, d: std::time::Duration) {
+        let us = d.as_micros() as u64;
+        let i = LATENCY_BOUNDS_US.iter().position(|b| us <= *b).unwrap_or(LATENCY_BOUNDS_US.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (the last one is +Inf), the total count and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<(Option<u64>, u64)>, u64, f64) {
+        let mut acc = 0;
+        let mut out = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            acc += c.load(Ordering::Relaxed);
+            out.push((LATENCY_BOUNDS_US.get(i).copied(), acc));
+        }
+        (out, acc, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
 }
 
 impl MediaStats {

@@ -58,6 +58,8 @@ pub(crate) struct Session {
     /// When the first SDP exchange completed; the connect timeout runs from here.
     pub negotiated_at: Option<Instant>,
     pub awaiting_connect: Vec<(Mid, PendingConsumer)>,
+    /// Last cumulative NACK count str0m reported per consumer mid.
+    pub egress_nacks: HashMap<Mid, u64>,
 }
 
 impl Session {
@@ -82,6 +84,7 @@ impl Session {
             failed_at: None,
             negotiated_at: None,
             awaiting_connect: Vec::new(),
+            egress_nacks: HashMap::new(),
         }
     }
 }

@@ -92,6 +92,10 @@ struct Worker {
     dirty: Vec<SessionId>,
     seq_seed: u64,
     next_report: Instant,
+    next_drop_refresh: Instant,
+    /// Arrival times of ingress packets forwarded since the last flush; their latency is recorded
+    /// once the flush has handed every egress copy to the kernel.
+    forwarded_arrivals: Vec<Instant>,
 }
 
 pub(crate) fn run(
@@ -132,6 +136,8 @@ pub(crate) fn run(
             dirty: Vec::new(),
             seq_seed,
             next_report: Instant::now(),
+            next_drop_refresh: Instant::now(),
+            forwarded_arrivals: Vec::with_capacity(256),
         };
         w.run(&socket, rx).await;
     });
@@ -276,6 +282,7 @@ impl Worker {
             .enable_h264(true)
             .enable_vp9(true)
             .enable_av1(true)
+            .set_stats_interval(Some(Duration::from_secs(5)))
             .build(now);
         for addr in &self.candidates {
             match Candidate::host(*addr, "udp") {
@@ -419,6 +426,7 @@ impl Worker {
     /// one received packet until the next poll, so two inputs without a poll in between lose one.
     fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &[u8], socket: &UdpSocket) {
         self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
         let Ok(contents) = DatagramRecv::try_from(data) else {
             self.stats.dropped_unparseable.fetch_add(1, Ordering::Relaxed);
             return;
@@ -516,6 +524,12 @@ impl Worker {
             }
             self.mark(id);
         }
+        if now >= self.next_drop_refresh {
+            self.next_drop_refresh = now + Duration::from_secs(1);
+            for (i, reason) in dais_forward::DropReason::ALL.iter().enumerate() {
+                self.stats.drops_by_reason[i].store(self.router.drops().get(*reason), Ordering::Relaxed);
+            }
+        }
         if now >= self.next_report {
             self.next_report = now + Duration::from_secs(10);
             let drops: Vec<String> = self
@@ -545,6 +559,12 @@ impl Worker {
         loop {
             while let Some(id) = self.dirty.pop() {
                 self.poll_session(id, socket);
+            }
+            if !self.forwarded_arrivals.is_empty() {
+                let done = Instant::now();
+                for a in self.forwarded_arrivals.drain(..) {
+                    self.stats.latency.record(done.saturating_duration_since(a));
+                }
             }
             let wanting: Vec<SessionId> =
                 self.sessions.iter().filter(|(_, s)| s.wants_negotiation).map(|(k, _)| *k).collect();
@@ -586,8 +606,9 @@ impl Worker {
                     return;
                 }
                 Output::Transmit(t) => match socket.try_send_to(&t.contents, t.destination) {
-                    Ok(_) => {
+                    Ok(n) => {
                         self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(_) => {
                         self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -639,6 +660,14 @@ impl Worker {
                 }
             }
             Event::RtpPacket(p) => self.forward(now, id, p),
+            Event::MediaEgressStats(e) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    let last = s.egress_nacks.entry(e.mid).or_insert(0);
+                    let delta = e.nacks.saturating_sub(*last);
+                    *last = e.nacks;
+                    self.stats.nacks_received.fetch_add(delta, Ordering::Relaxed);
+                }
+            }
             Event::KeyframeRequest(r) => {
                 let cid = self.sessions.get(&id).and_then(|s| s.consumers_by_mid.get(&r.mid)).copied();
                 if let Some(cid) = cid {
@@ -767,8 +796,14 @@ impl Worker {
             payload: Bytes::from_owner(p.payload.clone()),
         };
         let dropped_before = self.router.drops().total();
+        let out_before = self.router.stats().packets_out;
+        self.stats.rtp_in.fetch_add(1, Ordering::Relaxed);
+        let arrival = p.timestamp;
         self.router.handle_rtp(now, pid, input);
         self.drain_router(Some(&Ingress { payload: p.payload, ext, wallclock }));
+        if self.router.stats().packets_out > out_before {
+            self.forwarded_arrivals.push(arrival);
+        }
         let dropped = self.router.drops().total() - dropped_before;
         if dropped > 0 {
             self.stats.rtp_dropped.fetch_add(dropped, Ordering::Relaxed);

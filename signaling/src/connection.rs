@@ -7,6 +7,7 @@
 //! for any reason the participant leaves its room: others get `media_unpublished` for each of its
 //! streams and `participant_left`, and its media session is closed.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
 use crate::room::{self, media_wire_id, participant_wire_id};
-use crate::{Frame, OutFrame, Signaling};
+use crate::{Frame, OutFrame, Phase, Signaling};
 
 struct Joined {
     room: String,
@@ -53,7 +54,21 @@ impl Signaling {
     {
         let (notice_tx, mut notice_rx) = mpsc::unbounded_channel::<ServerMessage>();
         let (media_tx, mut media_rx) = mpsc::unbounded_channel::<MediaEvent>();
-        let mut shutdown = self.shutdown.subscribe();
+        let mut phase = self.phase.subscribe();
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        let mut initial = vec![];
+        if let Phase::Draining(within_ms) = *phase.borrow_and_update() {
+            initial.push(ServerMessage::Draining { within_ms });
+        }
+        if *phase.borrow() == Phase::Closing {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            let _ = outgoing.send(OutFrame::Close(1001, "server shutting down".into())).await;
+            return;
+        }
+        if send_all(&mut outgoing, initial).await.is_err() {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         let mut joined: Option<Joined> = None;
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
@@ -111,13 +126,24 @@ impl Signaling {
                     }
                     if outgoing.send(OutFrame::Ping).await.is_err() { break End::Close(None); }
                 }
-                _ = shutdown.changed() => break End::Close(Some((1001, "server shutting down".into()))),
+                changed = phase.changed() => {
+                    let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
+                    match now {
+                        Phase::Closing => break End::Close(Some((1001, "server shutting down".into()))),
+                        Phase::Draining(within_ms) => {
+                            let m = ServerMessage::Draining { within_ms };
+                            if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
+                        }
+                        Phase::Running => {}
+                    }
+                }
             }
         };
 
         if let Some(j) = joined.take() {
             self.leave(&j);
         }
+        self.connections.fetch_sub(1, Ordering::Relaxed);
         let End::Close(frame) = end;
         if let Some((code, reason)) = frame {
             let _ = outgoing.send(OutFrame::Close(code, reason)).await;
@@ -152,14 +178,21 @@ impl Signaling {
                 if joined.is_some() {
                     return err(ErrorCode::AlreadyJoined, "this socket already joined a room");
                 }
+                let refuse = |code: ErrorCode, message: &str| {
+                    self.count_join_failure(code);
+                    Step::Reply(vec![ServerMessage::error(code, message, Some(ty))])
+                };
+                if !self.is_ready() {
+                    return refuse(ErrorCode::Draining, "the server is draining; join another server");
+                }
                 if version != PROTOCOL_VERSION {
-                    return err(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1");
+                    return refuse(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1");
                 }
                 if !valid_room(&room) {
-                    return err(ErrorCode::InvalidRoom, "room names are 1-64 letters, digits, '-', '_' or '.'");
+                    return refuse(ErrorCode::InvalidRoom, "room names are 1-64 letters, digits, '-', '_' or '.'");
                 }
                 if !valid_name(&name) {
-                    return err(ErrorCode::InvalidName, "names are 1-64 bytes without control characters");
+                    return refuse(ErrorCode::InvalidName, "names are 1-64 bytes without control characters");
                 }
                 match self.join(room, name, role, notices.clone(), media_events.clone()) {
                     Ok((j, reply)) => {
@@ -168,8 +201,8 @@ impl Signaling {
                         *joined = Some(j);
                         Step::Reply(vec![reply])
                     }
-                    Err(ErrorCode::RoomFull) => err(ErrorCode::RoomFull, "the room is full"),
-                    Err(code) => err(code, "the join could not be completed"),
+                    Err(ErrorCode::RoomFull) => refuse(ErrorCode::RoomFull, "the room is full"),
+                    Err(code) => refuse(code, "the join could not be completed"),
                 }
             }
             other => {

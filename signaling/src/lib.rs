@@ -67,13 +67,41 @@ impl Default for SignalingConfig {
     }
 }
 
+/// Lifecycle of the service, watched by every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Joins accepted.
+    Running,
+    /// No new joins; connections were told they will be closed within this many milliseconds.
+    Draining(u64),
+    /// Close every connection now.
+    Closing,
+}
+
+/// Counters and gauges for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignalingMetrics {
+    /// Rooms with at least one participant.
+    pub rooms: u64,
+    /// Joined speakers.
+    pub speakers: u64,
+    /// Joined viewers.
+    pub viewers: u64,
+    /// Open WebSocket connections, joined or not.
+    pub connections: u64,
+    /// Refused joins by error code, since start.
+    pub join_failures: Vec<(&'static str, u64)>,
+}
+
 /// The signaling service: all rooms, shared by every connection.
 pub struct Signaling {
     media: Arc<dyn MediaPlane>,
     rooms: Mutex<room::Rooms>,
     next_id: AtomicU64,
     config: SignalingConfig,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    phase: tokio::sync::watch::Sender<Phase>,
+    connections: AtomicU64,
+    join_failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl std::fmt::Debug for Signaling {
@@ -85,13 +113,15 @@ impl std::fmt::Debug for Signaling {
 impl Signaling {
     /// Create the service on top of a media plane.
     pub fn new(media: Arc<dyn MediaPlane>, config: SignalingConfig) -> Arc<Self> {
-        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let (phase, _) = tokio::sync::watch::channel(Phase::Running);
         Arc::new(Signaling {
             media,
             rooms: Mutex::new(room::Rooms::default()),
             next_id: AtomicU64::new(1),
             config,
-            shutdown,
+            phase,
+            connections: AtomicU64::new(0),
+            join_failures: Mutex::new(Default::default()),
         })
     }
 
@@ -106,7 +136,54 @@ impl Signaling {
 
     /// Ask every connection to close (with a `1001 going away` close frame).
     pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        let _ = self.phase.send(Phase::Closing);
+    }
+
+    /// Stop taking joins (they get `draining`) and tell every connection it will be closed within
+    /// `within`. Media keeps flowing; call [`Signaling::shutdown`] when the drain ends.
+    pub fn start_drain(&self, within: Duration) {
+        self.phase.send_if_modified(|p| {
+            if *p == Phase::Running {
+                *p = Phase::Draining(within.as_millis() as u64);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Whether joins are accepted (not draining, not shutting down).
+    pub fn is_ready(&self) -> bool {
+        *self.phase.borrow() == Phase::Running
+    }
+
+    /// Joined participants in every room.
+    pub fn participant_count(&self) -> usize {
+        self.rooms.lock().map(|r| r.by_name.values().map(|room| room.members.len()).sum()).unwrap_or(0)
+    }
+
+    /// A consistent reading of the gauges and counters.
+    pub fn metrics(&self) -> SignalingMetrics {
+        let mut m = SignalingMetrics { connections: self.connections.load(Ordering::Relaxed), ..Default::default() };
+        if let Ok(rooms) = self.rooms.lock() {
+            m.rooms = rooms.by_name.len() as u64;
+            for member in rooms.by_name.values().flat_map(|r| r.members.values()) {
+                match member.info.role {
+                    dais_proto::Role::Speaker => m.speakers += 1,
+                    dais_proto::Role::Viewer => m.viewers += 1,
+                }
+            }
+        }
+        if let Ok(f) = self.join_failures.lock() {
+            m.join_failures = f.iter().map(|(k, v)| (*k, *v)).collect();
+        }
+        m
+    }
+
+    fn count_join_failure(&self, code: dais_proto::ErrorCode) {
+        if let Ok(mut f) = self.join_failures.lock() {
+            *f.entry(code.as_str()).or_default() += 1;
+        }
     }
 }
 

@@ -182,6 +182,13 @@ pub enum ServerMessage {
         /// New state.
         muted: bool,
     },
+    /// The server is draining (shutting down gracefully): media keeps flowing, but the socket will be
+    /// closed with 1001 when everyone has left or after `within_ms` at the latest. Clients should
+    /// finish or move to another server. New joins meanwhile get the `draining` error.
+    Draining {
+        /// Upper bound until the server closes this socket, in milliseconds.
+        within_ms: u64,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's id.

@@ -3,11 +3,15 @@
 //! Wiring only: flags become a [`dais_media::MediaConfig`] and a [`dais_signaling::SignalingConfig`],
 //! the media plane is adapted to signaling's [`dais_signaling::MediaPlane`] trait, and axum serves the
 //! embedded pages and upgrades `/ws`. When both listeners are bound it prints one line,
-//! `dais ready http=ADDR media=ADDR`, which scripts and tests wait for. Ctrl-C or SIGTERM closes every
-//! WebSocket (`1001 going away`), stops the media worker and exits 0.
+//! `dais ready http=ADDR media=ADDR`, which scripts and tests wait for. SIGTERM drains: `/readyz`
+//! turns 503, new joins get `draining`, connected clients get a `draining` notice, media keeps
+//! flowing until everyone has left or `--drain-timeout` passes; then every WebSocket is closed
+//! (`1001 going away`), the media worker stops and the process exits 0. Ctrl-C (SIGINT), or a second
+//! signal during a drain, skips the wait.
 
 mod adapter;
 mod assets;
+mod metrics;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
@@ -48,6 +53,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_participants: usize,
 
+    /// Longest graceful drain after SIGTERM, in seconds: media keeps flowing until every participant
+    /// has left or this passes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    drain_timeout: u64,
+
     /// Log filter in tracing's EnvFilter syntax, e.g. "info" or "dais_media=debug,info". RUST_LOG wins if set.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log: String,
@@ -78,7 +88,10 @@ async fn main() -> anyhow::Result<()> {
         .route("/watch", get(|| async { assets::page("watch.html") }))
         .route("/assets/{name}", get(|Path(name): Path<String>| async move { assets::page(&name) }))
         .route("/ws", get(ws_upgrade))
-        .with_state(signaling.clone());
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
+        .with_state(AppState { signaling: signaling.clone(), media: handle.stats().clone() });
 
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
@@ -88,8 +101,12 @@ async fn main() -> anyhow::Result<()> {
     println!("dais ready http={} media={}", http_local, handle.local_addr());
 
     let sig = signaling.clone();
+    let drain_timeout = Duration::from_secs(args.drain_timeout);
+    let mut signals = Signals::new()?;
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        if signals.next().await == Sig::Term {
+            drain(&sig, &mut signals, drain_timeout).await;
+        }
         info!("shutting down");
         sig.shutdown();
     });
@@ -101,29 +118,90 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sig {
+    Int,
+    Term,
+}
+
+/// SIGINT and SIGTERM as one stream.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    async fn next(&mut self) -> Sig {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Sig::Int,
+                _ = self.term.recv() => Sig::Term,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Sig::Int
+        }
     }
 }
 
-async fn ws_upgrade(ws: WebSocketUpgrade, State(sig): State<Arc<Signaling>>) -> Response {
+/// Graceful drain: no new joins, a notice to everyone, media flowing until the last participant
+/// leaves, the timeout passes, or another signal arrives.
+async fn drain(sig: &Signaling, signals: &mut Signals, timeout: Duration) {
+    info!(timeout_s = timeout.as_secs(), participants = sig.participant_count(), "draining");
+    sig.start_drain(timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if sig.participant_count() == 0 {
+            info!("drain complete: no participants left");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                info!(participants = sig.participant_count(), "drain timeout reached");
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = signals.next() => {
+                info!("second signal: ending the drain now");
+                return;
+            }
+        }
+    }
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+struct AppState {
+    signaling: Arc<Signaling>,
+    media: Arc<dais_media::MediaStats>,
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if st.signaling.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}
+
+async fn metrics_page(State(st): State<AppState>) -> Response {
+    let body = metrics::render(&st.signaling, &st.media);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn ws_upgrade(ws: WebSocketUpgrade, State(st): State<AppState>) -> Response {
+    let sig = st.signaling;
     ws.max_message_size(dais_proto::MAX_MESSAGE_BYTES)
         .max_frame_size(dais_proto::MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| serve_socket(sig, socket))

@@ -6,103 +6,18 @@
 //! tests assert behaviour (byte-identical payloads, contiguous sequence numbers, error codes,
 //! renegotiation), never speed.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
 use std::time::Duration;
 
-use dais_client::{Client, ClientMessage, ErrorCode, MediaConfig, MediaKind, Role, ServerMessage, Snapshot};
-
-const MEDIA_TIMEOUT: Duration = Duration::from_secs(40);
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A running `dais`, killed when dropped.
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    media: SocketAddr,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dais"))
-            .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the dais binary");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        // Keep draining stdout for the server's whole life so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addrs) = parse_ready(&line) {
-                    let _ = tx.send(addrs);
-                } else {
-                    println!("dais: {line}");
-                }
-            }
-        });
-        let mut server =
-            Server { child, http: SocketAddr::from(([0, 0, 0, 0], 0)), media: SocketAddr::from(([0, 0, 0, 0], 0)) };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((http, media)) => {
-                server.http = http;
-                server.media = media;
-                server
-            }
-            Err(_) => panic!("dais did not print `dais ready http=... media=...` within 60 s"),
-        }
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.http)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Parse `dais ready http=127.0.0.1:PORT media=127.0.0.1:PORT`.
-fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = line.trim().strip_prefix("dais ready http=")?;
-    let (http, media) = rest.split_once(" media=")?;
-    Some((http.parse().ok()?, media.parse().ok()?))
-}
+use common::{has_media_from, parse_ready, speaker, viewer, Server, MEDIA_TIMEOUT, REPLY_TIMEOUT};
+use dais_client::{Client, ClientMessage, ErrorCode, MediaKind, Role, ServerMessage, Snapshot};
 
 #[test]
 fn ready_line_parses() {
     let (h, m) = parse_ready("dais ready http=127.0.0.1:40001 media=127.0.0.1:40002").expect("parses");
     assert_eq!((h.port(), m.port()), (40001, 40002));
     assert!(parse_ready("dais ready http=127.0.0.1:1").is_none());
-}
-
-/// A joined speaker that publishes synthetic audio and video; returns the client, its participant
-/// id and its payload tag.
-async fn speaker(server: &Server, room: &str, name: &str) -> (Client, String, u32) {
-    let c = Client::connect(&server.ws_url()).await.expect("speaker connects");
-    let joined = c.join(room, name, Role::Speaker).await.expect("speaker joins");
-    let handle = c.publish(MediaConfig::default()).await.expect("speaker publishes");
-    (c, joined.participant_id, handle.tag())
-}
-
-async fn viewer(server: &Server, room: &str, name: &str) -> (Client, String) {
-    let c = Client::connect(&server.ws_url()).await.expect("viewer connects");
-    let joined = c.join(room, name, Role::Viewer).await.expect("viewer joins");
-    (c, joined.participant_id)
-}
-
-/// Whether `s` holds an audio stream with at least `audio` packets and a video stream with at
-/// least `video` packets from `publisher`.
-fn has_media_from(s: &Snapshot, publisher: &str, audio: u64, video: u64) -> bool {
-    let enough = |kind, n| s.streams_of(publisher).any(|st| st.kind == kind && st.packets >= n);
-    enough(MediaKind::Audio, audio) && enough(MediaKind::Video, video)
 }
 
 /// Media ids `publisher` announced to this client (in `joined` or `media_published`).

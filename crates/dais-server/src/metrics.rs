@@ -1,0 +1,105 @@
+//! `/metrics` in the Prometheus text format (version 0.0.4), rendered on request from the live
+//! counters of signaling ([`dais_signaling::SignalingMetrics`]) and the media plane
+//! ([`dais_media::MediaStats`]). Nothing is sampled in the background: a scrape reads atomics.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use dais_media::{DropReason, MediaStats};
+use dais_signaling::Signaling;
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Render every metric.
+pub fn render(sig: &Signaling, media: &MediaStats) -> String {
+    let mut out = String::with_capacity(4096);
+    let m = sig.metrics();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+
+    single(&mut out, "dais_ready", "gauge", "1 while joins are accepted, 0 while draining.", sig.is_ready() as u64);
+    single(&mut out, "dais_rooms", "gauge", "Rooms with at least one participant.", m.rooms);
+    header(&mut out, "dais_participants", "gauge", "Joined participants by role.");
+    let _ = writeln!(out, "dais_participants{{role=\"speaker\"}} {}", m.speakers);
+    let _ = writeln!(out, "dais_participants{{role=\"viewer\"}} {}", m.viewers);
+    single(&mut out, "dais_connections", "gauge", "Open signaling WebSockets, joined or not.", m.connections);
+    header(&mut out, "dais_join_failures_total", "counter", "Refused joins by error code.");
+    for (code, n) in &m.join_failures {
+        let _ = writeln!(out, "dais_join_failures_total{{code=\"{code}\"}} {n}");
+    }
+
+    single(&mut out, "dais_media_sessions", "gauge", "WebRTC sessions in the media plane.", get(&media.sessions));
+    single(&mut out, "dais_datagrams_received_total", "counter", "UDP datagrams received.", get(&media.datagrams_in));
+    single(&mut out, "dais_datagrams_sent_total", "counter", "UDP datagrams sent.", get(&media.datagrams_out));
+    single(&mut out, "dais_bytes_received_total", "counter", "UDP bytes received.", get(&media.bytes_in));
+    single(&mut out, "dais_bytes_sent_total", "counter", "UDP bytes sent.", get(&media.bytes_out));
+    header(&mut out, "dais_datagrams_dropped_total", "counter", "Datagrams dropped before any session, by reason.");
+    for (reason, c) in [
+        ("unparseable", &media.dropped_unparseable),
+        ("unknown_source", &media.dropped_unknown_source),
+        ("send_error", &media.send_errors),
+    ] {
+        let _ = writeln!(out, "dais_datagrams_dropped_total{{reason=\"{reason}\"}} {}", get(c));
+    }
+    single(
+        &mut out,
+        "dais_rtp_packets_received_total",
+        "counter",
+        "RTP packets from publishers handed to the router.",
+        get(&media.rtp_in),
+    );
+    single(
+        &mut out,
+        "dais_rtp_packets_forwarded_total",
+        "counter",
+        "RTP packets written to consumers.",
+        get(&media.rtp_forwarded),
+    );
+    header(&mut out, "dais_rtp_dropped_total", "counter", "RTP packets the router dropped, by reason.");
+    for (i, reason) in DropReason::ALL.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "dais_rtp_dropped_total{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            get(&media.drops_by_reason[i])
+        );
+    }
+    single(
+        &mut out,
+        "dais_nacks_received_total",
+        "counter",
+        "NACKs from viewers, answered from the SFU's send buffers.",
+        get(&media.nacks_received),
+    );
+    single(
+        &mut out,
+        "dais_keyframe_requests_sent_total",
+        "counter",
+        "Keyframe requests (PLI/FIR) sent to publishers.",
+        get(&media.keyframe_requests),
+    );
+
+    let name = "dais_forward_latency_seconds";
+    header(&mut out, name, "histogram", "Ingress datagram received to last egress copy handed to the kernel.");
+    let (buckets, count, sum) = media.latency.snapshot();
+    for (bound, n) in buckets {
+        match bound {
+            Some(us) => {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {n}", us as f64 / 1e6);
+            }
+            None => {
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+            }
+        }
+    }
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
+    out
+}

@@ -1,0 +1,113 @@
+//! Helpers shared by the integration tests: a real `dais` process on ephemeral loopback ports, and
+//! joined `dais-client` participants.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use dais_client::{Client, MediaConfig, MediaKind, Role, Snapshot};
+
+pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(40);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `dais`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Start with extra flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dais"))
+            .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the dais binary");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        // Keep draining stdout for the server's whole life so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addrs) = parse_ready(&line) {
+                    let _ = tx.send(addrs);
+                } else {
+                    println!("dais: {line}");
+                }
+            }
+        });
+        let mut server =
+            Server { child, http: SocketAddr::from(([0, 0, 0, 0], 0)), media: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((http, media)) => {
+                server.http = http;
+                server.media = media;
+                server
+            }
+            Err(_) => panic!("dais did not print `dais ready http=... media=...` within 60 s"),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parse `dais ready http=127.0.0.1:PORT media=127.0.0.1:PORT`.
+pub fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.trim().strip_prefix("dais ready http=")?;
+    let (http, media) = rest.split_once(" media=")?;
+    Some((http.parse().ok()?, media.parse().ok()?))
+}
+
+/// A joined speaker that publishes synthetic audio and video; returns the client, its participant
+/// id and its payload tag.
+pub async fn speaker(server: &Server, room: &str, name: &str) -> (Client, String, u32) {
+    let c = Client::connect(&server.ws_url()).await.expect("speaker connects");
+    let joined = c.join(room, name, Role::Speaker).await.expect("speaker joins");
+    let handle = c.publish(MediaConfig::default()).await.expect("speaker publishes");
+    (c, joined.participant_id, handle.tag())
+}
+
+pub async fn viewer(server: &Server, room: &str, name: &str) -> (Client, String) {
+    let c = Client::connect(&server.ws_url()).await.expect("viewer connects");
+    let joined = c.join(room, name, Role::Viewer).await.expect("viewer joins");
+    (c, joined.participant_id)
+}
+
+/// Whether `s` holds an audio stream with at least `audio` packets and a video stream with at
+/// least `video` packets from `publisher`.
+pub fn has_media_from(s: &Snapshot, publisher: &str, audio: u64, video: u64) -> bool {
+    let enough = |kind, n| s.streams_of(publisher).any(|st| st.kind == kind && st.packets >= n);
+    enough(MediaKind::Audio, audio) && enough(MediaKind::Video, video)
+}
+
+/// A plain HTTP/1.1 GET: status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("http response");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    (status, body.to_owned())
+}
