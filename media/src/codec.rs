@@ -49,7 +49,57 @@ pub fn compatible(a: &CodecSpec, b: &CodecSpec) -> bool {
     }
 }
 
-/// The negotiated parameters of `pts`, in that order, looked up in a session's codec table.
+/// The negotiated parameters of `pts`, in the session's preference order (the order the answer
+/// lists them, so the first is what a browser sends with).
 pub fn params_for<'a>(all: &'a [PayloadParams], pts: &[Pt]) -> Vec<&'a PayloadParams> {
-    pts.iter().filter_map(|pt| all.iter().find(|p| p.pt() == *pt)).collect()
+    all.iter().filter(|p| pts.contains(&p.pt())).collect()
+}
+
+/// The video codecs the server forwards, in its default preference order.
+pub const VIDEO_CODECS: [SCodec; 4] = [SCodec::Vp8, SCodec::H264, SCodec::Vp9, SCodec::Av1];
+
+/// The first forwardable video codec of the first video m-line of an offer, in the offerer's
+/// preference order (the order of the m-line's payload types). `None` when there is none or the
+/// SDP is too broken to tell; str0m's parser then has the last word.
+pub fn preferred_video_codec(sdp: &str) -> Option<SCodec> {
+    let mut lines = sdp.lines().map(|l| l.trim_end_matches('\r'));
+    let mline = lines.by_ref().find(|l| l.starts_with("m=video "))?;
+    let pts: Vec<&str> = mline.split_whitespace().skip(3).collect();
+    let mut rtpmap: Vec<(&str, &str)> = Vec::new();
+    for l in lines {
+        if l.starts_with("m=") {
+            break;
+        }
+        if let Some(rest) = l.strip_prefix("a=rtpmap:") {
+            if let Some((pt, enc)) = rest.split_once(' ') {
+                rtpmap.push((pt, enc.split('/').next().unwrap_or("")));
+            }
+        }
+    }
+    pts.iter().find_map(|pt| {
+        let (_, name) = rtpmap.iter().find(|(p, _)| p == pt)?;
+        match name.to_ascii_uppercase().as_str() {
+            "VP8" => Some(SCodec::Vp8),
+            "H264" => Some(SCodec::H264),
+            "VP9" => Some(SCodec::Vp9),
+            "AV1" => Some(SCodec::Av1),
+            _ => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offer_preference_is_the_payload_order() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 97 102 96\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\n\
+                   a=rtpmap:102 H264/90000\r\n";
+        assert_eq!(preferred_video_codec(sdp), Some(SCodec::H264));
+        assert_eq!(preferred_video_codec("v=0\r\nm=audio 9 X 0\r\n"), None);
+        assert_eq!(preferred_video_codec("m=video 9 X 45\r\na=rtpmap:45 AV1/90000\r\n"), Some(SCodec::Av1));
+        assert_eq!(preferred_video_codec("m=video"), None);
+    }
 }

@@ -272,18 +272,25 @@ impl Worker {
         true
     }
 
-    fn open(&mut self, now: Instant, id: SessionId, publisher: bool, events: crate::EventSink) {
-        let mut rtc = RtcConfig::new()
+    /// A fresh ICE-lite, RTP-mode session preferring `first` among the video codecs, so that an
+    /// answer lists the offerer's favourite first (browsers send with the answer's first codec).
+    fn build_rtc(&self, now: Instant, first: Option<str0m::format::Codec>) -> str0m::Rtc {
+        let mut cfg = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
-            .enable_vp8(true)
-            .enable_h264(true)
-            .enable_vp9(true)
-            .enable_av1(true)
-            .set_stats_interval(Some(Duration::from_secs(5)))
-            .build(now);
+            .set_stats_interval(Some(Duration::from_secs(5)));
+        let order = first.into_iter().chain(codec::VIDEO_CODECS.into_iter().filter(|c| Some(*c) != first));
+        for c in order {
+            cfg = match c {
+                str0m::format::Codec::Vp8 => cfg.enable_vp8(true),
+                str0m::format::Codec::H264 => cfg.enable_h264(true),
+                str0m::format::Codec::Vp9 => cfg.enable_vp9(true),
+                _ => cfg.enable_av1(true),
+            };
+        }
+        let mut rtc = cfg.build(now);
         for addr in &self.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
@@ -292,6 +299,11 @@ impl Worker {
                 Err(e) => warn!(%addr, "cannot use candidate: {e}"),
             }
         }
+        rtc
+    }
+
+    fn open(&mut self, now: Instant, id: SessionId, publisher: bool, events: crate::EventSink) {
+        let rtc = self.build_rtc(now, None);
         if self.sessions.contains_key(&id) {
             self.close_session(id, false);
         }
@@ -309,6 +321,17 @@ impl Worker {
             return Err(OfferError::Collision);
         }
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| OfferError::BadSdp(e.to_string()))?;
+        if !s.client_offered {
+            // Nothing was negotiated yet, so the session can be rebuilt around the publisher's codec
+            // preference: str0m answers in its own configured order.
+            let preferred = codec::preferred_video_codec(sdp);
+            if preferred.is_some_and(|c| Some(&c) != codec::VIDEO_CODECS.first()) {
+                let rtc = self.build_rtc(now, preferred);
+                let Some(s) = self.sessions.get_mut(&id) else { return Err(OfferError::NoSession) };
+                s.rtc = rtc;
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&id) else { return Err(OfferError::NoSession) };
         let answer = s.rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
         s.client_offered = true;
         s.wants_negotiation = true;

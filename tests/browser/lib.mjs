@@ -3,6 +3,7 @@
 // browser context per participant, polling, and reading RTCPeerConnection.getStats() of a page.
 
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 export const BASE = process.env.DAIS_URL;
@@ -18,9 +19,65 @@ export const CHROMIUM_ARGS = [
   '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
 ];
 
+// The server embeds crates/dais-server/assets at compile time, so a binary built before the last
+// edit of a page serves the old page. launchBrowser() compares what the server serves with the
+// working tree; pages then get the working tree's copy of every script and style sheet that
+// differs (a loud '#' line says which), so the tests exercise the client code on disk.
+// DAIS_ASSETS_FROM_DISK=0 makes a stale binary a failure instead. HTML documents are never
+// substituted: Chromium's Local Network Access checks give a document that did not come from the
+// network no address space, and then block its WebSocket to 127.0.0.1
+// (net::ERR_BLOCKED_BY_LOCAL_NETWORK_ACCESS_CHECKS); a stale page is only reported.
+const ASSET_DIR = new URL('../../crates/dais-server/assets/', import.meta.url);
+const ASSET_TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
+let staleAssets = null; // Map name -> working-tree text, for the files the server serves differently
+
+async function checkAssets() {
+  if (staleAssets) return staleAssets;
+  staleAssets = new Map();
+  for (const name of readdirSync(ASSET_DIR)) {
+    const ext = name.split('.').pop();
+    if (!(ext in ASSET_TYPES)) continue;
+    const disk = readFileSync(new URL(name, ASSET_DIR), 'utf8');
+    const res = await fetch(`${BASE}/assets/${name}`);
+    const served = res.ok ? await res.text() : null;
+    if (served !== disk) staleAssets.set(name, disk);
+  }
+  const stalePages = [...staleAssets.keys()].filter((name) => name.endsWith('.html'));
+  if (staleAssets.size) {
+    const names = [...staleAssets.keys()].join(', ');
+    assert.notEqual(process.env.DAIS_ASSETS_FROM_DISK, '0',
+      `the server binary serves other copies of ${names} than crates/dais-server/assets holds: rebuild it `
+      + '(cargo build -p dais-server), or unset DAIS_ASSETS_FROM_DISK to test the working tree\'s pages');
+    console.log(`# NOTE: the server binary is older than crates/dais-server/assets (${names} differ); `
+      + 'pages get the working tree\'s scripts and styles'
+      + (stalePages.length ? ` but the server's ${stalePages.join(', ')}` : '')
+      + '. Rebuild (cargo build -p dais-server) to test what it embeds.');
+  }
+  return staleAssets;
+}
+
+// Serve the working tree's copy of stale assets to the pages of `context`.
+async function routeStaleAssets(context) {
+  const stale = await checkAssets();
+  if (!stale.size) return;
+  await context.route((url) => url.origin === new URL(BASE).origin, async (route) => {
+    const path = new URL(route.request().url()).pathname;
+    const name = path.startsWith('/assets/') ? path.slice(8) : null;
+    if (name === null || name.endsWith('.html') || route.request().isNavigationRequest() || !stale.has(name)) {
+      return route.continue();
+    }
+    return route.fulfill({
+      status: 200,
+      headers: { 'content-type': ASSET_TYPES[name.split('.').pop()], 'cache-control': 'no-cache' },
+      body: stale.get(name),
+    });
+  });
+}
+
 /** A browser for one test file; fails clearly when DAIS_URL is not set. */
 export async function launchBrowser() {
   assert.ok(BASE, 'DAIS_URL must name the server, e.g. http://127.0.0.1:8080 (scripts/browser-test.sh sets it)');
+  await checkAssets();
   // headless: false because the flag list above already carries --headless=new; Playwright's own
   // headless mode would add its flags (and --mute-audio) on top.
   return chromium.launch({ executablePath: EXECUTABLE, headless: false, args: CHROMIUM_ARGS });
@@ -29,6 +86,7 @@ export async function launchBrowser() {
 /** A page in a fresh browser context, collecting page errors and console errors in `problems`. */
 export async function openPage(browser, label) {
   const context = await browser.newContext();
+  await routeStaleAssets(context);
   await context.addInitScript(installSdpParser);
   const page = await context.newPage();
   const problems = [];
@@ -41,7 +99,13 @@ export async function openPage(browser, label) {
 export async function join(browser, label, path) {
   const p = await openPage(browser, label);
   await p.page.goto(BASE + path);
-  await p.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
+  try {
+    await p.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
+  } catch (err) {
+    const status = await p.page.evaluate(() => document.getElementById('status')?.textContent).catch(() => '?');
+    assert.fail(`${label} did not join ${path} within ${WAIT_MS} ms (status line: ${JSON.stringify(status)}; `
+      + `page problems: ${JSON.stringify(p.problems)}): ${err.message}`);
+  }
   p.id = await p.page.evaluate(() => window.dais.participantId);
   return p;
 }
@@ -107,6 +171,92 @@ export async function inbound(page) {
       });
     });
     return out;
+  });
+}
+
+/**
+ * For every inbound-rtp entry of a page: its kind, ssrc, publisher (through the remote SDP, as in
+ * `inbound()`), the codec entry its codecId names, and the remote-outbound-rtp entry its remoteId
+ * names (Chromium builds that from the RTCP sender reports it receives for the stream; null when
+ * none arrived yet). `now` is the page's Date.now() when the stats were read.
+ */
+export async function inboundDetails(page) {
+  return page.evaluate(async () => {
+    const pc = window.dais.pc;
+    const sections = window.__sdpSections(pc.remoteDescription?.sdp ?? '');
+    const midOfTrack = new Map(pc.getTransceivers().map((t) => [t.receiver.track.id, t.mid]));
+    const stats = await pc.getStats();
+    const now = Date.now();
+    const remoteOutbound = [];
+    stats.forEach((r) => { if (r.type === 'remote-outbound-rtp') remoteOutbound.push(r); });
+    const out = [];
+    stats.forEach((r) => {
+      if (r.type !== 'inbound-rtp') return;
+      const mid = r.mid ?? midOfTrack.get(r.trackIdentifier);
+      const s = sections.get(mid) ?? {};
+      const sr = (r.remoteId && stats.get(r.remoteId)) || remoteOutbound.find((x) => x.ssrc === r.ssrc) || null;
+      const codec = r.codecId ? stats.get(r.codecId) : null;
+      out.push({
+        kind: r.kind, mid, ssrc: r.ssrc, active: !!s.active,
+        participantId: s.participantId ?? null, mediaId: s.mediaId ?? null,
+        framesDecoded: r.framesDecoded ?? 0, packetsReceived: r.packetsReceived ?? 0,
+        decoderImplementation: r.decoderImplementation ?? null,
+        codec: codec ? { mimeType: codec.mimeType, payloadType: codec.payloadType, sdpFmtpLine: codec.sdpFmtpLine ?? '' } : null,
+        senderReport: sr ? { ...sr } : null,
+        now,
+      });
+    });
+    return out;
+  });
+}
+
+/** The active streams of `kind` that a page receives from one publisher. */
+export function fromSpeaker(stats, participantId, kind) {
+  return stats.filter((s) => s.participantId === participantId && s.kind === kind && s.active);
+}
+
+/**
+ * Assert that `viewer` gets RTCP sender reports from the server for the audio and the video of every
+ * one of `speakers`, and that they carry this machine's wall clock. Chromium turns each report into
+ * the remote-outbound-rtp entry that an inbound-rtp entry's remoteId names.
+ *
+ * For each stream: a remote-outbound-rtp entry for its ssrc with reportsSent > 0; then, polling
+ * every 250 ms, a *newer* report (reportsSent grows, so reports keep coming; str0m sends them every
+ * 1 s for video and every 5 s for audio), whose remoteTimestamp (the NTP time in the report) is
+ * within `maxSkewMs` of the page's Date.now() when it was first seen. Returns one line per stream.
+ * @returns {Promise<string[]>}
+ */
+export async function assertSenderReports(viewer, speakers, { maxSkewMs = 5_000, timeoutMs = 15_000 } = {}) {
+  const streams = speakers.flatMap((speaker) => ['audio', 'video'].map((kind) => ({ speaker, kind })));
+  const find = (stats, { speaker, kind }) => {
+    const x = fromSpeaker(stats, speaker.id, kind);
+    return x.length === 1 ? x[0] : null;
+  };
+  const first = await waitFor(`${viewer.label} has sender reports for every stream it receives`, async () => {
+    const stats = await inboundDetails(viewer.page);
+    const found = streams.map((s) => find(stats, s));
+    return found.every((x) => x?.senderReport?.reportsSent > 0) ? found : null;
+  }, timeoutMs);
+  const fresh = new Array(streams.length).fill(null);
+  await waitFor(`${viewer.label} gets a newer sender report for every stream`, async () => {
+    const stats = await inboundDetails(viewer.page);
+    streams.forEach((s, i) => {
+      const x = find(stats, s);
+      if (!fresh[i] && x?.senderReport?.reportsSent > first[i].senderReport.reportsSent) fresh[i] = x;
+    });
+    return fresh.every(Boolean);
+  }, timeoutMs);
+  return streams.map(({ speaker, kind }, i) => {
+    const x = fresh[i];
+    const sr = x.senderReport;
+    assert.equal(sr.ssrc, x.ssrc, 'the report is for the ssrc the viewer receives');
+    assert.equal(sr.kind, kind);
+    const skew = sr.remoteTimestamp - x.now;
+    assert.ok(Number.isFinite(skew) && Math.abs(skew) <= maxSkewMs,
+      `${viewer.label}: ${speaker.label}'s ${kind} sender report has NTP time ${new Date(sr.remoteTimestamp).toISOString()}, `
+      + `${skew} ms from now; allowed ${maxSkewMs} ms`);
+    return `${speaker.label} ${kind}: reportsSent ${first[i].senderReport.reportsSent} -> ${sr.reportsSent}, `
+      + `NTP time - now ${Math.round(skew)} ms, NTP time - arrival ${Math.round(sr.remoteTimestamp - sr.timestamp)} ms`;
   });
 }
 

@@ -13,7 +13,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   BASE, MEDIA_ADDR, WAIT_MS, launchBrowser, openPage as openPageIn, join as joinIn, waitFor, sleep,
-  inbound, outboundBytes, selectedPair,
+  inbound, outboundBytes, selectedPair, assertSenderReports,
 } from './lib.mjs';
 
 const ROOM = `roundtable-${process.pid}-${Date.now().toString(36)}`;
@@ -77,6 +77,14 @@ test('each viewer decodes every speaker\'s video and receives every speaker\'s a
         `${viewer.label} audio packetsReceived from ${speaker.label} grows: ${a1[0].packetsReceived} -> ${a2[0].packetsReceived}`);
     }
   }
+});
+
+// Each consumer leg gets its own RTCP sender reports from the server (NTP time of the speaker's
+// capture clock against the leg's RTP timestamps): without them a browser cannot line up a
+// speaker's audio with its video. Chromium turns them into remote-outbound-rtp stats.
+test('every viewer gets sender reports for each speaker\'s audio and video', { timeout: 60_000 }, async () => {
+  const summaries = await Promise.all(viewers.map((viewer) => assertSenderReports(viewer, speakers)));
+  viewers.forEach((viewer, i) => console.log(`# ${viewer.label} sender reports:\n#   ${summaries[i].join('\n#   ')}`));
 });
 
 test('viewer pages show one tile per speaker, playing that speaker\'s media', { timeout: 60_000 }, async () => {

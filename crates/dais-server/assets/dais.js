@@ -10,6 +10,9 @@
 // Remote media are mapped from the SDP the server sends: each m-section's msid is
 // "<participant id> <media id>", read from the remote SDP after every negotiation.
 //
+// A speaker may choose its video codec (`publish(stream, {videoCodec: 'h264'})`); viewers receive
+// whatever each speaker sends, so they need nothing for it.
+//
 // Plain ES module, no dependencies:  import { DaisClient } from '/assets/dais.js';
 
 /** Protocol version this client speaks (dais-proto PROTOCOL_VERSION). */
@@ -27,6 +30,47 @@ export const PROTOCOL_VERSION = 1;
  */
 
 /**
+ * A video codec a speaker can ask for in {@link DaisClient#publish}: the lower-case name of its
+ * RTP payload format (`video/VP8`, `video/H264`, `video/VP9`, `video/AV1`).
+ * @typedef {'vp8'|'h264'|'vp9'|'av1'} VideoCodec
+ */
+
+/** The video codecs `publish({videoCodec})` accepts, in no particular order of preference. */
+export const VIDEO_CODECS = Object.freeze(['vp8', 'h264', 'vp9', 'av1']);
+
+/**
+ * Options of {@link DaisClient#publish}.
+ * @typedef {object} PublishOptions
+ * @property {VideoCodec} [videoCodec]  Send video with this codec. Its entries go first in the
+ *   video transceiver's codec preferences (`RTCRtpTransceiver.setCodecPreferences`), so the offer
+ *   lists it first; every other codec, and rtx/red/ulpfec, stay after it, so negotiation still
+ *   works. The video encoding is also pinned to it (`sendEncodings[0].codec`), because the
+ *   browser otherwise sends the first codec of the server's answer, and the answer may list the
+ *   server's own favourite first. If the server does not accept the codec at all, the browser
+ *   falls back to one it did accept; the value `publish()` resolves with says which.
+ *   Omitted (or `undefined`): the browser's default order (VP8 first in Chromium).
+ */
+
+/**
+ * The codecs negotiated for the own media, as lower-case codec names (`'opus'`, `'vp8'`, `'h264'`,
+ * ...): per sender, the codec its encoding is pinned to when that was negotiated, else the first
+ * of its negotiated codecs; that is the one the browser sends with. A kind is absent when nothing
+ * of that kind is published.
+ * @typedef {{audio?: string, video?: string}} PublishedCodecs
+ */
+
+/**
+ * Which of {@link VIDEO_CODECS} this browser can send, from `RTCRtpSender.getCapabilities('video')`,
+ * in the browser's own order of preference. Empty when the browser does not tell.
+ * @returns {VideoCodec[]}
+ */
+export function sendableVideoCodecs() {
+  const codecs = globalThis.RTCRtpSender?.getCapabilities?.('video')?.codecs ?? [];
+  const names = codecs.map((c) => mimeToCodec(c.mimeType)).filter((n) => VIDEO_CODECS.includes(n));
+  return [...new Set(names)];
+}
+
+/**
  * A participant as the server describes it.
  * @typedef {object} Participant
  * @property {string} id
@@ -36,12 +80,32 @@ export const PROTOCOL_VERSION = 1;
  */
 
 /**
+ * The claims of a join token (`{room, name, role, iat, exp}`), decoded WITHOUT checking the
+ * signature (only the server can): for showing the name or filling in the room. `null` if `token`
+ * is not a JWT.
+ * @param {string} token
+ * @returns {{room: string, name: string, role: string, exp: number}|null}
+ */
+export function tokenClaims(token) {
+  try {
+    const b64 = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Options of {@link DaisClient}.
  * @typedef {object} DaisClientOptions
  * @property {string} [url]   WebSocket URL; default `ws(s)://<this page's host>/ws`.
  * @property {string} room    Room name: 1..64 of letters, digits, `-`, `_`, `.`.
  * @property {string} name    Display name.
  * @property {'speaker'|'viewer'} role
+ * @property {string} [token]  Join token (`dais token`), sent in `join`. Required when the server has a
+ *   token secret; then the token's name and role replace `name` and `role`.
  * @property {RTCConfiguration} [rtcConfig]  Merged over `{bundlePolicy: 'max-bundle'}`.
  * @property {number} [pingIntervalMs=10000] Keep-alive period; 0 disables pings.
  * @property {number} [joinTimeoutMs=10000]  How long `join()` waits for `joined`.
@@ -50,7 +114,7 @@ export const PROTOCOL_VERSION = 1;
 /**
  * Error raised by the server (`error` message) or by a failed client step.
  * `code` is the stable dais-proto code (e.g. `room_full`, `bad_sdp`) or a client-side one
- * (`socket_closed`, `timeout`, `not_a_speaker`).
+ * (`socket_closed`, `timeout`, `not_a_speaker`, `codec_unsupported`).
  */
 export class DaisError extends Error {
   /**
@@ -80,6 +144,7 @@ export class DaisError extends Error {
  * - `trackremoved`       `RemoteMedia`: the server stopped sending it
  * - `connectionstatechange` `{state}`: the RTCPeerConnection's connectionState
  * - `pong`               `{id, rttMs}`
+ * - `draining`           `{withinMs}`: the server is shutting down gracefully; the socket closes within `withinMs`
  * - `error`              `{error: DaisError}`: a server error, or a failed negotiation step
  * - `close`              `{code, reason}`: the socket closed; the client is finished
  *
@@ -87,12 +152,13 @@ export class DaisError extends Error {
  *   const client = new DaisClient({room: 'panel', name: 'Ann', role: 'speaker'});
  *   client.addEventListener('track', (e) => show(e.detail.participantId, e.detail.track));
  *   await client.join();
- *   await client.publish(await navigator.mediaDevices.getUserMedia({audio: true, video: true}));
+ *   const stream = await navigator.mediaDevices.getUserMedia({audio: true, video: true});
+ *   const codecs = await client.publish(stream, {videoCodec: 'vp9'}); // {audio: 'opus', video: 'vp9'}
  *   client.setMuted('audio', true);
  */
 export class DaisClient extends EventTarget {
   /** @param {DaisClientOptions} options */
-  constructor({ url, room, name, role, rtcConfig = {}, pingIntervalMs = 10000, joinTimeoutMs = 10000 }) {
+  constructor({ url, room, name, role, token, rtcConfig = {}, pingIntervalMs = 10000, joinTimeoutMs = 10000 }) {
     super();
     if (role !== 'speaker' && role !== 'viewer') throw new TypeError(`role must be "speaker" or "viewer", not ${role}`);
     /** WebSocket URL in use. */
@@ -113,11 +179,14 @@ export class DaisClient extends EventTarget {
     this.pc = null;
     /** The stream given to `publish()`. @type {MediaStream|null} */
     this.localStream = null;
+    /** Codecs negotiated for the own media, set when `publish()` resolves. @type {PublishedCodecs} */
+    this.publishedCodecs = {};
     /** Own mute state by kind. */
     this.muted = { audio: false, video: false };
     /** `performance.now()` when `join()` was called and when `joined` arrived. */
     this.timing = { joinStarted: NaN, joined: NaN };
 
+    this._token = token || null;
     this._rtcConfig = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', ...rtcConfig };
     this._pingIntervalMs = pingIntervalMs;
     this._joinTimeoutMs = joinTimeoutMs;
@@ -164,7 +233,9 @@ export class DaisClient extends EventTarget {
         this.close();
       };
       ws.addEventListener('open', () => {
-        this._send({ type: 'join', room: this.room, name: this.name, role: this.role, version: PROTOCOL_VERSION });
+        const join = { type: 'join', room: this.room, name: this.name, role: this.role, version: PROTOCOL_VERSION };
+        if (this._token) join.token = this._token;
+        this._send(join);
       });
       ws.addEventListener('message', (e) => this._onMessage(e.data));
       ws.addEventListener('close', (e) => {
@@ -176,22 +247,62 @@ export class DaisClient extends EventTarget {
 
   /**
    * Publish a speaker's media: one sendonly transceiver per track of `stream` (audio and video),
-   * then an offer. Resolves once the server's answer is applied.
+   * then an offer. Resolves once the server's answer is applied, with the codecs negotiated (also
+   * kept in {@link DaisClient#publishedCodecs}); what is actually on the wire shows in
+   * `pc.getStats()` as the `codecId` of each `outbound-rtp` entry.
+   *
+   * Rejects with a {@link DaisError} `codec_unsupported`, before touching the peer connection,
+   * when `videoCodec` is not one of {@link VIDEO_CODECS} or this browser cannot send it (see
+   * {@link sendableVideoCodecs}); with `not_joined` / `not_a_speaker` when called too early or
+   * by a viewer; and with the server's error when it refuses the offer.
+   *
+   * @example
+   *   await client.publish(stream, { videoCodec: 'h264' });   // -> {audio: 'opus', video: 'h264'}
    * @param {MediaStream} stream
-   * @returns {Promise<void>}
+   * @param {PublishOptions} [options]
+   * @returns {Promise<PublishedCodecs>}
    */
-  publish(stream) {
+  publish(stream, { videoCodec } = {}) {
     if (!this.pc) return Promise.reject(new DaisError('not_joined', 'publish() needs join() first'));
     if (this.role !== 'speaker') return Promise.reject(new DaisError('not_a_speaker', 'only a speaker publishes'));
+    const videoTracks = stream.getVideoTracks();
+    let videoChoice = null;
+    if (videoCodec !== undefined && videoCodec !== null && videoTracks.length > 0) {
+      try {
+        videoChoice = chooseVideoCodec(videoCodec);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
     this.localStream = stream;
-    for (const track of [...stream.getAudioTracks(), ...stream.getVideoTracks()]) {
-      track.enabled = !this.muted[track.kind];
-      this.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    const added = [];
+    try {
+      for (const track of [...stream.getAudioTracks(), ...videoTracks]) {
+        track.enabled = !this.muted[track.kind];
+        const init = { direction: 'sendonly', streams: [stream] };
+        // The encoding's codec makes the browser send with it even when the answer lists another
+        // negotiated codec first (an answerer may order codecs by its own preference).
+        if (track.kind === 'video' && videoChoice) init.sendEncodings = [{ codec: videoChoice.send }];
+        const transceiver = this.pc.addTransceiver(track, init);
+        added.push(transceiver);
+        if (track.kind === 'video' && videoChoice) transceiver.setCodecPreferences(videoChoice.preferences);
+      }
+    } catch (err) {
+      // Leave nothing half-published: these transceivers have no m-line yet, so stopping them
+      // keeps them out of every offer.
+      for (const t of added) t.stop();
+      this.localStream = null;
+      return Promise.reject(videoChoice
+        ? new DaisError('codec_unsupported', `this browser refused to send ${videoChoice.name} video: ${err?.message ?? err}`)
+        : toDaisError(err));
     }
     const answered = new Promise((resolve, reject) => this._answerWaiters.push({ resolve, reject }));
     this._wantOffer = true;
     this._enqueue(() => this._maybeOffer());
-    return answered;
+    return answered.then(() => {
+      this.publishedCodecs = this._negotiatedSendCodecs();
+      return this.publishedCodecs;
+    });
   }
 
   /**
@@ -312,6 +423,7 @@ export class DaisClient extends EventTarget {
         this._pingsSent.delete(msg.id);
         return this._emit('pong', { id: msg.id, rttMs: sentAt === undefined ? NaN : performance.now() - sentAt });
       }
+      case 'draining': return this._emit('draining', { withinMs: msg.within_ms });
       case 'error': return this._handleError(msg);
       default:
         // Unknown types are ignored so that a newer server can add messages.
@@ -429,6 +541,22 @@ export class DaisClient extends EventTarget {
     for (const w of waiters) w.reject(error);
   }
 
+  // The codec each own sender sends with: the codec of its first encoding when one is set and
+  // negotiated, else the first of its negotiated media codecs.
+  _negotiatedSendCodecs() {
+    const out = {};
+    for (const t of this.pc?.getTransceivers() ?? []) {
+      const track = t.sender.track;
+      if (!track || t.stopped || !(t.currentDirection === 'sendonly' || t.currentDirection === 'sendrecv')) continue;
+      const params = t.sender.getParameters();
+      const negotiated = (params.codecs ?? []).filter((c) => !/\/(rtx|red|ulpfec|flexfec-03)$/i.test(c.mimeType));
+      const pinned = params.encodings?.[0]?.codec;
+      const codec = (pinned && negotiated.find((c) => sameCodec(c, pinned))) || negotiated[0];
+      if (codec && !(track.kind in out)) out[track.kind] = mimeToCodec(codec.mimeType);
+    }
+    return out;
+  }
+
   // Reconcile remoteMedia with the remote description just applied: every m-section the server
   // sends on carries "a=msid:<participant> <media>".
   _bindRemoteMedia() {
@@ -492,6 +620,58 @@ function defaultUrl() {
 
 function normalizeParticipant(p) {
   return { id: p.id, name: p.name, role: p.role, media: (p.media ?? []).map((m) => ({ ...m })) };
+}
+
+/** 'video/H264' -> 'h264'. */
+function mimeToCodec(mimeType) {
+  return String(mimeType ?? '').replace(/^[a-z]+\//i, '').toLowerCase();
+}
+
+function sameCodec(a, b) {
+  return a.mimeType.toLowerCase() === b.mimeType.toLowerCase() && a.clockRate === b.clockRate
+    && (a.sdpFmtpLine ?? '') === (b.sdpFmtpLine ?? '');
+}
+
+// How to make a video transceiver send `videoCodec`: `send`, the browser's first send capability
+// of that codec (for sendEncodings[0].codec), and `preferences` for setCodecPreferences(): every
+// entry of that codec the browser can send first (in the browser's order, so e.g. H.264 packetization-mode=1
+// before mode 0), then the rest of its codecs (other codecs, rtx, red, ulpfec) in the browser's
+// order. setCodecPreferences() accepts only codecs the browser can also receive, so the entries
+// come from RTCRtpReceiver.getCapabilities(); a codec it can receive but not send goes after the
+// sendable entries of the same codec. Throws DaisError('codec_unsupported') when impossible.
+function chooseVideoCodec(videoCodec) {
+  const name = String(videoCodec).toLowerCase();
+  if (!VIDEO_CODECS.includes(name)) {
+    throw new DaisError('codec_unsupported',
+      `unknown video codec "${videoCodec}"; expected one of ${VIDEO_CODECS.join(', ')}`);
+  }
+  const Sender = globalThis.RTCRtpSender;
+  const Receiver = globalThis.RTCRtpReceiver;
+  if (typeof Sender?.getCapabilities !== 'function' || typeof Receiver?.getCapabilities !== 'function'
+    || typeof globalThis.RTCRtpTransceiver?.prototype?.setCodecPreferences !== 'function') {
+    throw new DaisError('codec_unsupported',
+      `this browser cannot choose a video codec (no RTCRtpSender.getCapabilities / setCodecPreferences); cannot send ${name}`);
+  }
+  const sendable = Sender.getCapabilities('video')?.codecs ?? [];
+  const receivable = Receiver.getCapabilities('video')?.codecs ?? [];
+  const isChosen = (c) => mimeToCodec(c.mimeType) === name;
+  if (!sendable.some(isChosen)) {
+    const can = sendableVideoCodecs();
+    throw new DaisError('codec_unsupported',
+      `this browser cannot send ${name} video (it can send: ${can.length ? can.join(', ') : 'none of them'})`);
+  }
+  const key = (c) => `${c.mimeType.toLowerCase()}|${c.clockRate}|${c.sdpFmtpLine ?? ''}`;
+  const canSend = new Set(sendable.map(key));
+  const byKey = new Map(receivable.map((c) => [key(c), c]));
+  const first = [
+    ...sendable.filter(isChosen).map((c) => byKey.get(key(c))).filter(Boolean),
+    ...receivable.filter((c) => isChosen(c) && !canSend.has(key(c))),
+  ];
+  if (first.length === 0) {
+    throw new DaisError('codec_unsupported',
+      `this browser lists ${name} as sendable but not as receivable, so setCodecPreferences() cannot select it`);
+  }
+  return { name, send: sendable.find(isChosen), preferences: [...first, ...receivable.filter((c) => !isChosen(c))] };
 }
 
 function toDaisError(err) {

@@ -5,7 +5,7 @@
 // and a separate <audio> (so video can autoplay while sound waits for a click if the browser
 // insists), each with data-media-id of the media it plays.
 
-import { DaisClient } from './dais.js';
+import { DaisClient, sendableVideoCodecs } from './dais.js';
 
 /** Create an element: `el('div', {class: 'x', dataset: {a: '1'}}, child, 'text')`. */
 export function el(tag, attrs = {}, ...children) {
@@ -197,8 +197,8 @@ function initials(name) {
  * the grid, the header and the Leave button. Resolves once joined; shows and rethrows a failure.
  * @param {{room: string, name: string, role: 'speaker'|'viewer', onLeave?: () => void}} options
  */
-export async function openRoom({ room, name, role, onLeave = () => {} }) {
-  const client = new DaisClient({ room, name, role });
+export async function openRoom({ room, name, role, token, onLeave = () => {} }) {
+  const client = new DaisClient({ room, name, role, token });
   window.dais = client;
   const grid = new TileGrid(document.getElementById('grid'), new AudioUnlock(document.getElementById('unmute')));
   const audience = document.getElementById('audience');
@@ -213,6 +213,9 @@ export async function openRoom({ room, name, role, onLeave = () => {} }) {
     else if (state === 'disconnected') setStatus('Media connection interrupted…', 'error');
   });
   client.on('error', ({ error }) => setStatus(`Error: ${error.message}`, 'error'));
+  client.on('draining', ({ withinMs }) => {
+    setStatus(`The server is restarting: this session ends within ${Math.round(withinMs / 1000)} s.`, 'error');
+  });
   client.on('close', () => {
     if (!leaving) setStatus('Disconnected from the server', 'error');
   });
@@ -241,10 +244,31 @@ export async function openRoom({ room, name, role, onLeave = () => {} }) {
   return { client, grid };
 }
 
+/**
+ * Mark the options of a video codec <select> (values '' for auto, 'vp8', 'h264', ...) that this
+ * browser cannot send as disabled, and fall back to auto if such an option was selected.
+ * @param {HTMLSelectElement} select
+ */
+export function markSendableCodecs(select) {
+  const sendable = sendableVideoCodecs();
+  if (sendable.length === 0) return; // the browser does not say; let publish() report it
+  for (const option of select.options) {
+    if (!option.value) continue;
+    option.disabled = !sendable.includes(option.value);
+    if (option.disabled) option.textContent += ' (not supported here)';
+  }
+  if (select.selectedOptions[0]?.disabled) select.value = '';
+}
+
 /** Show the page's join form, prefilled from the query; submitting reloads with the fields as query. */
 export function showJoinForm() {
   const form = document.getElementById('join-form');
   for (const input of form.querySelectorAll('input[name]')) input.value = params.get(input.name) ?? '';
+  for (const select of form.querySelectorAll('select[name]')) {
+    const wanted = (params.get(select.name) ?? '').toLowerCase();
+    select.value = [...select.options].some((o) => o.value === wanted) ? wanted : '';
+    if (select.name === 'codec') markSendableCodecs(select);
+  }
   form.hidden = false;
   document.getElementById('grid').hidden = true;
   [...form.querySelectorAll('input')].find((i) => !i.value)?.focus();
