@@ -80,6 +80,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# An admin key for tests/browser/admin.test.mjs (promote/demote in place through the admin API).
+export DAIS_ADMIN_KEY="browser-test-$RANDOM$RANDOM"
 "$DAIS_BIN" --http-addr 127.0.0.1:0 --media-addr 127.0.0.1:0 >"$SERVER_OUT" 2>"$SERVER_ERR" &
 SERVER_PID=$!
 

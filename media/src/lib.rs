@@ -226,6 +226,8 @@ enum Command {
     Candidate { session: SessionId, candidate: String },
     Subscribe { session: SessionId, producer: ProducerKey, stream_id: String, track_id: String },
     Close { session: SessionId },
+    SetPublisher { session: SessionId, publisher: bool },
+    SetPaused { producer: ProducerKey, paused: bool },
     Shutdown,
 }
 
@@ -247,6 +249,8 @@ impl std::fmt::Debug for Command {
             Command::Candidate { .. } => "Candidate",
             Command::Subscribe { .. } => "Subscribe",
             Command::Close { .. } => "Close",
+            Command::SetPublisher { .. } => "SetPublisher",
+            Command::SetPaused { .. } => "SetPaused",
             Command::Shutdown => "Shutdown",
         })
     }
@@ -348,5 +352,16 @@ impl MediaHandle {
     /// Close a session, ending its producers (their consumers are removed by renegotiation).
     pub fn close_session(&self, session: SessionId) {
         let _ = self.tx.send(Command::Close { session });
+    }
+
+    /// Allow or forbid a session to publish (promote/demote in place). Forbidding ends its producers,
+    /// each reported as [`SessionEvent::ProducerRemoved`], and stops their m-lines with a server offer.
+    pub fn set_publisher(&self, session: SessionId, publisher: bool) {
+        let _ = self.tx.send(Command::SetPublisher { session, publisher });
+    }
+
+    /// Pause or resume forwarding one producer (server-side mute); see `Router::set_paused`.
+    pub fn set_paused(&self, producer: ProducerKey, paused: bool) {
+        let _ = self.tx.send(Command::SetPaused { producer, paused });
     }
 }

@@ -268,6 +268,14 @@ impl Worker {
                 }
             }
             Command::Close { session } => self.close_session(session, false),
+            Command::SetPaused { producer, paused } => {
+                if let Some(pid) = self.keys.get(&producer).copied() {
+                    self.router.set_paused(now, pid, paused);
+                    self.drain_router(None);
+                    info!(?producer, paused, "producer pause changed");
+                }
+            }
+            Command::SetPublisher { session, publisher } => self.set_publisher(session, publisher),
         }
         true
     }
@@ -767,6 +775,36 @@ impl Worker {
         s.rtc.disconnect();
         (s.events)(SessionEvent::Disconnected);
         info!(?id, "session failed; waiting for its owner to close it");
+    }
+
+    fn set_publisher(&mut self, id: SessionId, publisher: bool) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.publisher == publisher {
+            return;
+        }
+        s.publisher = publisher;
+        if publisher {
+            // A promoted session already negotiated; server offers need not wait for its next offer
+            // (a collision is resolved by the offer_collision rule).
+            s.client_offered = true;
+            info!(?id, "session may publish now");
+            return;
+        }
+        let owned: Vec<(Mid, ProducerId)> = s.producers_by_mid.iter().map(|(m, p)| (*m, *p)).collect();
+        for (mid, pid) in owned {
+            if let Some(key) = self.producers.get(&pid).map(|p| p.key) {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    (s.events)(SessionEvent::ProducerRemoved { producer: key });
+                }
+            }
+            self.end_producer(pid);
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.queued_stops.push(mid);
+                s.wants_negotiation = true;
+            }
+        }
+        info!(?id, "session may no longer publish; its producers ended");
+        self.mark(id);
     }
 
     fn close_session(&mut self, id: SessionId, notify: bool) {

@@ -19,6 +19,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::admin::Control;
 use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
 use crate::room::{self, media_wire_id, participant_wire_id};
 use crate::{Frame, OutFrame, Phase, Signaling};
@@ -70,6 +71,8 @@ impl Signaling {
             return;
         }
         let mut joined: Option<Joined> = None;
+        let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Control>();
+        let mut registered = false;
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
         let mut last_seen = Instant::now();
@@ -87,7 +90,12 @@ impl Signaling {
                     let frame = frame.unwrap_or(Frame::Close);
                     match frame {
                         Frame::Text(text) => {
-                            match self.handle_text(&text, &mut joined, &notice_tx, &media_tx).await {
+                            let step = self.handle_text(&text, &mut joined, &notice_tx, &media_tx).await;
+                            if let (false, Some(j)) = (registered, joined.as_ref()) {
+                                self.register_control(j.id, control_tx.clone());
+                                registered = true;
+                            }
+                            match step {
                                 Step::Reply(msgs) => {
                                     if send_all(&mut outgoing, msgs).await.is_err() { break End::Close(None); }
                                 }
@@ -107,6 +115,19 @@ impl Signaling {
                         Frame::Error(e) => { debug!("transport error: {e}"); break End::Close(None); }
                     }
                 }
+                Some(ctl) = control_rx.recv() => match ctl {
+                    Control::Close { code, close, message } => {
+                        let _ = send_all(&mut outgoing, vec![ServerMessage::error(code, message, None)]).await;
+                        break End::Close(Some((close, code.as_str().into())));
+                    }
+                    Control::SetRole(role) => {
+                        let Some(j) = joined.as_mut() else { continue };
+                        j.role = role;
+                        info!(?role, "role changed by an operator");
+                        let m = ServerMessage::RoleChanged { participant_id: participant_wire_id(j.id), role };
+                        if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
+                    }
+                },
                 Some(ev) = media_rx.recv() => {
                     let step = self.handle_media_event(ev, joined.as_ref());
                     if let Some(MediaStep::Fail) = step {
@@ -141,6 +162,7 @@ impl Signaling {
         };
 
         if let Some(j) = joined.take() {
+            self.unregister_control(j.id);
             self.leave(&j);
         }
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -174,7 +196,7 @@ impl Signaling {
         match msg {
             ClientMessage::Ping { id } => Step::Reply(vec![ServerMessage::Pong { id }]),
             ClientMessage::Leave => Step::Leave,
-            ClientMessage::Join { room, name, role, version } => {
+            ClientMessage::Join { room, name, role, version, token } => {
                 if joined.is_some() {
                     return err(ErrorCode::AlreadyJoined, "this socket already joined a room");
                 }
@@ -191,6 +213,17 @@ impl Signaling {
                 if !valid_room(&room) {
                     return refuse(ErrorCode::InvalidRoom, "room names are 1-64 letters, digits, '-', '_' or '.'");
                 }
+                // With a secret, the token's grant replaces the requested name and role.
+                let (name, role) = match &self.config.tokens {
+                    None => (name, role),
+                    Some(verifier) => match verifier.verify(token.as_deref(), &room) {
+                        Ok(grant) => (grant.name, grant.role),
+                        Err(e) => {
+                            info!(room = %room, code = %e.code(), "join token refused");
+                            return refuse(e.code(), &e.to_string());
+                        }
+                    },
+                };
                 if !valid_name(&name) {
                     return refuse(ErrorCode::InvalidName, "names are 1-64 bytes without control characters");
                 }

@@ -1,20 +1,24 @@
-//! Dais signaling: WebSocket sessions, rooms, participants and roles.
+//! Dais signaling: WebSocket sessions, rooms, participants, roles and join tokens.
 //!
 //! [`Signaling`] owns every room. Each WebSocket connection runs [`Signaling::serve`], which speaks the
 //! JSON protocol of `dais-proto` (docs/protocol.md): it validates and answers client messages, relays
 //! SDP between the client and the media plane, and fans room news out to the other participants. Rooms
 //! live behind one mutex held only for short, non-blocking updates; every participant has its own task
 //! and its own outbound queue, so a slow or broken client hurts nobody else. Signaling reaches the media
-//! plane only through the [`MediaPlane`] trait.
+//! plane only through the [`MediaPlane`] trait. With a [`token::TokenVerifier`] configured, every join must
+//! carry a token whose grant sets the participant's name and role.
 
+mod admin;
 mod connection;
 mod media_api;
 mod room;
+pub mod token;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use admin::{AdminError, CLOSE_KICKED, CLOSE_ROOM_CLOSED};
 pub use media_api::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection};
 pub use room::RoomSnapshot;
 
@@ -55,6 +59,8 @@ pub struct SignalingConfig {
     pub ping_interval: Duration,
     /// A connection that sent nothing for this long is closed with `idle_timeout`.
     pub idle_timeout: Duration,
+    /// Join-token checking; `None` is open development mode (any name and role may join).
+    pub tokens: Option<token::TokenVerifier>,
 }
 
 impl Default for SignalingConfig {
@@ -63,6 +69,7 @@ impl Default for SignalingConfig {
             max_participants: 10_000,
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+            tokens: None,
         }
     }
 }
@@ -101,6 +108,7 @@ pub struct Signaling {
     config: SignalingConfig,
     phase: tokio::sync::watch::Sender<Phase>,
     connections: AtomicU64,
+    controls: Mutex<std::collections::HashMap<u64, tokio::sync::mpsc::UnboundedSender<admin::Control>>>,
     join_failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
@@ -121,6 +129,7 @@ impl Signaling {
             config,
             phase,
             connections: AtomicU64::new(0),
+            controls: Mutex::new(Default::default()),
             join_failures: Mutex::new(Default::default()),
         })
     }

@@ -73,4 +73,9 @@ pub trait MediaPlane: Send + Sync + 'static {
     fn subscribe(&self, session: u64, producer: u64, stream_id: String, track_id: String);
     /// End a session and its producers.
     fn close_session(&self, session: u64);
+    /// Allow or forbid a session to publish. Forbidding ends its producers (reported as
+    /// [`MediaEvent::Unpublished`]) and stops their m-lines with a server offer.
+    fn set_publisher(&self, session: u64, publisher: bool);
+    /// Pause or resume forwarding one producer (server-side mute).
+    fn set_paused(&self, producer: u64, paused: bool);
 }

@@ -20,6 +20,8 @@ enum Call {
     Candidate(u64, String),
     Subscribe { session: u64, producer: u64, stream_id: String, track_id: String },
     Close(u64),
+    Publisher(u64, bool),
+    Paused(u64, bool),
 }
 
 #[derive(Default)]
@@ -66,6 +68,12 @@ impl MediaPlane for FakeMedia {
     }
     fn close_session(&self, session: u64) {
         self.calls.lock().unwrap().push(Call::Close(session));
+    }
+    fn set_publisher(&self, session: u64, publisher: bool) {
+        self.calls.lock().unwrap().push(Call::Publisher(session, publisher));
+    }
+    fn set_paused(&self, producer: u64, paused: bool) {
+        self.calls.lock().unwrap().push(Call::Paused(producer, paused));
     }
 }
 
@@ -318,4 +326,53 @@ async fn mute_before_publishing_applies_and_own_unpublish_is_announced() {
     let rooms = sig.rooms();
     let a_info = rooms[0].participants.iter().find(|p| p.id == a_id).unwrap();
     assert!(a_info.media.is_empty(), "the room forgets the stream");
+}
+
+#[tokio::test]
+async fn admin_actions_reach_the_room_and_the_media_plane() {
+    let (media, sig) = setup();
+    let mut a = connect(&sig);
+    let ServerMessage::Joined { participant_id: a_id, .. } = a.join("adm", "A", "speaker").await else { panic!() };
+    let a_session: u64 = a_id.trim_start_matches('p').parse().unwrap();
+    let mut v = connect(&sig);
+    let ServerMessage::Joined { participant_id: v_id, .. } = v.join("adm", "V", "viewer").await else { panic!() };
+    let v_session: u64 = v_id.trim_start_matches('p').parse().unwrap();
+    assert!(matches!(a.msg().await, ServerMessage::ParticipantJoined { .. }));
+    media.emit(a_session, MediaEvent::Published { producer: 5, kind: MediaKind::Audio, codec: "opus".into() });
+    assert!(matches!(v.msg().await, ServerMessage::MediaPublished { .. }));
+
+    assert_eq!(sig.admin_mute("nope", &a_id, MediaKind::Audio, true), Err(crate::AdminError::RoomNotFound));
+    assert_eq!(sig.admin_mute("adm", "p999", MediaKind::Audio, true), Err(crate::AdminError::ParticipantNotFound));
+    assert_eq!(sig.admin_mute("adm", &a_id, MediaKind::Audio, true), Ok(1));
+    let muted = ServerMessage::MuteChanged {
+        participant_id: a_id.clone(),
+        media_id: "m5".into(),
+        kind: MediaKind::Audio,
+        muted: true,
+    };
+    assert_eq!(a.msg().await, muted, "the muted speaker is told too");
+    assert_eq!(v.msg().await, muted);
+    assert!(media.calls().contains(&Call::Paused(5, true)));
+
+    sig.admin_set_role("adm", &v_id, Role::Speaker).unwrap();
+    let promoted = ServerMessage::RoleChanged { participant_id: v_id.clone(), role: Role::Speaker };
+    assert_eq!(a.msg().await, promoted);
+    assert_eq!(v.msg().await, promoted);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(media.calls().contains(&Call::Publisher(v_session, true)));
+    // The promoted viewer may now mute its own media like a speaker.
+    v.send(r#"{"type":"mute","kind":"video","muted":true}"#);
+    v.send(r#"{"type":"ping","id":3}"#);
+    assert_eq!(v.msg().await, ServerMessage::Pong { id: Some(3) });
+
+    sig.admin_kick("adm", &v_id).unwrap();
+    assert_eq!(v.error_code().await, ErrorCode::Kicked);
+    assert_eq!(v.next().await, OutFrame::Close(crate::CLOSE_KICKED, "kicked".into()));
+    assert_eq!(a.msg().await, ServerMessage::ParticipantLeft { participant_id: v_id.clone() });
+
+    assert_eq!(sig.admin_close_room("adm"), Ok(1));
+    assert_eq!(a.error_code().await, ErrorCode::RoomClosed);
+    assert_eq!(a.next().await, OutFrame::Close(crate::CLOSE_ROOM_CLOSED, "room_closed".into()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(sig.rooms().is_empty());
 }

@@ -362,8 +362,26 @@ impl Client {
 
     /// Send `join` and wait for `joined`; a server `error` becomes [`ClientError::Server`].
     pub async fn join(&self, room: &str, name: &str, role: Role) -> Result<Joined, ClientError> {
+        self.join_with_token(room, name, role, None).await
+    }
+
+    /// [`Client::join`] carrying a join token; the server's grant (in [`Joined::role`]) wins over `role`.
+    pub async fn join_with_token(
+        &self,
+        room: &str,
+        name: &str,
+        role: Role,
+        token: Option<&str>,
+    ) -> Result<Joined, ClientError> {
         let mark = self.message_count();
-        self.send(ClientMessage::Join { room: room.into(), name: name.into(), role, version: PROTOCOL_VERSION })?;
+        let token = token.map(str::to_owned);
+        self.send(ClientMessage::Join {
+            room: room.into(),
+            name: name.into(),
+            role,
+            version: PROTOCOL_VERSION,
+            token,
+        })?;
         let reply = self
             .wait_for_message(
                 mark,
@@ -580,6 +598,12 @@ fn on_server_text(shared: &Arc<Shared>, neg: &mpsc::UnboundedSender<NegCmd>, tex
         match &msg {
             ServerMessage::Joined { participant_id, role, .. } => {
                 s.participant_id = Some(participant_id.clone());
+                s.role = Some(*role);
+            }
+            ServerMessage::RoleChanged { participant_id, role }
+                if s.participant_id.as_ref() == Some(participant_id) =>
+            {
+                // Promoted or demoted in place by an operator: `publish` follows the new role.
                 s.role = Some(*role);
             }
             ServerMessage::Offer { .. } => s.offers_received += 1,

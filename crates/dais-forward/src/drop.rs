@@ -26,11 +26,13 @@ pub enum DropReason {
     /// The packet carries the SSRC the producer's stream had before its latest restart and arrived shortly
     /// after it: a late packet of the old stream, not a second restart.
     StaleSsrc,
+    /// The producer is paused (muted by an operator); counted once per packet.
+    Paused,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::UnknownProducer,
         DropReason::UnknownPayloadType,
         DropReason::CodecNotNegotiated,
@@ -39,6 +41,7 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::UnknownConsumer,
         DropReason::StaleSsrc,
+        DropReason::Paused,
     ];
 
     /// Stable snake_case name, suitable as a metrics label.
@@ -52,6 +55,7 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::UnknownConsumer => "unknown_consumer",
             DropReason::StaleSsrc => "stale_ssrc",
+            DropReason::Paused => "paused",
         }
     }
 

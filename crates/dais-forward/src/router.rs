@@ -103,6 +103,8 @@ struct Producer {
     waiting: usize,
     last_request: Option<Instant>,
     pending: Option<KeyframeKind>,
+    /// Packets are dropped ([`DropReason::Paused`]) until resumed.
+    paused: bool,
 }
 
 #[derive(Debug)]
@@ -190,6 +192,7 @@ impl Router {
                 epoch: 0,
                 seq: SeqExtender::default(),
                 waiting: 0,
+                paused: false,
                 last_request: None,
                 pending: None,
             },
@@ -332,6 +335,10 @@ impl Router {
             drops.count(DropReason::UnknownPayloadType);
             return;
         };
+        if p.paused {
+            drops.count(DropReason::Paused);
+            return;
+        }
         let video = p.kind == MediaKind::Video;
         if video && packet.payload.is_empty() {
             drops.count(DropReason::Malformed);
@@ -435,6 +442,38 @@ impl Router {
             }));
         }
         p.waiting = p.waiting.saturating_sub(started_now);
+    }
+
+    /// Pause or resume forwarding a producer (an operator's server-side mute). While paused, its packets
+    /// are dropped as [`DropReason::Paused`]. On resume every consumer continues right after its last
+    /// packet (no sequence gap for receivers to NACK), and video consumers wait for a fresh keyframe,
+    /// which is requested at once. Returns false for an unknown producer.
+    pub fn set_paused(&mut self, now: Instant, producer: ProducerId, paused: bool) -> bool {
+        let Router { config, producers, consumers, outputs, stats, .. } = self;
+        let Some(p) = producers.get_mut(&producer) else {
+            return false;
+        };
+        if p.paused == paused {
+            return true;
+        }
+        p.paused = paused;
+        if paused {
+            return true;
+        }
+        // Resume: rebase like a restart, and gate video on a keyframe again.
+        p.epoch = p.epoch.wrapping_add(1);
+        if p.kind == MediaKind::Video {
+            for &slot in &p.consumers {
+                if let Some(c) = consumers.get_mut(slot).and_then(Option::as_mut) {
+                    if !c.waiting {
+                        c.waiting = true;
+                        p.waiting += 1;
+                    }
+                }
+            }
+            request_keyframe(producer, p, now, KeyframeKind::Pli, config, outputs, stats);
+        }
+        true
     }
 
     /// A viewer asked for a keyframe (PLI or FIR). Requests are aggregated per producer and throttled;

@@ -84,6 +84,11 @@ pub enum ClientMessage {
         role: Role,
         /// Protocol version; must equal [`PROTOCOL_VERSION`].
         version: u32,
+        /// Join token (an HS256 JWT from `dais token`). Required when the server has a token secret;
+        /// then the token's room must equal `room`, and its name and role replace `name` and `role`.
+        /// Ignored by a server in open development mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// An SDP offer from the client (a speaker publishing its media).
     Offer {
@@ -189,6 +194,15 @@ pub enum ServerMessage {
         /// Upper bound until the server closes this socket, in milliseconds.
         within_ms: u64,
     },
+    /// An operator changed a participant's role in place (promote to speaker, demote to viewer). Sent
+    /// to everyone in the room, the participant included. A promoted participant may now offer its
+    /// media; a demoted one gets a server offer that stops the m-lines it published.
+    RoleChanged {
+        /// Whose role changed.
+        participant_id: String,
+        /// The new role.
+        role: Role,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's id.
@@ -246,8 +260,20 @@ pub enum ErrorCode {
     MediaFailed,
     /// The participant sent nothing (not even a WebSocket pong) for too long; the socket is closed.
     IdleTimeout,
+    /// An operator removed this participant; the socket is closed (4001).
+    Kicked,
+    /// An operator closed the room; the socket is closed (4002).
+    RoomClosed,
     /// An unexpected server-side failure; the detail is in the server log.
     Internal,
+    /// The server requires a join token and the `join` carried none.
+    TokenRequired,
+    /// The join token's expiry has passed; get a fresh one.
+    TokenExpired,
+    /// The join token is malformed, forged (bad signature) or lacks a valid claim.
+    TokenInvalid,
+    /// The join token grants another room than the one in `join`.
+    TokenWrongRoom,
 }
 
 impl ErrorCode {
@@ -271,7 +297,13 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::MediaFailed => "media_failed",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::Kicked => "kicked",
+            ErrorCode::RoomClosed => "room_closed",
             ErrorCode::Internal => "internal",
+            ErrorCode::TokenRequired => "token_required",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::TokenWrongRoom => "token_wrong_room",
         }
     }
 }
@@ -396,8 +428,16 @@ mod tests {
     fn join_round_trips() {
         let m = parse_client(r#"{"type":"join","room":"r1","name":"Ann","role":"viewer","version":1}"#)
             .expect("valid join");
-        assert_eq!(m, ClientMessage::Join { room: "r1".into(), name: "Ann".into(), role: Role::Viewer, version: 1 });
+        assert_eq!(
+            m,
+            ClientMessage::Join { room: "r1".into(), name: "Ann".into(), role: Role::Viewer, version: 1, token: None }
+        );
         assert_eq!(parse_client(&m.to_json()).expect("round trip"), m);
+        assert!(!m.to_json().contains("token"), "no token field when there is none");
+        let t = parse_client(r#"{"type":"join","room":"r1","name":"Ann","role":"viewer","version":1,"token":"a.b.c"}"#)
+            .expect("join with token");
+        assert!(matches!(t, ClientMessage::Join { token: Some(ref s), .. } if s == "a.b.c"));
+        assert_eq!(parse_client(&t.to_json()).expect("round trip"), t);
     }
 
     #[test]
@@ -489,7 +529,16 @@ mod tests {
 
     #[test]
     fn every_code_spells_as_serde_does() {
-        for c in [ErrorCode::BadJson, ErrorCode::OfferCollision, ErrorCode::ViewerCannotPublish, ErrorCode::Internal] {
+        for c in [
+            ErrorCode::BadJson,
+            ErrorCode::OfferCollision,
+            ErrorCode::ViewerCannotPublish,
+            ErrorCode::Internal,
+            ErrorCode::TokenRequired,
+            ErrorCode::TokenExpired,
+            ErrorCode::TokenInvalid,
+            ErrorCode::TokenWrongRoom,
+        ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));
         }
     }

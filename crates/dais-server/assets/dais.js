@@ -144,6 +144,8 @@ export class DaisError extends Error {
  * - `trackremoved`       `RemoteMedia`: the server stopped sending it
  * - `connectionstatechange` `{state}`: the RTCPeerConnection's connectionState
  * - `pong`               `{id, rttMs}`
+ * - `rolechanged`        `{participantId, role, self}`: an operator promoted or demoted someone in place;
+ *                        when `self`, a promoted client may now `publish()`, a demoted one stopped capturing
  * - `draining`           `{withinMs}`: the server is shutting down gracefully; the socket closes within `withinMs`
  * - `error`              `{error: DaisError}`: a server error, or a failed negotiation step
  * - `close`              `{code, reason}`: the socket closed; the client is finished
@@ -424,6 +426,20 @@ export class DaisClient extends EventTarget {
         return this._emit('pong', { id: msg.id, rttMs: sentAt === undefined ? NaN : performance.now() - sentAt });
       }
       case 'draining': return this._emit('draining', { withinMs: msg.within_ms });
+      case 'role_changed': {
+        const p = this.participants.get(msg.participant_id);
+        if (p) p.role = msg.role;
+        const self = msg.participant_id === this.participantId;
+        if (self) {
+          this.role = msg.role;
+          if (msg.role === 'viewer') {
+            // The server stops our m-lines; stop capturing too.
+            for (const track of this.localStream?.getTracks() ?? []) track.stop();
+            this.localStream = null;
+          }
+        }
+        return this._emit('rolechanged', { participantId: msg.participant_id, role: msg.role, self });
+      }
       case 'error': return this._handleError(msg);
       default:
         // Unknown types are ignored so that a newer server can add messages.

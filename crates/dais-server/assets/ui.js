@@ -175,6 +175,13 @@ export function bindRoom(client, grid, onAudience = () => {}) {
     grid.remove(participantId);
     audience();
   });
+  client.on('rolechanged', ({ participantId }) => {
+    // Promoted people get a tile, demoted ones lose it; the roster already holds the new role.
+    const p = client.participants.get(participantId);
+    if (p?.role === 'speaker') showSpeaker(p);
+    else grid.remove(participantId);
+    audience();
+  });
   client.on('mediapublished', ({ participantId, media }) => grid.setMuted(participantId, media.kind, media.muted));
   client.on('mediaunpublished', ({ mediaId }) => grid.detach(mediaId));
   client.on('mutechanged', ({ participantId, kind, muted }) => grid.setMuted(participantId, kind, muted));
@@ -213,6 +220,21 @@ export async function openRoom({ room, name, role, token, onLeave = () => {} }) 
     else if (state === 'disconnected') setStatus('Media connection interrupted…', 'error');
   });
   client.on('error', ({ error }) => setStatus(`Error: ${error.message}`, 'error'));
+  client.on('rolechanged', async ({ role, self }) => {
+    if (!self) return;
+    if (role === 'viewer') {
+      setStatus('An operator moved you to the audience.', 'info');
+      return;
+    }
+    setStatus('An operator invited you on stage: starting camera and microphone…', 'ok');
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } });
+      await client.publish(stream);
+      setStatus('You are on stage.', 'ok');
+    } catch (err) {
+      setStatus(`Could not go on stage: ${err.message}`, 'error');
+    }
+  });
   client.on('draining', ({ withinMs }) => {
     setStatus(`The server is restarting: this session ends within ${Math.round(withinMs / 1000)} s.`, 'error');
   });

@@ -80,4 +80,12 @@ impl MediaPlane for MediaAdapter {
     fn close_session(&self, session: u64) {
         self.handle.close_session(SessionId(session));
     }
+
+    fn set_publisher(&self, session: u64, publisher: bool) {
+        self.handle.set_publisher(SessionId(session), publisher);
+    }
+
+    fn set_paused(&self, producer: u64, paused: bool) {
+        self.handle.set_paused(ProducerKey(producer), paused);
+    }
 }

@@ -1,19 +1,24 @@
 //! The `dais` binary: HTTP pages, WebSocket signaling at `/ws` and the media plane on one UDP port.
 //!
-//! Wiring only: flags become a [`dais_media::MediaConfig`] and a [`dais_signaling::SignalingConfig`],
+//! Wiring only: the configuration (defaults < `--config` file < `DAIS_*` environment < flags, see
+//! [`config`]) becomes a [`dais_media::MediaConfig`] and a [`dais_signaling::SignalingConfig`],
 //! the media plane is adapted to signaling's [`dais_signaling::MediaPlane`] trait, and axum serves the
 //! embedded pages and upgrades `/ws`. When both listeners are bound it prints one line,
 //! `dais ready http=ADDR media=ADDR`, which scripts and tests wait for. SIGTERM drains: `/readyz`
 //! turns 503, new joins get `draining`, connected clients get a `draining` notice, media keeps
 //! flowing until everyone has left or `--drain-timeout` passes; then every WebSocket is closed
 //! (`1001 going away`), the media worker stops and the process exits 0. Ctrl-C (SIGINT), or a second
-//! signal during a drain, skips the wait.
+//! signal during a drain, skips the wait. `dais check-config` prints the effective configuration with
+//! secrets redacted, and `dais token` mints a join token; both exit without serving.
 
 mod adapter;
+mod admin;
 mod assets;
+mod config;
 mod metrics;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,60 +31,216 @@ use axum::routing::get;
 use clap::Parser;
 use dais_signaling::{Frame, OutFrame, Signaling, SignalingConfig};
 use futures_util::{SinkExt, StreamExt};
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::config::{Config, LogFormat, Overrides};
 
 /// Dais: a real-time video SFU for live panels.
 ///
 /// Speakers open /speak?room=R&name=N, viewers open /watch?room=R, the landing page is /.
 /// Every media session shares the single UDP port given by --media-addr.
+///
+/// Settings come from flags, then DAIS_* environment variables, then the --config file, then defaults
+/// (flags win). Secrets (auth.token_secret, auth.admin_key) come only from the file or the environment.
 #[derive(Debug, Parser)]
 #[command(name = "dais", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+
+    /// TOML config file; every key is described in deploy/dais.example.toml. [env: DAIS_CONFIG]
+    #[arg(long, value_name = "PATH", global = true)]
+    config: Option<PathBuf>,
+
     /// Address for HTTP and WebSocket signaling (pages at /, signaling at /ws). Port 0 picks a free port.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080")]
-    http_addr: SocketAddr,
+    /// [default: 127.0.0.1:8080] [env: DAIS_HTTP_ADDR] [file: http.addr]
+    #[arg(long, value_name = "IP:PORT")]
+    http_addr: Option<SocketAddr>,
 
     /// UDP address that carries all media (ICE-lite, DTLS-SRTP) for every participant. Port 0 picks a
     /// free port. Bound to 0.0.0.0, every local interface address is advertised as a candidate.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:7882")]
-    media_addr: SocketAddr,
+    /// [default: 127.0.0.1:7882] [env: DAIS_MEDIA_ADDR] [file: media.addr]
+    #[arg(long, value_name = "IP:PORT")]
+    media_addr: Option<SocketAddr>,
 
     /// IP to advertise in ICE candidates instead of the bound one, e.g. the public IP of a host behind
-    /// 1:1 NAT. Repeat for several addresses.
+    /// 1:1 NAT. Repeat for several addresses. [env: DAIS_PUBLIC_IP, comma-separated] [file: media.public_ips]
     #[arg(long = "public-ip", value_name = "IP")]
     public_ip: Vec<IpAddr>,
 
     /// Most participants (speakers and viewers) in one room.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    max_participants: usize,
+    /// [default: 10000] [env: DAIS_MAX_PARTICIPANTS] [file: rooms.max_participants]
+    #[arg(long, value_name = "N")]
+    max_participants: Option<usize>,
 
     /// Longest graceful drain after SIGTERM, in seconds: media keeps flowing until every participant
-    /// has left or this passes.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    drain_timeout: u64,
+    /// has left or this passes. [default: 30] [env: DAIS_DRAIN_TIMEOUT] [file: drain.timeout_secs]
+    #[arg(long, value_name = "SECONDS")]
+    drain_timeout: Option<u64>,
 
-    /// Log filter in tracing's EnvFilter syntax, e.g. "info" or "dais_media=debug,info". RUST_LOG wins if set.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
-    log: String,
+    /// Log filter in tracing's EnvFilter syntax, e.g. "info" or "dais_media=debug,info".
+    /// [default: info] [env: DAIS_LOG, else RUST_LOG] [file: log.level]
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+
+    /// Log line format on stderr: human-readable text, or one JSON object per line carrying the
+    /// room and participant span fields. [default: text] [env: DAIS_LOG_FORMAT] [file: log.format]
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl Args {
+    /// The flags as the top configuration layer.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            http_addr: self.http_addr,
+            media_addr: self.media_addr,
+            public_ips: (!self.public_ip.is_empty()).then(|| self.public_ip.clone()),
+            max_participants: self.max_participants,
+            drain_timeout_secs: self.drain_timeout,
+            log_level: self.log.clone(),
+            log_format: self.log_format,
+            token_secret: None,
+            admin_key: None,
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Validate the configuration (file, environment and flags) and print the effective one as TOML,
+    /// secrets redacted. Exits non-zero, naming the bad key, when it is invalid.
+    CheckConfig,
+    /// Print a join token (HS256 JWT) signed with auth.token_secret (or --secret).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Room the token admits to.
+    #[arg(long, value_name = "ROOM")]
+    room: String,
+    /// Role granted: speaker or viewer. A viewer token can never publish.
+    #[arg(long, value_name = "ROLE", value_parser = parse_role)]
+    role: dais_proto::Role,
+    /// Display name (identity) of the participant; it replaces the name sent in `join`.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Lifetime: a number with an optional s, m, h or d suffix, e.g. 90s, 30m, 1h.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+    /// Signing secret instead of the configured auth.token_secret. Other local users can read it in
+    /// the process list; prefer DAIS_TOKEN_SECRET.
+    #[arg(long, value_name = "SECRET")]
+    secret: Option<String>,
+}
+
+fn parse_role(s: &str) -> Result<dais_proto::Role, String> {
+    match s {
+        "speaker" => Ok(dais_proto::Role::Speaker),
+        "viewer" => Ok(dais_proto::Role::Viewer),
+        _ => Err("expected `speaker` or `viewer`".into()),
+    }
+}
+
+/// `90`, `90s`, `30m`, `1h`, `2d`.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 90s, 30m or 1h"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) => Err("the lifetime must be positive".into()),
+        Some(secs) => Ok(Duration::from_secs(secs)),
+        None => Err(format!("`{s}` is too long")),
+    }
+}
+
+/// The effective configuration, or one line on stderr naming the bad key and exit status 2.
+fn load_config(args: &Args) -> Config {
+    let flags = args.overrides();
+    let vars = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    match flags.check_flags().and_then(|()| Config::load(args.config.as_deref(), vars, &flags)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dais: invalid configuration: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// `dais token`: print one token on stdout.
+fn print_token(t: &TokenArgs, config: &Config) -> anyhow::Result<()> {
+    let secret = match (&t.secret, &config.auth.token_secret) {
+        (Some(s), _) => {
+            config::check_secret("auth.token_secret", Some(s), &config::Source::Flag("--secret".into()))?;
+            s
+        }
+        (None, Some(s)) => s,
+        (None, None) => {
+            anyhow::bail!("no token secret: set DAIS_TOKEN_SECRET, auth.token_secret in --config, or --secret")
+        }
+    };
+    let claims = dais_signaling::token::TokenClaims::new(&t.room, &t.name, t.role, t.ttl);
+    let token = dais_signaling::token::mint(secret, &claims)?;
+    println!("{token}");
+    Ok(())
+}
+
+fn init_logging(log: &config::LogConfig) -> anyhow::Result<()> {
+    // Already checked while loading the configuration.
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level).context("log.level is not a valid filter")?;
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(true).init(),
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
-        .context("--log is not a valid filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let config = load_config(&args);
+    match &args.command {
+        Some(Cmd::CheckConfig) => {
+            println!("# dais check-config: valid. Effective configuration (flags > env > file > defaults).");
+            print!("{}", config.to_redacted_toml());
+            return Ok(());
+        }
+        Some(Cmd::Token(t)) => return print_token(t, &config),
+        None => {}
+    }
+    init_logging(&config.log)?;
+    if config.auth.token_secret.is_none() {
+        warn!(
+            "open development mode: no auth.token_secret (DAIS_TOKEN_SECRET) is set, so anyone can join any \
+             room with any name and role. Set a secret and hand out `dais token` tokens in production."
+        );
+    }
 
     let media = dais_media::MediaServer::start(dais_media::MediaConfig {
-        bind: args.media_addr,
-        advertise: args.public_ip.clone(),
+        bind: config.media.addr,
+        advertise: config.media.public_ips.clone(),
     })
     .context("starting the media plane")?;
+    let tokens = match config.auth.token_secret.as_deref() {
+        Some(secret) => Some(dais_signaling::token::TokenVerifier::new(secret).context("auth.token_secret")?),
+        None => None,
+    };
     let handle = media.handle();
     let signaling = Signaling::new(
         Arc::new(adapter::MediaAdapter::new(handle.clone())),
-        SignalingConfig { max_participants: args.max_participants, ..SignalingConfig::default() },
+        SignalingConfig { max_participants: config.rooms.max_participants, tokens, ..SignalingConfig::default() },
     );
 
     let app = axum::Router::new()
@@ -91,17 +252,18 @@ async fn main() -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .merge(admin::routes(config.auth.admin_key.clone()))
         .with_state(AppState { signaling: signaling.clone(), media: handle.stats().clone() });
 
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
-        .with_context(|| format!("binding HTTP {}", args.http_addr))?;
+        .with_context(|| format!("binding HTTP {}", config.http.addr))?;
     let http_local = listener.local_addr()?;
     info!(http = %http_local, media = %handle.local_addr(), candidates = ?handle.candidates(), "dais started");
     println!("dais ready http={} media={}", http_local, handle.local_addr());
 
     let sig = signaling.clone();
-    let drain_timeout = Duration::from_secs(args.drain_timeout);
+    let drain_timeout = Duration::from_secs(config.drain.timeout_secs);
     let mut signals = Signals::new()?;
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         if signals.next().await == Sig::Term {

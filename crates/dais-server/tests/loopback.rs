@@ -250,7 +250,8 @@ async fn bad_input_is_refused_without_disturbing_others() {
     assert_flowing(&observers, &sp, 25, "bad_sdp").await;
 
     let join_again =
-        ClientMessage::Join { room: room.into(), name: "again".into(), role: Role::Viewer, version: 1 }.to_json();
+        ClientMessage::Join { room: room.into(), name: "again".into(), role: Role::Viewer, version: 1, token: None }
+            .to_json();
     expect(&bad, &join_again, ErrorCode::AlreadyJoined).await;
     assert_flowing(&observers, &sp, 25, "already_joined").await;
 

@@ -588,3 +588,34 @@ fn random_traffic_never_panics() {
         }
     }
 }
+
+#[test]
+fn pause_drops_and_resume_continues_without_a_gap_on_a_fresh_keyframe() {
+    let base = Instant::now();
+    let mut r = router();
+    let p = r.add_producer(base, video_spec());
+    let c = r.add_consumer(base, p, consumer(7, &[(Codec::Vp8, 100)], 500)).unwrap();
+    drain(&mut r);
+    r.handle_rtp(at(base, 0), p, pkt(1, 10, 1000, 96, VP8_KEY));
+    r.handle_rtp(at(base, 33), p, pkt(1, 11, 4000, 96, VP8_DELTA));
+    assert_eq!(rtp(&drain(&mut r)).iter().map(|o| o.seq).collect::<Vec<_>>(), vec![500, 501]);
+
+    assert!(r.set_paused(at(base, 40), p, true));
+    for i in 0..30u16 {
+        r.handle_rtp(at(base, 66 + u64::from(i) * 33), p, pkt(1, 12 + i, 7000 + u32::from(i) * 3000, 96, VP8_DELTA));
+    }
+    assert!(drain(&mut r).is_empty(), "nothing forwarded while paused");
+    assert_eq!(r.drops().get(DropReason::Paused), 30);
+
+    assert!(r.set_paused(at(base, 1100), p, false));
+    assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Pli)], "a keyframe is requested on resume");
+    r.handle_rtp(at(base, 1110), p, pkt(1, 42, 100_000, 96, VP8_DELTA));
+    assert!(drain(&mut r).is_empty(), "video waits for the keyframe after resume");
+    r.handle_rtp(at(base, 1143), p, pkt(1, 43, 103_000, 96, VP8_KEY));
+    let out = rtp(&drain(&mut r));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].seq, 502, "continues right after the last forwarded packet");
+    assert!(out[0].keyframe);
+    assert!(!r.set_paused(at(base, 1200), ProducerId(99), true), "unknown producer");
+    assert_eq!(r.consumer_producer(c), Some(p));
+}

@@ -27,9 +27,21 @@ impl Server {
 
     /// Start with extra flags.
     pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    /// Start with extra flags and extra environment variables (e.g. `DAIS_TOKEN_SECRET`, which has no flag).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args = vec!["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Server::spawn(&args, env)
+    }
+
+    /// Start with exactly these arguments and extra environment variables.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dais"))
-            .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -105,6 +117,25 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("http response");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
+    (status, body.to_owned())
+}
+
+/// A plain HTTP/1.1 request with an optional bearer token and JSON body: status and body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let auth = bearer.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
     let mut resp = String::new();
     s.read_to_string(&mut resp).expect("read");
     let (head, body) = resp.split_once("\r\n\r\n").expect("http response");

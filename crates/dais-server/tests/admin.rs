@@ -1,0 +1,151 @@
+//! The admin HTTP API against the real binary with dais-client participants: authentication, listing,
+//! server-side mute, promote and demote in place (same WebSocket), kick and closing a room.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{has_media_from, http, speaker, viewer, Server, MEDIA_TIMEOUT, REPLY_TIMEOUT};
+use dais_client::{ErrorCode, MediaConfig, MediaKind, Role, ServerMessage};
+
+const KEY: &str = "test-admin-key-0123456789";
+
+fn audio_packets(s: &dais_client::Snapshot, from: &str) -> u64 {
+    s.streams_of(from).filter(|st| st.kind == MediaKind::Audio).map(|st| st.packets).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_api_lists_mutes_promotes_demotes_kicks_and_closes() {
+    let server = Server::start_with_env(&[], &[("DAIS_ADMIN_KEY", KEY)]);
+    let room = "admin-room";
+    assert_eq!(http(server.http, "GET", "/admin/rooms", None, None).0, 401);
+    assert_eq!(http(server.http, "GET", "/admin/rooms", Some("wrong"), None).0, 401);
+
+    let (s, sp, _) = speaker(&server, room, "s").await;
+    let (v, vp) = viewer(&server, room, "v").await;
+    v.wait_until(MEDIA_TIMEOUT, "viewer receives", |x| has_media_from(x, &sp, 20, 20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // List.
+    let (status, body) = http(server.http, "GET", "/admin/rooms", Some(KEY), None);
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let rooms = list["rooms"].as_array().expect("rooms");
+    assert_eq!(rooms.len(), 1);
+    assert_eq!(rooms[0]["name"], room);
+    let people = rooms[0]["participants"].as_array().expect("participants");
+    assert_eq!(people.len(), 2);
+    let spk = people.iter().find(|p| p["id"] == sp.as_str()).expect("speaker listed");
+    assert_eq!(spk["media"].as_array().map(Vec::len), Some(2));
+    assert_eq!(http(server.http, "DELETE", "/admin/rooms/nope", Some(KEY), None).0, 404);
+    assert_eq!(http(server.http, "DELETE", &format!("/admin/rooms/{room}/participants/p999"), Some(KEY), None).0, 404);
+    assert_eq!(
+        http(server.http, "POST", &format!("/admin/rooms/{room}/participants/{sp}/mute"), Some(KEY), Some("{")).0,
+        400
+    );
+
+    // Server-side mute: the viewer is told, audio stops, video goes on; unmute resumes without a gap.
+    let mark = v.message_count();
+    let (status, body) = http(
+        server.http,
+        "POST",
+        &format!("/admin/rooms/{room}/participants/{sp}/mute"),
+        Some(KEY),
+        Some(r#"{"kind":"audio","muted":true}"#),
+    );
+    assert_eq!((status, body.as_str()), (200, r#"{"changed":1}"#));
+    v.wait_for_message(
+        mark,
+        |m| matches!(m, ServerMessage::MuteChanged { muted: true, kind: MediaKind::Audio, .. }),
+        REPLY_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a0 = audio_packets(&v.snapshot(), &sp);
+    let t0 = v.snapshot().packets_from(&sp);
+    v.wait_until(MEDIA_TIMEOUT, "video keeps flowing", |x| x.packets_from(&sp) >= t0 + 30)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a1 = audio_packets(&v.snapshot(), &sp);
+    assert!(a1 <= a0 + 2, "audio kept flowing while muted: {a0} -> {a1}");
+    let (status, _) = http(
+        server.http,
+        "POST",
+        &format!("/admin/rooms/{room}/participants/{sp}/mute"),
+        Some(KEY),
+        Some(r#"{"kind":"audio","muted":false}"#),
+    );
+    assert_eq!(status, 200);
+    v.wait_until(MEDIA_TIMEOUT, "audio resumes", |x| audio_packets(x, &sp) >= a1 + 25)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for st in v.snapshot().streams_of(&sp) {
+        assert_eq!((st.seq_gaps, st.payload_mismatches), (0, 0), "mute/unmute left a hole: {st:#?}");
+    }
+
+    // Promote the viewer in place: same WebSocket, it publishes, the speaker receives it.
+    let (status, _) = http(
+        server.http,
+        "POST",
+        &format!("/admin/rooms/{room}/participants/{vp}/role"),
+        Some(KEY),
+        Some(r#"{"role":"speaker"}"#),
+    );
+    assert_eq!(status, 204);
+    v.wait_for_message(
+        0,
+        |m| matches!(m, ServerMessage::RoleChanged { role: Role::Speaker, participant_id } if *participant_id == vp),
+        REPLY_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    v.publish(MediaConfig::default()).await.expect("the promoted viewer publishes on its existing connection");
+    s.wait_until(MEDIA_TIMEOUT, "speaker receives the promoted viewer", |x| has_media_from(x, &vp, 20, 20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(v.snapshot().closed.is_none(), "no reconnect");
+
+    // Demote it again: its streams are unpublished.
+    let mark = s.message_count();
+    let (status, _) = http(
+        server.http,
+        "POST",
+        &format!("/admin/rooms/{room}/participants/{vp}/role"),
+        Some(KEY),
+        Some(r#"{"role":"viewer"}"#),
+    );
+    assert_eq!(status, 204);
+    s.wait_until(REPLY_TIMEOUT, "two media_unpublished for the demoted participant", |x| {
+        x.messages[mark..]
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::MediaUnpublished { participant_id, .. } if *participant_id == vp))
+            .count()
+            == 2
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Kick, then close the room.
+    let (status, _) = http(server.http, "DELETE", &format!("/admin/rooms/{room}/participants/{vp}"), Some(KEY), None);
+    assert_eq!(status, 204);
+    let close = v.wait_closed(REPLY_TIMEOUT).await.expect("kicked socket closes");
+    assert_eq!(close.code, Some(4001));
+    assert!(v.snapshot().error_codes().contains(&ErrorCode::Kicked));
+    let (status, body) = http(server.http, "DELETE", &format!("/admin/rooms/{room}"), Some(KEY), None);
+    assert_eq!((status, body.as_str()), (200, r#"{"closed":1}"#));
+    let close = s.wait_closed(REPLY_TIMEOUT).await.expect("room closed");
+    assert_eq!(close.code, Some(4002));
+    assert!(s.snapshot().error_codes().contains(&ErrorCode::RoomClosed));
+    let (_, body) = http(server.http, "GET", "/admin/rooms", Some(KEY), None);
+    assert_eq!(body, r#"{"rooms":[]}"#);
+}
+
+#[test]
+fn without_an_admin_key_the_api_is_disabled() {
+    let server = Server::start();
+    let (status, body) = http(server.http, "GET", "/admin/rooms", Some("anything"), None);
+    assert_eq!(status, 404);
+    assert!(body.contains("admin_disabled"), "{body}");
+}

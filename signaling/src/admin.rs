@@ -1,0 +1,149 @@
+//! Operator actions on live rooms: kick, close a room, server-side mute, and role changes in place.
+//!
+//! Each action updates the room state under the rooms lock, tells the affected connection through
+//! its control channel (registered when it joined), informs the rest of the room, and drives the
+//! media plane through [`MediaPlane`](crate::MediaPlane). Nothing here waits on a client.
+
+use dais_proto::{ErrorCode, MediaKind, Role, ServerMessage};
+use tokio::sync::mpsc;
+
+use crate::Signaling;
+
+/// An instruction from an operator to one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Send `error{code}` and close with `close`.
+    Close { code: ErrorCode, close: u16, message: &'static str },
+    /// The participant's role changed.
+    SetRole(Role),
+}
+
+/// Why an admin action failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// No room of that name.
+    #[error("no such room")]
+    RoomNotFound,
+    /// No participant of that id in the room.
+    #[error("no such participant in the room")]
+    ParticipantNotFound,
+}
+
+/// Close code sent to a kicked participant.
+pub const CLOSE_KICKED: u16 = 4001;
+/// Close code sent to participants of a closed room.
+pub const CLOSE_ROOM_CLOSED: u16 = 4002;
+
+impl Signaling {
+    pub(crate) fn register_control(&self, participant: u64, tx: mpsc::UnboundedSender<Control>) {
+        if let Ok(mut c) = self.controls.lock() {
+            c.insert(participant, tx);
+        }
+    }
+
+    pub(crate) fn unregister_control(&self, participant: u64) {
+        if let Ok(mut c) = self.controls.lock() {
+            c.remove(&participant);
+        }
+    }
+
+    fn control(&self, participant: u64, ctl: Control) {
+        if let Ok(c) = self.controls.lock() {
+            if let Some(tx) = c.get(&participant) {
+                let _ = tx.send(ctl);
+            }
+        }
+    }
+
+    /// Find a member's numeric id by wire id, in a room.
+    fn member_id(&self, room: &str, participant: &str) -> Result<u64, AdminError> {
+        let rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get(room).ok_or(AdminError::RoomNotFound)?;
+        r.members
+            .iter()
+            .find(|(_, m)| m.info.id == participant)
+            .map(|(id, _)| *id)
+            .ok_or(AdminError::ParticipantNotFound)
+    }
+
+    /// Remove a participant: it gets `error{kicked}` and close 4001, then leaves as usual.
+    pub fn admin_kick(&self, room: &str, participant: &str) -> Result<(), AdminError> {
+        let id = self.member_id(room, participant)?;
+        self.control(
+            id,
+            Control::Close { code: ErrorCode::Kicked, close: CLOSE_KICKED, message: "removed by an operator" },
+        );
+        Ok(())
+    }
+
+    /// Close a room: every participant gets `error{room_closed}` and close 4002. Returns how many.
+    pub fn admin_close_room(&self, room: &str) -> Result<usize, AdminError> {
+        let ids: Vec<u64> = {
+            let rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+            rooms.by_name.get(room).ok_or(AdminError::RoomNotFound)?.members.keys().copied().collect()
+        };
+        for id in &ids {
+            self.control(
+                *id,
+                Control::Close {
+                    code: ErrorCode::RoomClosed,
+                    close: CLOSE_ROOM_CLOSED,
+                    message: "the room was closed by an operator",
+                },
+            );
+        }
+        Ok(ids.len())
+    }
+
+    /// Server-side mute: stop (or resume) forwarding the participant's streams of `kind`. Everyone,
+    /// the participant included, gets `mute_changed`. Returns how many streams changed.
+    pub fn admin_mute(&self, room: &str, participant: &str, kind: MediaKind, muted: bool) -> Result<usize, AdminError> {
+        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
+        let (&id, m) =
+            r.members.iter_mut().find(|(_, m)| m.info.id == participant).ok_or(AdminError::ParticipantNotFound)?;
+        let pid = m.info.id.clone();
+        let mut changed = Vec::new();
+        for (producer, media) in m.producers.iter().zip(m.info.media.iter_mut()) {
+            if media.kind == kind {
+                self.media.set_paused(*producer, muted);
+                if media.muted != muted {
+                    media.muted = muted;
+                    changed.push(media.id.clone());
+                }
+            }
+        }
+        match kind {
+            MediaKind::Audio => m.audio_muted = muted,
+            MediaKind::Video => m.video_muted = muted,
+        }
+        for media_id in &changed {
+            let msg =
+                ServerMessage::MuteChanged { participant_id: pid.clone(), media_id: media_id.clone(), kind, muted };
+            r.broadcast(u64::MAX, &msg);
+        }
+        let _ = id;
+        Ok(changed.len())
+    }
+
+    /// Promote or demote a participant in place: no reconnect, the session renegotiates. Everyone gets
+    /// `role_changed`. A demoted speaker's streams end (`media_unpublished` follows).
+    pub fn admin_set_role(&self, room: &str, participant: &str, role: Role) -> Result<(), AdminError> {
+        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
+        let (&id, m) =
+            r.members.iter_mut().find(|(_, m)| m.info.id == participant).ok_or(AdminError::ParticipantNotFound)?;
+        if m.info.role == role {
+            return Ok(());
+        }
+        m.info.role = role;
+        let session = m.session;
+        let msg = ServerMessage::RoleChanged { participant_id: m.info.id.clone(), role };
+        r.broadcast(id, &msg);
+        drop(rooms);
+        self.control(id, Control::SetRole(role));
+        self.media.set_publisher(session, role == Role::Speaker);
+        Ok(())
+    }
+}
