@@ -114,18 +114,23 @@ pub fn has_media_from(s: &Snapshot, publisher: &str, audio: u64, video: u64) -> 
 
 /// A plain HTTP/1.1 GET: status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read");
-    let (head, body) = resp.split_once("\r\n\r\n").expect("http response");
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
-    (status, body.to_owned())
+    http(addr, "GET", path, None, None)
 }
 
 /// A plain HTTP/1.1 request with an optional bearer token and JSON body: status and body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let (status, _, body) = http_full(addr, method, path, bearer, body);
+    (status, body)
+}
+
+/// Like [`http`], also returning the lower-cased Content-Type.
+pub fn http_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let auth = bearer.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
@@ -140,5 +145,9 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, bearer: Option<&str>, bo
     s.read_to_string(&mut resp).expect("read");
     let (head, body) = resp.split_once("\r\n\r\n").expect("http response");
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status");
-    (status, body.to_owned())
+    let ctype = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .unwrap_or_default();
+    (status, ctype, body.to_owned())
 }
