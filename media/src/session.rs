@@ -60,6 +60,11 @@ pub(crate) struct Session {
     pub awaiting_connect: Vec<(Mid, PendingConsumer)>,
     /// Last cumulative NACK count str0m reported per consumer mid.
     pub egress_nacks: HashMap<Mid, u64>,
+    /// Trickled remote candidates added so far (capped).
+    pub remote_candidates: usize,
+    /// When the session was opened; a publisher that has not offered by `PUBLISHER_OFFER_GRACE`
+    /// later gets server offers anyway (it may have no camera).
+    pub opened_at: Instant,
 }
 
 impl Session {
@@ -85,6 +90,8 @@ impl Session {
             negotiated_at: None,
             awaiting_connect: Vec::new(),
             egress_nacks: HashMap::new(),
+            remote_candidates: 0,
+            opened_at: Instant::now(),
         }
     }
 }

@@ -54,6 +54,13 @@ pub(crate) fn candidate_addrs(local: SocketAddr, advertise: &[IpAddr]) -> Vec<So
     out
 }
 
+/// A publisher normally offers first (so its first offer never collides with ours); one that has
+/// not offered this long after joining (no camera, denied permission) gets server offers anyway.
+const PUBLISHER_OFFER_GRACE: Duration = Duration::from_secs(5);
+
+/// Trickled remote candidates kept per session; more are ignored.
+const MAX_REMOTE_CANDIDATES: usize = 32;
+
 /// How long a failed session keeps its producers while waiting for its owner's close.
 const FAILED_GRACE: Duration = Duration::from_secs(10);
 
@@ -208,6 +215,9 @@ impl Worker {
             if let (false, Some(neg)) = (s.connected, s.negotiated_at) {
                 t = t.min(neg + crate::CONNECT_TIMEOUT);
             }
+            if s.publisher && !s.client_offered && !s.queued_adds.is_empty() {
+                t = t.min(s.opened_at + PUBLISHER_OFFER_GRACE);
+            }
         }
         if let Some(r) = self.router.poll_timeout() {
             t = t.min(r);
@@ -244,8 +254,13 @@ impl Worker {
                 match Candidate::from_sdp_string(text) {
                     Ok(c) => {
                         if let Some(s) = self.sessions.get_mut(&session) {
-                            s.rtc.add_remote_candidate(c);
-                            self.mark(session);
+                            // ICE-lite learns peers from their checks; trickled candidates only help,
+                            // and each one costs a pass over the pairs, so a session keeps a few.
+                            if s.remote_candidates < MAX_REMOTE_CANDIDATES {
+                                s.remote_candidates += 1;
+                                s.rtc.add_remote_candidate(c);
+                                self.mark(session);
+                            }
                         }
                     }
                     Err(e) => debug!(?session, "ignoring remote candidate: {e}"),
@@ -384,13 +399,16 @@ impl Worker {
     fn create_consumer(&mut self, now: Instant, id: SessionId, mid: Mid, add: PendingConsumer) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         let Some(pid) = self.keys.get(&add.producer).copied() else {
-            // The producer ended while the offer was in flight.
+            // The producer ended while the offer was in flight: stop the m-line in the next offer.
             s.queued_stops.push(mid);
+            s.wants_negotiation = true;
             return;
         };
         let Some(prec) = self.producers.get(&pid) else { return };
         let Some(ssrc) = s.rtc.direct_api().stream_tx_by_mid(mid, None).map(|tx| tx.ssrc()) else {
-            warn!(?id, %mid, "no send stream for accepted consumer m-line");
+            warn!(?id, %mid, "no send stream for accepted consumer m-line; stopping it");
+            s.queued_stops.push(mid);
+            s.wants_negotiation = true;
             return;
         };
         let remote_pts: Vec<Pt> = s.rtc.media(mid).map(|m| m.remote_pts().to_vec()).unwrap_or_default();
@@ -414,9 +432,15 @@ impl Worker {
                 debug!(?id, %mid, producer = ?add.producer, "consumer added");
             }
             Err(ConsumeError::NoCommonCodec) => {
-                warn!(?id, %mid, producer = ?add.producer, "viewer accepted none of the producer's codecs");
+                warn!(?id, %mid, producer = ?add.producer, "viewer accepted none of the producer's codecs; stopping the m-line");
+                s.queued_stops.push(mid);
+                s.wants_negotiation = true;
             }
-            Err(e) => warn!(?id, %mid, "consumer not added: {e}"),
+            Err(e) => {
+                warn!(?id, %mid, "consumer not added: {e}; stopping the m-line");
+                s.queued_stops.push(mid);
+                s.wants_negotiation = true;
+            }
         }
     }
 
@@ -424,7 +448,8 @@ impl Worker {
         let keys = &self.keys;
         let Some(s) = self.sessions.get_mut(&id) else { return };
         s.wants_negotiation = false;
-        if s.negotiation.is_some() || (s.publisher && !s.client_offered) {
+        let gated = s.publisher && !s.client_offered && s.opened_at.elapsed() < PUBLISHER_OFFER_GRACE;
+        if s.negotiation.is_some() || gated {
             return;
         }
         s.queued_adds.retain(|a| keys.contains_key(&a.producer));
@@ -472,6 +497,14 @@ impl Worker {
         let id = match known {
             Some(id) => id,
             None => {
+                // Only a STUN request (RFC 7983: first byte 0-3, magic cookie) can introduce a new
+                // address: every address that passed a connectivity check is in `addr_map`. Anything
+                // else from an unknown address is dropped without scanning the sessions.
+                let stun = data.len() >= 20 && data[0] < 4 && data[4..8] == [0x21, 0x12, 0xa4, 0x42];
+                if !stun {
+                    self.stats.dropped_unknown_source.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 let Some(id) = self.sessions.iter().find(|(_, s)| s.rtc.accepts(&input)).map(|(k, _)| *k) else {
                     self.stats.dropped_unknown_source.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -540,6 +573,12 @@ impl Worker {
         for id in stuck {
             info!(?id, "session did not connect in time");
             self.fail_session(id);
+        }
+        for s in self.sessions.values_mut() {
+            let waiting = s.publisher && !s.client_offered && !s.queued_adds.is_empty();
+            if waiting && now.duration_since(s.opened_at) >= PUBLISHER_OFFER_GRACE {
+                s.wants_negotiation = true;
+            }
         }
         let due: Vec<SessionId> = self
             .sessions

@@ -118,6 +118,7 @@ impl Signaling {
             MediaKind::Audio => m.audio_muted = muted,
             MediaKind::Video => m.video_muted = muted,
         }
+        m.operator_muted[crate::room::kind_index(kind)] = muted;
         for media_id in &changed {
             let msg =
                 ServerMessage::MuteChanged { participant_id: pid.clone(), media_id: media_id.clone(), kind, muted };

@@ -145,7 +145,9 @@ impl Signaling {
                         let _ = send_all(&mut outgoing, vec![m]).await;
                         break End::Close(Some((1001, "idle".into())));
                     }
-                    if outgoing.send(OutFrame::Ping).await.is_err() { break End::Close(None); }
+                    if !matches!(tokio::time::timeout(SEND_TIMEOUT, outgoing.send(OutFrame::Ping)).await, Ok(Ok(()))) {
+                        break End::Close(None);
+                    }
                 }
                 changed = phase.changed() => {
                     let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
@@ -300,6 +302,12 @@ impl Signaling {
                 if j.role != Role::Speaker {
                     return err(ErrorCode::ViewerCannotPublish, "viewers publish no media to mute");
                 }
+                if !muted && self.operator_muted(j, kind) {
+                    return err(
+                        ErrorCode::MutedByOperator,
+                        "an operator muted this media; only an operator can unmute it",
+                    );
+                }
                 self.set_muted(j, kind, muted);
                 Step::Reply(vec![])
             }
@@ -370,6 +378,15 @@ impl Signaling {
         }
     }
 
+    fn operator_muted(&self, j: &Joined, kind: MediaKind) -> bool {
+        let Ok(rooms) = self.rooms.lock() else { return false };
+        rooms
+            .by_name
+            .get(&j.room)
+            .and_then(|r| r.members.get(&j.id))
+            .is_some_and(|m| m.operator_muted[room::kind_index(kind)])
+    }
+
     fn set_muted(&self, j: &Joined, kind: MediaKind, muted: bool) {
         let Ok(mut rooms) = self.rooms.lock() else { return };
         let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
@@ -419,6 +436,10 @@ impl Signaling {
                     MediaKind::Audio => me.audio_muted,
                     MediaKind::Video => me.video_muted,
                 };
+                if me.operator_muted[room::kind_index(kind)] {
+                    // An operator's mute also holds for streams published after it.
+                    self.media.set_paused(producer, true);
+                }
                 let media = MediaInfo { id: media_wire_id(producer), kind, codec, muted };
                 me.info.media.push(media.clone());
                 me.producers.push(producer);
@@ -448,12 +469,19 @@ enum MediaStep {
     Fail,
 }
 
+/// A client that does not read for this long (its TCP window stays full) is dropped, so a dead
+/// network cannot freeze its connection task and, with it, kicks, drains and leaves.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn send_all<K>(out: &mut K, msgs: Vec<ServerMessage>) -> Result<(), ()>
 where
     K: Sink<OutFrame> + Unpin,
 {
     for m in msgs {
-        out.send(OutFrame::Text(m.to_json())).await.map_err(|_| ())?;
+        match tokio::time::timeout(SEND_TIMEOUT, out.send(OutFrame::Text(m.to_json()))).await {
+            Ok(Ok(())) => {}
+            _ => return Err(()),
+        }
     }
     Ok(())
 }

@@ -19,6 +19,9 @@ pub(crate) struct Member {
     pub audio_muted: bool,
     /// See `audio_muted`.
     pub video_muted: bool,
+    /// Muted by an operator (admin API): streams of that kind stay paused, also ones published later,
+    /// and the participant's own `mute{muted:false}` is refused.
+    pub operator_muted: [bool; 2],
     pub notices: mpsc::UnboundedSender<ServerMessage>,
 }
 
@@ -87,6 +90,15 @@ pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::Unbounded
         producers: Vec::new(),
         audio_muted: false,
         video_muted: false,
+        operator_muted: [false; 2],
         notices,
+    }
+}
+
+/// Index of a kind in per-kind arrays.
+pub(crate) fn kind_index(kind: dais_proto::MediaKind) -> usize {
+    match kind {
+        dais_proto::MediaKind::Audio => 0,
+        dais_proto::MediaKind::Video => 1,
     }
 }

@@ -353,6 +353,16 @@ async fn admin_actions_reach_the_room_and_the_media_plane() {
     assert_eq!(a.msg().await, muted, "the muted speaker is told too");
     assert_eq!(v.msg().await, muted);
     assert!(media.calls().contains(&Call::Paused(5, true)));
+    // The speaker cannot undo an operator's mute, and a stream it publishes later stays paused.
+    a.send(r#"{"type":"mute","kind":"audio","muted":false}"#);
+    assert_eq!(a.error_code().await, ErrorCode::MutedByOperator);
+    media.emit(a_session, MediaEvent::Published { producer: 6, kind: MediaKind::Audio, codec: "opus".into() });
+    match v.msg().await {
+        ServerMessage::MediaPublished { media: m, .. } => assert!(m.muted, "published muted"),
+        other => panic!("expected media_published, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(media.calls().contains(&Call::Paused(6, true)), "a later stream is paused too");
 
     sig.admin_set_role("adm", &v_id, Role::Speaker).unwrap();
     let promoted = ServerMessage::RoleChanged { participant_id: v_id.clone(), role: Role::Speaker };

@@ -281,7 +281,9 @@ impl Router {
         p.consumers.push(slot);
         if waiting {
             p.waiting += 1;
-            request_keyframe(producer, p, now, KeyframeKind::Pli, &self.config, &mut self.outputs, &mut self.stats);
+            if !p.paused {
+                request_keyframe(producer, p, now, KeyframeKind::Pli, &self.config, &mut self.outputs, &mut self.stats);
+            }
         }
         Ok(id)
     }
@@ -487,7 +489,8 @@ impl Router {
         let Some(p) = self.producers.get_mut(&producer) else {
             return;
         };
-        if p.kind == MediaKind::Video {
+        // A paused producer is asked for a keyframe when it resumes, not before.
+        if p.kind == MediaKind::Video && !p.paused {
             request_keyframe(producer, p, now, kind, &self.config, &mut self.outputs, &mut self.stats);
         }
     }
@@ -496,6 +499,9 @@ impl Router {
     pub fn handle_timeout(&mut self, now: Instant) {
         let Router { config, producers, outputs, stats, .. } = self;
         for (&id, p) in producers.iter_mut() {
+            if p.paused {
+                continue;
+            }
             if let Some(kind) = p.pending {
                 if p.request_due(config).is_some_and(|due| now >= due) {
                     request_keyframe(id, p, now, kind, config, outputs, stats);
@@ -510,6 +516,7 @@ impl Router {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.producers
             .values()
+            .filter(|p| !p.paused)
             .filter_map(|p| {
                 if p.pending.is_some() {
                     p.request_due(&self.config)

@@ -260,6 +260,8 @@ pub enum ErrorCode {
     MediaFailed,
     /// The participant sent nothing (not even a WebSocket pong) for too long; the socket is closed.
     IdleTimeout,
+    /// An operator muted this kind of media; the participant cannot unmute it.
+    MutedByOperator,
     /// An operator removed this participant; the socket is closed (4001).
     Kicked,
     /// An operator closed the room; the socket is closed (4002).
@@ -297,6 +299,7 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::MediaFailed => "media_failed",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::MutedByOperator => "muted_by_operator",
             ErrorCode::Kicked => "kicked",
             ErrorCode::RoomClosed => "room_closed",
             ErrorCode::Internal => "internal",

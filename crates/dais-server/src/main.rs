@@ -322,7 +322,8 @@ impl Signals {
 async fn drain(sig: &Signaling, signals: &mut Signals, timeout: Duration) {
     info!(timeout_s = timeout.as_secs(), participants = sig.participant_count(), "draining");
     sig.start_drain(timeout);
-    let deadline = tokio::time::Instant::now() + timeout;
+    // A huge configured timeout must not overflow the clock: cap it at a year.
+    let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
     loop {
         if sig.participant_count() == 0 {
             info!("drain complete: no participants left");

@@ -619,3 +619,20 @@ fn pause_drops_and_resume_continues_without_a_gap_on_a_fresh_keyframe() {
     assert!(!r.set_paused(at(base, 1200), ProducerId(99), true), "unknown producer");
     assert_eq!(r.consumer_producer(c), Some(p));
 }
+
+#[test]
+fn a_paused_producer_is_not_asked_for_keyframes_until_it_resumes() {
+    let base = Instant::now();
+    let mut r = router();
+    let p = r.add_producer(base, video_spec());
+    assert!(r.set_paused(base, p, true));
+    let c = r.add_consumer(at(base, 10), p, consumer(7, &[(Codec::Vp8, 100)], 1)).unwrap();
+    r.handle_keyframe_request(at(base, 20), c, KeyframeKind::Fir);
+    for ms in (0..5_000).step_by(250) {
+        r.handle_timeout(at(base, ms));
+    }
+    assert!(requests(&drain(&mut r)).is_empty(), "no PLI/FIR while paused");
+    assert_eq!(r.poll_timeout(), None);
+    r.set_paused(at(base, 5_000), p, false);
+    assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Pli)]);
+}
