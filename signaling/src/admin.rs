@@ -101,7 +101,7 @@ impl Signaling {
     pub fn admin_mute(&self, room: &str, participant: &str, kind: MediaKind, muted: bool) -> Result<usize, AdminError> {
         let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
         let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
-        let (&id, m) =
+        let (_, m) =
             r.members.iter_mut().find(|(_, m)| m.info.id == participant).ok_or(AdminError::ParticipantNotFound)?;
         let pid = m.info.id.clone();
         let mut changed = Vec::new();
@@ -124,7 +124,6 @@ impl Signaling {
                 ServerMessage::MuteChanged { participant_id: pid.clone(), media_id: media_id.clone(), kind, muted };
             r.broadcast(u64::MAX, &msg);
         }
-        let _ = id;
         Ok(changed.len())
     }
 

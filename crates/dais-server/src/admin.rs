@@ -13,8 +13,9 @@
 //! is 401 `unauthorized`. The key is compared in constant time and never logged.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Json;
@@ -26,112 +27,88 @@ use tracing::info;
 
 use crate::AppState;
 
-/// The `/admin` routes; `key` is the configured admin key, if any.
+/// The `/admin` routes; `key` is the configured admin key, if any. One layer checks the key for
+/// every route, so the handlers only do their action.
 pub fn routes(key: Option<String>) -> axum::Router<AppState> {
     let key = std::sync::Arc::new(key);
-    let guard = move |headers: HeaderMap| {
+    let auth = middleware::from_fn(move |req: Request, next: Next| {
         let key = key.clone();
-        async move { authorize(key.as_deref(), &headers) }
-    };
-    let g1 = guard.clone();
-    let g2 = guard.clone();
-    let g3 = guard.clone();
-    let g4 = guard.clone();
-    let g5 = guard;
+        async move {
+            match authorize(key.as_deref(), req.headers()) {
+                Some(rejection) => rejection,
+                None => next.run(req).await,
+            }
+        }
+    });
     axum::Router::new()
-        .route(
-            "/admin/rooms",
-            get(move |headers: HeaderMap, State(st): State<AppState>| async move {
-                if let Some(r) = g1(headers).await {
-                    return r;
-                }
-                let rooms: Vec<_> = st
-                    .signaling
-                    .rooms()
-                    .into_iter()
-                    .map(|r| json!({ "name": r.name, "participants": r.participants }))
-                    .collect();
-                Json(json!({ "rooms": rooms })).into_response()
-            }),
-        )
-        .route(
-            "/admin/rooms/{room}",
-            delete(move |headers: HeaderMap, State(st): State<AppState>, Path(room): Path<String>| async move {
-                if let Some(r) = g2(headers).await {
-                    return r;
-                }
-                match st.signaling.admin_close_room(&room) {
-                    Ok(n) => {
-                        info!(%room, participants = n, "admin: room closed");
-                        Json(json!({ "closed": n })).into_response()
-                    }
-                    Err(e) => admin_error(e),
-                }
-            }),
-        )
-        .route(
-            "/admin/rooms/{room}/participants/{id}",
-            delete(move |headers: HeaderMap, State(st): State<AppState>, Path((room, id)): Path<(String, String)>| async move {
-                if let Some(r) = g3(headers).await {
-                    return r;
-                }
-                match st.signaling.admin_kick(&room, &id) {
-                    Ok(()) => {
-                        info!(%room, participant = %id, "admin: kicked");
-                        StatusCode::NO_CONTENT.into_response()
-                    }
-                    Err(e) => admin_error(e),
-                }
-            }),
-        )
-        .route(
-            "/admin/rooms/{room}/participants/{id}/mute",
-            post(
-                move |headers: HeaderMap,
-                      State(st): State<AppState>,
-                      Path((room, id)): Path<(String, String)>,
-                      body: Result<Json<MuteBody>, JsonRejection>| async move {
-                    if let Some(r) = g4(headers).await {
-                        return r;
-                    }
-                    let Json(b) = match body {
-                        Ok(b) => b,
-                        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
-                    };
-                    match st.signaling.admin_mute(&room, &id, b.kind, b.muted) {
-                        Ok(n) => {
-                            info!(%room, participant = %id, kind = ?b.kind, muted = b.muted, "admin: mute");
-                            Json(json!({ "changed": n })).into_response()
-                        }
-                        Err(e) => admin_error(e),
-                    }
-                },
-            ),
-        )
-        .route(
-            "/admin/rooms/{room}/participants/{id}/role",
-            post(
-                move |headers: HeaderMap,
-                      State(st): State<AppState>,
-                      Path((room, id)): Path<(String, String)>,
-                      body: Result<Json<RoleBody>, JsonRejection>| async move {
-                    if let Some(r) = g5(headers).await {
-                        return r;
-                    }
-                    let Json(b) = match body {
-                        Ok(b) => b,
-                        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
-                    };
-                    match st.signaling.admin_set_role(&room, &id, b.role) {
-                        Ok(()) => {
-                            info!(%room, participant = %id, role = ?b.role, "admin: role changed");
-                            StatusCode::NO_CONTENT.into_response()
-                        }
-                        Err(e) => admin_error(e),
-                    }
-                },
-            ),
-        )
+        .route("/admin/rooms", get(list_rooms))
+        .route("/admin/rooms/{room}", delete(close_room))
+        .route("/admin/rooms/{room}/participants/{id}", delete(kick))
+        .route("/admin/rooms/{room}/participants/{id}/mute", post(mute))
+        .route("/admin/rooms/{room}/participants/{id}/role", post(set_role))
+        .route_layer(auth)
+}
+
+async fn list_rooms(State(st): State<AppState>) -> Response {
+    let rooms: Vec<_> =
+        st.signaling.rooms().into_iter().map(|r| json!({ "name": r.name, "participants": r.participants })).collect();
+    Json(json!({ "rooms": rooms })).into_response()
+}
+
+async fn close_room(State(st): State<AppState>, Path(room): Path<String>) -> Response {
+    match st.signaling.admin_close_room(&room) {
+        Ok(n) => {
+            info!(%room, participants = n, "admin: room closed");
+            Json(json!({ "closed": n })).into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn kick(State(st): State<AppState>, Path((room, id)): Path<(String, String)>) -> Response {
+    match st.signaling.admin_kick(&room, &id) {
+        Ok(()) => {
+            info!(%room, participant = %id, "admin: kicked");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn mute(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    body: Result<Json<MuteBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    match st.signaling.admin_mute(&room, &id, b.kind, b.muted) {
+        Ok(n) => {
+            info!(%room, participant = %id, kind = ?b.kind, muted = b.muted, "admin: mute");
+            Json(json!({ "changed": n })).into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn set_role(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    body: Result<Json<RoleBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    match st.signaling.admin_set_role(&room, &id, b.role) {
+        Ok(()) => {
+            info!(%room, participant = %id, role = ?b.role, "admin: role changed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(e),
+    }
 }
 
 /// Body of the mute route.
