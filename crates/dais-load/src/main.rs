@@ -1,0 +1,227 @@
+//! `dais-load`: the command line of the Dais load generator. See the crate docs and `dais-load --help`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use dais_load::run::{run, LoadConfig};
+
+/// Load-test a Dais server over its real protocol: synthetic speakers publish stamped VP8-like video and
+/// Opus-like audio, and synthetic viewers (str0m sessions with real ICE, DTLS and SRTP decryption) measure
+/// join time, latency, loss, duplicates and reordering. Prints a table at the end; --json writes the same
+/// figures for machines.
+///
+/// Presets (every value can be overridden by its flag):
+///   keynote     1 speaker, 1000 viewers joining at 100/s, 30 s measured
+///   roundtable  4 speakers (who also receive each other), 200 viewers at 50/s, 30 s measured
+///   churn       1 speaker, 200 viewers at once; each leaves after 5-15 s (lifetime 10 s) and is
+///               replaced, joins at 50/s, 60 s measured
+///   late-join   2 live speakers, 100 viewers trickling in at 5/s, 10 s measured: time to first key
+///               frame while speakers are live, and keyframe requests per second at the speakers
+///
+/// Examples:
+///   dais-load --spawn-server --preset keynote --json keynote.json
+///   dais-load --url ws://10.0.0.5:8080/ws --preset roundtable --viewers 500
+#[derive(Debug, Parser)]
+#[command(name = "dais-load", version, verbatim_doc_comment)]
+struct Args {
+    /// Scenario preset.
+    #[arg(long, value_enum, default_value = "keynote")]
+    preset: Preset,
+
+    /// Signaling WebSocket URL of a running server, e.g. ws://127.0.0.1:8080/ws.
+    #[arg(long, value_name = "URL", required_unless_present = "spawn_server")]
+    url: Option<String>,
+
+    /// Start a local `dais` for the run (with --http-addr 127.0.0.1:0, --media-addr <bind-ip>:0, then the
+    /// --server-arg values, and DAIS_LOG=warn), watch its CPU and memory, and stop it at the end.
+    #[arg(long)]
+    spawn_server: bool,
+
+    /// The `dais` binary for --spawn-server. [default: `dais` next to this binary, else on PATH]
+    #[arg(long, value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+
+    /// Extra argument for the spawned server; repeat for several, e.g. --server-arg=--max-participants=5000.
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+
+    /// Watch this process's CPU and memory as the server's (when it runs on this machine).
+    #[arg(long, value_name = "PID", conflicts_with = "spawn_server")]
+    server_pid: Option<u32>,
+
+    /// Room to join.
+    #[arg(long, default_value = "load")]
+    room: String,
+
+    /// Number of speakers. [default: from the preset]
+    #[arg(long, value_name = "N")]
+    speakers: Option<usize>,
+
+    /// Number of viewers at once. [default: from the preset]
+    #[arg(long, value_name = "N")]
+    viewers: Option<usize>,
+
+    /// Viewer joins per second. [default: from the preset]
+    #[arg(long, value_name = "PER_SECOND")]
+    join_rate: Option<f64>,
+
+    /// Seconds measured once every viewer has joined or failed. [default: from the preset]
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+
+    /// Mean viewer lifetime in seconds: each viewer leaves after 0.5 to 1.5 times it and is replaced
+    /// (the churn preset sets 10). [default: from the preset; viewers stay to the end otherwise]
+    #[arg(long, value_name = "SECONDS")]
+    lifetime: Option<f64>,
+
+    /// Video bitrate per speaker, in kbit/s; frames are split into packets of at most 1200 bytes.
+    #[arg(long, value_name = "KBPS", default_value_t = 1500)]
+    video_kbps: u64,
+
+    /// Video frames per second.
+    #[arg(long, value_name = "FPS", default_value_t = 30)]
+    fps: u32,
+
+    /// Generator threads for viewers (speakers always get one of their own).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+
+    /// Local IP for the participants' UDP sockets (and the spawned server's media socket).
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    bind_ip: IpAddr,
+
+    /// Mint a join token for every participant with this HS256 secret (the server's auth.token_secret).
+    #[arg(long, value_name = "SECRET", env = "DAIS_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// No progress output while running.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Named scenarios.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Preset {
+    /// 1 speaker, N viewers.
+    Keynote,
+    /// 4 speakers, 200 viewers.
+    Roundtable,
+    /// Viewers join and leave continuously.
+    Churn,
+    /// Viewers join while speakers are live; measures time to first frame.
+    LateJoin,
+}
+
+impl Preset {
+    fn name(self) -> &'static str {
+        match self {
+            Preset::Keynote => "keynote",
+            Preset::Roundtable => "roundtable",
+            Preset::Churn => "churn",
+            Preset::LateJoin => "late-join",
+        }
+    }
+
+    /// Speakers, viewers, join rate, duration in seconds, lifetime in seconds.
+    fn defaults(self) -> (usize, usize, f64, f64, Option<f64>) {
+        match self {
+            Preset::Keynote => (1, 1000, 100.0, 30.0, None),
+            Preset::Roundtable => (4, 200, 50.0, 30.0, None),
+            Preset::Churn => (1, 200, 50.0, 60.0, Some(10.0)),
+            Preset::LateJoin => (2, 100, 5.0, 10.0, None),
+        }
+    }
+}
+
+fn seconds(flag: &str, s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("--{flag} must be a non-negative number of seconds, not {s}"))
+}
+
+fn config(a: &Args) -> Result<LoadConfig, String> {
+    let (speakers, viewers, join_rate, duration, lifetime) = a.preset.defaults();
+    let join_rate = a.join_rate.unwrap_or(join_rate);
+    if !(join_rate > 0.0 && join_rate.is_finite()) {
+        return Err(format!("--join-rate must be above 0, not {join_rate}"));
+    }
+    if a.fps == 0 {
+        return Err("--fps must be at least 1".into());
+    }
+    let speakers = a.speakers.unwrap_or(speakers);
+    if speakers == 0 {
+        return Err("--speakers must be at least 1: viewers measure what speakers send".into());
+    }
+    Ok(LoadConfig {
+        preset: a.preset.name().into(),
+        url: a.url.clone(),
+        spawn_server: a.spawn_server,
+        server_bin: a.server_bin.clone(),
+        server_args: a.server_args.clone(),
+        server_pid: a.server_pid,
+        room: a.room.clone(),
+        speakers,
+        viewers: a.viewers.unwrap_or(viewers),
+        join_rate,
+        duration: seconds("duration", a.duration.unwrap_or(duration))?,
+        lifetime: a.lifetime.or(lifetime).map(|l| seconds("lifetime", l)).transpose()?,
+        video_bitrate: a.video_kbps.saturating_mul(1000),
+        fps: a.fps,
+        threads: a.threads.max(1),
+        bind_ip: a.bind_ip,
+        token_secret: a.token_secret.clone(),
+        progress: !a.quiet,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Diagnostics of the generator's own WebRTC stack (str0m, ICE, DTLS), e.g. DAIS_LOAD_LOG=is=trace.
+    if let Ok(filter) = std::env::var("DAIS_LOAD_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let cfg = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dais-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dais-load: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match rt.block_on(run(cfg)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dais-load: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = match serde_json::to_string_pretty(&report) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("dais-load: cannot serialise the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!("dais-load: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}

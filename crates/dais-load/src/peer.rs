@@ -1,0 +1,148 @@
+//! One str0m client session (full ICE, DTLS client, RTP mode) on its own UDP socket, driven by its task.
+//!
+//! The SFU tells sessions apart by their source address, so every synthetic participant binds its own
+//! socket. [`Peer::drive`] polls str0m until it asks for time, sending transmits with a non-blocking
+//! `send_to` on the non-blocking socket (a datagram the kernel refuses is counted, never waited for), and hands every event to the
+//! caller. [`Peer::read`] drains the socket after a readiness wake-up and polls the session after every
+//! datagram: in RTP mode str0m keeps one received packet until the next `poll_output`.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use str0m::format::Codec;
+use str0m::media::{Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig, RtcError};
+use tokio::net::UdpSocket;
+
+/// Largest datagram read; anything WebRTC sends fits.
+const RECV_BUF: usize = 2048;
+
+/// Most datagrams read per readiness wake-up before other work gets a turn.
+const READ_BATCH: usize = 64;
+
+/// A str0m session and its socket.
+#[derive(Debug)]
+pub struct Peer {
+    /// The session. Public so that callers can negotiate and write RTP.
+    pub rtc: Rtc,
+    socket: UdpSocket,
+    /// The same socket, for sends: tokio's `try_send_to` refuses to send until its reactor has seen the
+    /// socket writable, which drops a fresh socket's first datagram (the first ICE check).
+    sender: std::net::UdpSocket,
+    local: SocketAddr,
+    buf: Vec<u8>,
+    /// When str0m next wants time.
+    pub next: Instant,
+    /// Datagrams the kernel refused to take.
+    pub send_errors: u64,
+}
+
+impl Peer {
+    /// Bind a socket on `ip` (port chosen by the kernel) and make a session that offers or accepts only VP8
+    /// and Opus, announcing that socket as its one host candidate.
+    pub fn bind(ip: IpAddr) -> anyhow::Result<Peer> {
+        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).context("bind a client UDP socket")?;
+        std_socket.set_nonblocking(true)?;
+        let sender = std_socket.try_clone()?;
+        let socket = UdpSocket::from_std(std_socket)?;
+        let local = socket.local_addr()?;
+        let now = Instant::now();
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .set_stats_interval(None)
+            .build(now);
+        let candidate = Candidate::host(local, "udp").map_err(|e| anyhow!("host candidate {local}: {e}"))?;
+        rtc.add_local_candidate(candidate);
+        Ok(Peer { rtc, socket, sender, local, buf: vec![0; RECV_BUF], next: now, send_errors: 0 })
+    }
+
+    /// Poll the session until it asks for time; send its transmits and pass its events to `on_event`.
+    ///
+    /// A timeout that is already due is fed back at once (str0m hands over written RTP only when time
+    /// moves), at most a few times per call so that a session can never spin.
+    pub fn drive(&mut self, on_event: &mut impl FnMut(Event)) -> Result<(), RtcError> {
+        let mut fed = 0;
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Transmit(t) => {
+                    if self.sender.send_to(&t.contents, t.destination).is_err() {
+                        self.send_errors += 1;
+                    }
+                }
+                Output::Timeout(t) => {
+                    let now = Instant::now();
+                    if t <= now && fed < 4 {
+                        fed += 1;
+                        self.rtc.handle_input(Input::Timeout(now))?;
+                        continue;
+                    }
+                    self.next = t;
+                    return Ok(());
+                }
+                Output::Event(e) => on_event(e),
+            }
+        }
+    }
+
+    /// Give str0m the time if it asked for it by now, then drive.
+    pub fn tick(&mut self, on_event: &mut impl FnMut(Event)) -> Result<(), RtcError> {
+        let now = Instant::now();
+        if self.next <= now {
+            self.rtc.handle_input(Input::Timeout(now))?;
+        }
+        self.drive(on_event)
+    }
+
+    /// Give str0m the time now, whether or not it asked: after a description was applied, so that ICE
+    /// starts its checks at once instead of at the next timer (up to 250 ms later).
+    pub fn nudge(&mut self) -> Result<(), RtcError> {
+        self.rtc.handle_input(Input::Timeout(Instant::now()))
+    }
+
+    /// Wait until the socket is readable.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// Read what the socket holds (up to a batch), handing each datagram to str0m and driving after each.
+    /// Datagrams str0m cannot parse are skipped.
+    pub fn read(&mut self, on_event: &mut impl FnMut(Event)) -> Result<(), RtcError> {
+        for _ in 0..READ_BATCH {
+            let (n, source) = match self.socket.try_recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors (port unreachable) surface here; there is nothing to read.
+                Err(_) => break,
+            };
+            let Some(data) = self.buf.get(..n) else { break };
+            let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, data) else {
+                continue;
+            };
+            self.rtc.handle_input(Input::Receive(Instant::now(), receive))?;
+            self.drive(on_event)?;
+        }
+        Ok(())
+    }
+
+    /// How long until str0m wants time, from now.
+    pub fn until_next(&self) -> Duration {
+        self.next.saturating_duration_since(Instant::now())
+    }
+
+    /// The payload type negotiated on `mid` for `codec`, as this side numbers it.
+    pub fn negotiated_pt(&self, mid: Mid, codec: Codec) -> Option<Pt> {
+        let remote = self.rtc.media(mid)?.remote_pts().to_vec();
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.spec().codec == codec && remote.contains(&p.pt()))
+            .map(|p| p.pt())
+    }
+}

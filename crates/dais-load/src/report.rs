@@ -1,0 +1,392 @@
+//! The end-of-run report: built from what shards measured, printed as a table, written as JSON.
+//!
+//! Every figure in the table is a field of [`Report`], and the JSON file (`--json`) is that struct
+//! serialised, so scripts read exactly what people read. Fields that could not be measured (no server
+//! process to watch) are `null`, never left out.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::speaker::SpeakerRecord;
+use crate::stamp::Stream;
+use crate::stats::ViewerRecord;
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// What ran.
+    pub scenario: Scenario,
+    /// Who joined.
+    pub viewers: Viewers,
+    /// Join times in milliseconds.
+    pub join_time_ms: JoinTimes,
+    /// Speaker send -> viewer receive, microseconds.
+    pub latency_us: Latency,
+    /// Delivery to viewers.
+    pub delivery: Delivery,
+    /// What speakers sent and were asked.
+    pub speakers: Speakers,
+    /// The server process; `null` when not watched (no `--spawn-server` or `--server-pid`).
+    pub server: Option<ProcessUsage>,
+    /// The generator's own process.
+    pub generator: ProcessUsage,
+}
+
+/// The run's parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    /// Preset name.
+    pub preset: String,
+    /// Signaling URL.
+    pub url: String,
+    /// Speakers.
+    pub speakers: usize,
+    /// Viewers aimed for (at once).
+    pub viewers: usize,
+    /// Viewer joins per second while ramping.
+    pub join_rate: f64,
+    /// Seconds measured after the ramp.
+    pub duration_s: f64,
+    /// Seconds the ramp took.
+    pub ramp_s: f64,
+    /// Video bitrate per speaker, bits/s.
+    pub video_bitrate: u64,
+    /// Packets per second each viewer should receive from all speakers.
+    pub packets_per_viewer_per_s: f64,
+    /// Viewer shard threads in the generator.
+    pub generator_threads: usize,
+    /// Whether every viewer decrypted every packet (always true: no viewer skips SRTP).
+    pub all_viewers_decrypt: bool,
+}
+
+/// Viewer counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Viewers {
+    /// Viewer sessions started (more than `scenario.viewers` with churn).
+    pub started: usize,
+    /// Viewers that received media.
+    pub joined: usize,
+    /// Viewers that failed.
+    pub failed: usize,
+    /// Failures by code.
+    pub failures: BTreeMap<String, usize>,
+    /// Viewers that left on purpose before the end (churn).
+    pub left_early: usize,
+}
+
+/// Percentiles of a join time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Values measured.
+    pub count: u64,
+}
+
+/// Join times.
+#[derive(Debug, Clone, Serialize)]
+pub struct JoinTimes {
+    /// WebSocket connect -> `joined` received.
+    pub joined: Percentiles,
+    /// WebSocket connect -> ICE and DTLS connected.
+    pub media_connected: Percentiles,
+    /// WebSocket connect -> first media packet.
+    pub first_media: Percentiles,
+    /// WebSocket connect -> first packet of a key frame.
+    pub first_keyframe: Percentiles,
+}
+
+/// Latency percentiles.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Packets measured.
+    pub samples: u64,
+}
+
+/// Worst and mean of a per-viewer figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorstMean {
+    /// Worst viewer.
+    pub worst: f64,
+    /// Mean over viewers.
+    pub mean: f64,
+}
+
+/// Delivery figures over every viewer that joined.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// Unique packets received / packets expected, percent.
+    pub delivered_pct: f64,
+    /// Packets expected: for each stream a viewer received, from its first packet to the speaker's last.
+    pub expected: u64,
+    /// Unique packets received.
+    pub received: u64,
+    /// Per viewer delivered percent.
+    pub viewer_delivered_pct: WorstMean,
+    /// Per viewer lost packets.
+    pub lost: WorstMean,
+    /// Per viewer duplicate packets.
+    pub duplicates: WorstMean,
+    /// Per viewer out-of-order packets.
+    pub out_of_order: WorstMean,
+    /// Speaker streams a joined viewer never received a packet of.
+    pub missing_streams: u64,
+}
+
+/// Speaker figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Speakers {
+    /// Speakers that failed.
+    pub failed: usize,
+    /// Media packets written by all speakers.
+    pub packets_sent: u64,
+    /// Keyframe requests (PLI/FIR) the SFU sent to all speakers.
+    pub keyframe_requests: u64,
+    /// Most keyframe requests one speaker got within any one second.
+    pub max_keyframe_requests_per_s: u64,
+}
+
+/// CPU and memory of one process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessUsage {
+    /// Process id.
+    pub pid: u32,
+    /// Mean CPU during the measured phase, percent of one core.
+    pub cpu_pct_steady: f64,
+    /// Highest CPU over any one-second step, percent of one core.
+    pub cpu_pct_peak: f64,
+    /// `cpu_pct_steady` per 100 joined viewers.
+    pub cpu_pct_per_100_viewers: f64,
+    /// Resident memory before viewers joined, MiB.
+    pub rss_baseline_mib: f64,
+    /// Mean resident memory during the measured phase, MiB.
+    pub rss_steady_mib: f64,
+    /// Highest resident memory, MiB.
+    pub rss_peak_mib: f64,
+    /// (steady - baseline) / joined viewers, KiB.
+    pub memory_per_viewer_kib: f64,
+}
+
+/// Join-time percentiles in milliseconds from durations.
+pub fn percentiles(values: impl Iterator<Item = Duration>) -> Percentiles {
+    let mut h = crate::stats::latency_histogram();
+    for v in values {
+        h.saturating_record(u64::try_from(v.as_micros()).unwrap_or(u64::MAX).max(1));
+    }
+    let ms = |us: u64| (us as f64 / 1000.0 * 10.0).round() / 10.0;
+    if h.is_empty() {
+        return Percentiles { p50: 0.0, p99: 0.0, max: 0.0, count: 0 };
+    }
+    Percentiles {
+        p50: ms(h.value_at_quantile(0.5)),
+        p99: ms(h.value_at_quantile(0.99)),
+        max: ms(h.max()),
+        count: h.len(),
+    }
+}
+
+/// Latency percentiles from the merged histogram.
+pub fn latency(h: &Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency { p50: 0, p99: 0, p999: 0, max: 0, samples: 0 };
+    }
+    Latency {
+        p50: h.value_at_quantile(0.5),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+        samples: h.len(),
+    }
+}
+
+/// Delivery over every viewer that received media, against each speaker's last sequence number (viewers that
+/// left early are measured up to the highest packet they saw).
+pub fn delivery(viewers: &[ViewerRecord], speakers: &[SpeakerRecord]) -> Delivery {
+    let last: BTreeMap<(u16, Stream), u64> =
+        speakers.iter().flat_map(|s| s.last_seq.iter().map(move |(k, v)| ((s.index, *k), *v))).collect();
+    let mut expected = 0;
+    let mut received = 0;
+    let mut per_viewer = Vec::new();
+    let mut missing_streams = 0;
+    for v in viewers.iter().filter(|v| v.first_media.is_some()) {
+        let (mut e, mut r, mut lost, mut dups, mut ooo) = (0, 0, 0, 0, 0);
+        for (key, s) in &v.streams {
+            let end = if v.left_early { None } else { last.get(key).copied() };
+            let (ex, l) = s.expected_and_lost(end);
+            e += ex;
+            lost += l;
+            r += ex - l;
+            dups += s.duplicates;
+            ooo += s.reordered;
+        }
+        if !v.left_early {
+            missing_streams += last.keys().filter(|k| !v.streams.contains_key(k)).count() as u64;
+        }
+        expected += e;
+        received += r;
+        let pct = if e == 0 { 100.0 } else { 100.0 * r as f64 / e as f64 };
+        per_viewer.push((pct, lost as f64, dups as f64, ooo as f64));
+    }
+    let n = per_viewer.len().max(1) as f64;
+    let worst_mean = |f: fn(&(f64, f64, f64, f64)) -> f64, worst_is_min: bool| {
+        let vals = per_viewer.iter().map(f);
+        let worst =
+            if worst_is_min { vals.clone().fold(f64::INFINITY, f64::min) } else { vals.clone().fold(0.0, f64::max) };
+        WorstMean { worst: if worst.is_finite() { worst } else { 0.0 }, mean: vals.sum::<f64>() / n }
+    };
+    Delivery {
+        delivered_pct: if expected == 0 { 0.0 } else { 100.0 * received as f64 / expected as f64 },
+        expected,
+        received,
+        viewer_delivered_pct: worst_mean(|v| v.0, true),
+        lost: worst_mean(|v| v.1, false),
+        duplicates: worst_mean(|v| v.2, false),
+        out_of_order: worst_mean(|v| v.3, false),
+        missing_streams,
+    }
+}
+
+/// Speaker totals; the per-second keyframe request peak slides a one-second window over each speaker's
+/// request times.
+pub fn speakers(records: &[SpeakerRecord]) -> Speakers {
+    let mut max_per_s = 0;
+    for r in records {
+        let t = &r.keyframe_requests;
+        let mut lo = 0;
+        for hi in 0..t.len() {
+            while t[hi].duration_since(t[lo]) >= Duration::from_secs(1) {
+                lo += 1;
+            }
+            max_per_s = max_per_s.max((hi - lo + 1) as u64);
+        }
+    }
+    Speakers {
+        failed: records.iter().filter(|r| r.failure.is_some()).count(),
+        packets_sent: records.iter().map(|r| r.packets_sent).sum(),
+        keyframe_requests: records.iter().map(|r| r.keyframe_requests.len() as u64).sum(),
+        max_keyframe_requests_per_s: max_per_s,
+    }
+}
+
+impl Report {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let s = &self.scenario;
+        let _ = writeln!(
+            o,
+            "dais-load report: {} ({} speakers, {} viewers, {} s after a {:.1} s ramp)",
+            s.preset, s.speakers, s.viewers, s.duration_s, s.ramp_s
+        );
+        let _ = writeln!(
+            o,
+            "  server {}; {:.0} packets/s per viewer; {} generator thread(s); every viewer decrypts",
+            s.url, s.packets_per_viewer_per_s, s.generator_threads
+        );
+        let v = &self.viewers;
+        let failures = if v.failures.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", v.failures.iter().map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", "))
+        };
+        let _ = writeln!(
+            o,
+            "{:<34} {} started, {} joined, {} failed{}, {} left early",
+            "viewers", v.started, v.joined, v.failed, failures, v.left_early
+        );
+        let j = &self.join_time_ms;
+        let _ = writeln!(
+            o,
+            "{:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            "join -> joined", j.joined.p50, j.joined.p99, j.joined.max
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            "join -> ICE+DTLS connected", j.media_connected.p50, j.media_connected.p99, j.media_connected.max
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            "join -> first media", j.first_media.p50, j.first_media.p99, j.first_media.max
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            "join -> first key frame", j.first_keyframe.p50, j.first_keyframe.p99, j.first_keyframe.max
+        );
+        let l = &self.latency_us;
+        let _ = writeln!(
+            o,
+            "{:<34} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} packets)",
+            "latency speaker -> viewer",
+            l.p50 as f64 / 1e3,
+            l.p99 as f64 / 1e3,
+            l.p999 as f64 / 1e3,
+            l.max as f64 / 1e3,
+            l.samples
+        );
+        let d = &self.delivery;
+        let _ = writeln!(
+            o,
+            "{:<34} {:.3} % ({} of {}); worst viewer {:.3} %, mean {:.3} %",
+            "delivered",
+            d.delivered_pct,
+            d.received,
+            d.expected,
+            d.viewer_delivered_pct.worst,
+            d.viewer_delivered_pct.mean
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} lost {:.0}/{:.2}  duplicates {:.0}/{:.2}  out of order {:.0}/{:.2}  missing streams {}",
+            "per viewer (worst/mean)",
+            d.lost.worst,
+            d.lost.mean,
+            d.duplicates.worst,
+            d.duplicates.mean,
+            d.out_of_order.worst,
+            d.out_of_order.mean,
+            d.missing_streams
+        );
+        let sp = &self.speakers;
+        let _ = writeln!(
+            o,
+            "{:<34} {} packets sent, {} failed, {} keyframe requests (at most {} in one second)",
+            "speakers", sp.packets_sent, sp.failed, sp.keyframe_requests, sp.max_keyframe_requests_per_s
+        );
+        match &self.server {
+            Some(p) => {
+                let _ = writeln!(o, "{:<34} {}", "server", usage_line(p));
+            }
+            None => {
+                let _ = writeln!(o, "{:<34} not watched (use --spawn-server or --server-pid)", "server");
+            }
+        }
+        let _ = writeln!(o, "{:<34} {}", "generator (this process)", usage_line(&self.generator));
+        o
+    }
+}
+
+fn usage_line(p: &ProcessUsage) -> String {
+    format!(
+        "pid {}: CPU {:.0} % steady ({:.1} % per 100 viewers), {:.0} % peak; RSS {:.1} MiB steady, {:.1} peak, {:.1} before viewers; {:.1} KiB per viewer",
+        p.pid, p.cpu_pct_steady, p.cpu_pct_per_100_viewers, p.cpu_pct_peak, p.rss_steady_mib, p.rss_peak_mib, p.rss_baseline_mib, p.memory_per_viewer_kib
+    )
+}

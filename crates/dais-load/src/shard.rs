@@ -1,0 +1,221 @@
+//! Shards: OS threads that each run a single-threaded tokio runtime full of participant tasks.
+//!
+//! A shard owns its participants outright (their sockets, str0m sessions and measurements live in
+//! thread-local tasks), so nothing is locked per packet. The run loop sends it [`Cmd`]s; progress goes back
+//! through shared atomics ([`Progress`]); everything measured comes back once, as a [`ShardResult`], when the
+//! shard is told to finish. Speakers get a shard of their own so that their pacing does not wait behind
+//! viewer packets.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::speaker::{self, SpeakerPlan, SpeakerRecord};
+use crate::stamp::Clock;
+use crate::stats::{latency_histogram, ViewerRecord};
+use crate::viewer;
+
+/// Where and how participants connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Signaling WebSocket URL, `ws://HOST:PORT/ws`.
+    pub url: String,
+    /// Room every participant joins.
+    pub room: String,
+    /// Local IP the participants' UDP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// When set, every join carries a token minted with this secret.
+    pub token_secret: Option<String>,
+    /// What speakers send.
+    pub speaker: SpeakerPlan,
+}
+
+/// Counters the run loop reads for progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Speakers whose session is connected.
+    pub speakers_live: AtomicUsize,
+    /// Speakers that failed.
+    pub speakers_failed: AtomicUsize,
+    /// Viewer tasks started.
+    pub viewers_started: AtomicUsize,
+    /// Viewers that received their first media packet.
+    pub viewers_joined: AtomicUsize,
+    /// Viewers that failed.
+    pub viewers_failed: AtomicUsize,
+    /// Viewers that ended (failed, left early, or finished).
+    pub viewers_ended: AtomicUsize,
+    /// Media packets received by all viewers.
+    pub packets: AtomicU64,
+    /// p99 latency of the last progress interval in microseconds, the highest of the shards.
+    pub recent_p99_us: AtomicU64,
+}
+
+/// What a shard is asked to do.
+#[derive(Debug)]
+pub enum Cmd {
+    /// Start speaker number `index`.
+    Speaker(u16),
+    /// Start viewer number `index`; it leaves on its own at `leave_at`, if set.
+    Viewer(usize, Option<Instant>),
+    /// Everyone leaves; report.
+    Finish,
+}
+
+/// Shared by every task of one shard.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Where to connect.
+    pub target: Arc<Target>,
+    /// The process clock stamps are read against.
+    pub clock: Clock,
+    /// Shared counters.
+    pub progress: Arc<Progress>,
+    /// Becomes true when the run ends: every task leaves.
+    pub stop: watch::Receiver<bool>,
+    /// Speakers send while this is true.
+    pub sending: watch::Receiver<bool>,
+    /// Latency of every packet this shard's viewers received, in microseconds.
+    pub latency: RefCell<Histogram<u64>>,
+    /// The same since the last progress report.
+    pub recent: RefCell<Histogram<u64>>,
+}
+
+/// What a shard measured.
+#[derive(Debug)]
+pub struct ShardResult {
+    /// One per viewer the shard ran.
+    pub viewers: Vec<ViewerRecord>,
+    /// One per speaker the shard ran.
+    pub speakers: Vec<SpeakerRecord>,
+    /// Latency in microseconds.
+    pub latency: Histogram<u64>,
+}
+
+/// A running shard thread.
+#[derive(Debug)]
+pub struct Shard {
+    /// Commands in.
+    pub tx: mpsc::UnboundedSender<Cmd>,
+    handle: JoinHandle<anyhow::Result<ShardResult>>,
+}
+
+enum Done {
+    Viewer(ViewerRecord),
+    Speaker(SpeakerRecord),
+}
+
+impl Shard {
+    /// Start a shard thread named `name`.
+    pub fn spawn(
+        name: String,
+        target: Arc<Target>,
+        clock: Clock,
+        progress: Arc<Progress>,
+        stop: watch::Receiver<bool>,
+        sending: watch::Receiver<bool>,
+    ) -> anyhow::Result<Shard> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let local = tokio::task::LocalSet::new();
+                let ctx = Rc::new(Ctx {
+                    target,
+                    clock,
+                    progress,
+                    stop,
+                    sending,
+                    latency: RefCell::new(latency_histogram()),
+                    recent: RefCell::new(latency_histogram()),
+                });
+                local.block_on(&rt, run(ctx, rx))
+            })
+            .context("spawn a shard thread")?;
+        Ok(Shard { tx, handle })
+    }
+
+    /// Wait for the shard to report (after [`Cmd::Finish`]).
+    pub fn join(self) -> anyhow::Result<ShardResult> {
+        match self.handle.join() {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("a shard thread panicked"),
+        }
+    }
+}
+
+async fn run(ctx: Rc<Ctx>, mut rx: mpsc::UnboundedReceiver<Cmd>) -> anyhow::Result<ShardResult> {
+    let mut tasks = JoinSet::new();
+    let mut viewers = Vec::new();
+    let mut speakers = Vec::new();
+    let mut recent_tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(Cmd::Speaker(i)) => {
+                    tasks.spawn_local(speaker::run(ctx.clone(), i).await_into(Done::Speaker));
+                }
+                Some(Cmd::Viewer(i, leave_at)) => {
+                    tasks.spawn_local(viewer::run(ctx.clone(), i, leave_at).await_into(Done::Viewer));
+                }
+                Some(Cmd::Finish) | None => break,
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => collect(done, &mut viewers, &mut speakers),
+            _ = recent_tick.tick() => {
+                let mut recent = ctx.recent.borrow_mut();
+                ctx.progress.recent_p99_us.fetch_max(recent.value_at_quantile(0.99), Ordering::Relaxed);
+                recent.reset();
+            }
+        }
+    }
+    // Every task sees `stop` (set by the run loop before Finish) and leaves; give them a bounded time.
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(done) => collect(done, &mut viewers, &mut speakers),
+                None => break,
+            },
+            _ = &mut deadline => {
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    let latency = ctx.latency.borrow().clone();
+    Ok(ShardResult { viewers, speakers, latency })
+}
+
+fn collect(
+    done: Result<Done, tokio::task::JoinError>,
+    viewers: &mut Vec<ViewerRecord>,
+    speakers: &mut Vec<SpeakerRecord>,
+) {
+    match done {
+        Ok(Done::Viewer(v)) => viewers.push(v),
+        Ok(Done::Speaker(s)) => speakers.push(s),
+        // A task can only end this way when aborted at the deadline; what it measured is lost and the
+        // run loop reports the shortfall in viewer counts.
+        Err(_) => {}
+    }
+}
+
+/// `fut.await_into(f)`: a future that maps its output with `f`.
+trait AwaitInto: std::future::Future + Sized {
+    fn await_into<T>(self, f: fn(Self::Output) -> T) -> impl std::future::Future<Output = T> {
+        async move { f(self.await) }
+    }
+}
+
+impl<F: std::future::Future> AwaitInto for F {}

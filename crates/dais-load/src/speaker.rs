@@ -1,0 +1,259 @@
+//! A synthetic speaker: joins, publishes one Opus-like and one VP8-like stream, and sends stamped packets.
+//!
+//! Video is sent as frames at a fixed rate, each split into equal packets of at most 1,200 bytes so that the
+//! configured bitrate holds; a key frame follows every keyframe request (PLI or FIR) the SFU sends, and the
+//! first frame is one. Audio is one 160-byte packet every 20 ms. Every packet is written through str0m's RTP
+//! mode with its own sequence number and a [`Stamp`] of the send time. The speaker answers server offers (it
+//! receives the other speakers) but measures nothing it receives: that is the viewers' job.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dais_proto::{ClientMessage, Role, ServerMessage};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::Event;
+use tokio::time::MissedTickBehavior;
+
+use crate::peer::Peer;
+use crate::shard::Ctx;
+use crate::signal::{Incoming, Signal};
+use crate::stamp::{self, Stamp, Stream, FLAG_FRAME_START, FLAG_KEYFRAME};
+use crate::Failure;
+
+/// Largest RTP payload a speaker sends.
+pub const MAX_PAYLOAD: usize = 1200;
+/// Opus-like payload size.
+pub const AUDIO_PAYLOAD: usize = 160;
+/// One audio packet per this interval.
+pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What every speaker sends.
+#[derive(Debug, Clone, Copy)]
+pub struct SpeakerPlan {
+    /// Video bitrate in bits per second (payload bytes).
+    pub video_bitrate: u64,
+    /// Video frames per second.
+    pub fps: u32,
+}
+
+impl SpeakerPlan {
+    /// Packets per video frame, and the payload size of each.
+    pub fn frame_layout(&self) -> (usize, usize) {
+        let fps = u64::from(self.fps.max(1));
+        let frame_bytes = (self.video_bitrate / 8 / fps).max(stamp::STAMP_LEN as u64 + 10) as usize;
+        let packets = frame_bytes.div_ceil(MAX_PAYLOAD);
+        (packets, frame_bytes.div_ceil(packets))
+    }
+
+    /// Media packets per second one speaker sends (video and audio).
+    pub fn packets_per_second(&self) -> f64 {
+        let (per_frame, _) = self.frame_layout();
+        (per_frame as f64) * f64::from(self.fps) + 1.0 / AUDIO_INTERVAL.as_secs_f64()
+    }
+}
+
+/// What one speaker did.
+#[derive(Debug, Clone, Default)]
+pub struct SpeakerRecord {
+    /// Its index.
+    pub index: u16,
+    /// The failure that ended it, as an error code.
+    pub failure: Option<String>,
+    /// Per stream, the last sequence number sent.
+    pub last_seq: BTreeMap<Stream, u64>,
+    /// Media packets written.
+    pub packets_sent: u64,
+    /// When each keyframe request from the SFU arrived.
+    pub keyframe_requests: Vec<Instant>,
+}
+
+/// Run speaker `index` until the run stops; never fails, the failure is in the record.
+pub async fn run(ctx: Rc<Ctx>, index: u16) -> SpeakerRecord {
+    let mut s = Speaker { index, rec: SpeakerRecord { index, ..Default::default() }, ..Speaker::default() };
+    match s.speak(&ctx).await {
+        Ok(()) => {}
+        Err(f) => {
+            ctx.progress.speakers_failed.fetch_add(1, Ordering::Relaxed);
+            eprintln!("dais-load: speaker {index} failed: {f}");
+            s.rec.failure = Some(f.code);
+        }
+    }
+    s.rec
+}
+
+#[derive(Default)]
+struct Speaker {
+    index: u16,
+    rec: SpeakerRecord,
+    audio: Option<(Mid, Option<Pt>)>,
+    video: Option<(Mid, Option<Pt>)>,
+    connected: bool,
+    keyframe_wanted: bool,
+    frames: u64,
+    video_seq: u64,
+    audio_seq: u64,
+}
+
+impl Speaker {
+    async fn speak(&mut self, ctx: &Ctx) -> Result<(), Failure> {
+        let target = &ctx.target;
+        let name = format!("speaker-{}", self.index);
+        let mut sig = Signal::connect(&target.url).await.map_err(Failure::with("connect_failed"))?;
+        let token = crate::token(target, &name, Role::Speaker)?;
+        sig.join(&target.room, &name, Role::Speaker, token).await.map_err(Failure::with("ws_closed"))?;
+        match tokio::time::timeout(Duration::from_secs(10), sig.next()).await {
+            Ok(Ok(Incoming::Message(ServerMessage::Joined { .. }))) => {}
+            Ok(Ok(Incoming::Message(ServerMessage::Error { code, message, .. }))) => {
+                return Err(Failure::new(code.as_str(), message))
+            }
+            Ok(other) => return Err(Failure::new("join_failed", format!("{other:?}"))),
+            Err(_) => return Err(Failure::new("join_timeout", "no `joined` within 10 s")),
+        }
+
+        let mut peer = Peer::bind(target.bind_ip).map_err(Failure::with("bind_failed"))?;
+        let mut pending: Option<SdpPendingOffer> = {
+            let mut api = peer.rtc.sdp_api();
+            let stream_id = Some(format!("load-{}", self.index));
+            let a = api.add_media(MediaKind::Audio, Direction::SendOnly, stream_id.clone(), Some("audio".into()), None);
+            let v = api.add_media(MediaKind::Video, Direction::SendOnly, stream_id, Some("video".into()), None);
+            self.audio = Some((a, None));
+            self.video = Some((v, None));
+            let (offer, pending) = api.apply().ok_or_else(|| Failure::new("internal", "nothing to offer"))?;
+            sig.send(&ClientMessage::Offer { sdp: offer.to_sdp_string() }).await.map_err(Failure::with("ws_closed"))?;
+            Some(pending)
+        };
+
+        let mut sig = sig.spawn();
+        let plan = target.speaker;
+        let mut video_tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(plan.fps.max(1))));
+        video_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut audio_tick = tokio::time::interval(AUDIO_INTERVAL);
+        audio_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let mut stop = ctx.stop.clone();
+        let connect_deadline = Instant::now() + Duration::from_secs(20);
+
+        loop {
+            peer.drive(&mut |e| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?;
+            sleep.as_mut().reset((Instant::now() + peer.until_next()).into());
+            let live = self.connected && *ctx.sending.borrow();
+            if !self.connected && Instant::now() > connect_deadline {
+                return Err(Failure::new("ice_timeout", "the session did not connect within 20 s"));
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    sig.leave().await;
+                    return Ok(());
+                }
+                r = sig.next() => match r.map_err(Failure::with("ws_closed"))? {
+                    Incoming::Message(ServerMessage::Answer { sdp }) => {
+                        let answer = SdpAnswer::from_sdp_string(&sdp).map_err(Failure::with("bad_sdp"))?;
+                        let p = pending.take().ok_or_else(|| Failure::new("unexpected_answer", "no offer pending"))?;
+                        peer.rtc.sdp_api().accept_answer(p, answer).map_err(Failure::with("bad_sdp"))?;
+                        peer.nudge().map_err(Failure::with("media_failed"))?;
+                        self.audio = self.audio.map(|(m, _)| (m, peer.negotiated_pt(m, Codec::Opus)));
+                        self.video = self.video.map(|(m, _)| (m, peer.negotiated_pt(m, Codec::Vp8)));
+                    }
+                    Incoming::Message(ServerMessage::Offer { sdp }) => {
+                        let offer = SdpOffer::from_sdp_string(&sdp).map_err(Failure::with("bad_sdp"))?;
+                        let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(Failure::with("bad_sdp"))?;
+                        peer.nudge().map_err(Failure::with("media_failed"))?;
+                        sig.send(ClientMessage::Answer { sdp: answer.to_sdp_string() })
+                            .map_err(Failure::with("ws_closed"))?;
+                    }
+                    Incoming::Message(ServerMessage::Error { code, message, .. }) => {
+                        return Err(Failure::new(code.as_str(), message));
+                    }
+                    Incoming::Message(_) => {}
+                    Incoming::Closed(code) => {
+                        return Err(Failure::new("ws_closed", format!("close code {code:?}")));
+                    }
+                },
+                r = peer.readable() => {
+                    r.map_err(Failure::with("socket"))?;
+                    peer.read(&mut |e| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?;
+                }
+                _ = &mut sleep => peer.tick(&mut |e| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?,
+                _ = video_tick.tick(), if live => self.send_frame(&mut peer, ctx, plan),
+                _ = audio_tick.tick(), if live => self.send_audio(&mut peer, ctx),
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event, ctx: &Ctx) {
+        match e {
+            Event::Connected if !self.connected => {
+                self.connected = true;
+                ctx.progress.speakers_live.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::KeyframeRequest(_) => {
+                self.keyframe_wanted = true;
+                self.rec.keyframe_requests.push(Instant::now());
+            }
+            _ => {}
+        }
+    }
+
+    fn send_frame(&mut self, peer: &mut Peer, ctx: &Ctx, plan: SpeakerPlan) {
+        let Some((mid, Some(pt))) = self.video else { return };
+        let key = std::mem::take(&mut self.keyframe_wanted) || self.frames == 0;
+        let (packets, size) = plan.frame_layout();
+        let rtp_time = (self.frames * 90_000 / u64::from(plan.fps.max(1))) as u32;
+        for i in 0..packets {
+            let now = Instant::now();
+            let mut flags = if key { FLAG_KEYFRAME } else { 0 };
+            if i == 0 {
+                flags |= FLAG_FRAME_START;
+            }
+            let stamp = Stamp {
+                speaker: self.index,
+                stream: Stream::Video,
+                flags,
+                seq: self.video_seq,
+                sent_ns: ctx.clock.ns(now),
+            };
+            let payload: Arc<[u8]> = stamp::payload(&stamp, size).into();
+            let mut api = peer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else { return };
+            tx.write_rtp(
+                RtpWrite::new(pt, SeqNo::from(self.video_seq), rtp_time, now, payload)
+                    .marker(i + 1 == packets)
+                    .nackable(true),
+            );
+            self.rec.last_seq.insert(Stream::Video, self.video_seq);
+            self.video_seq += 1;
+            self.rec.packets_sent += 1;
+        }
+        self.frames += 1;
+    }
+
+    fn send_audio(&mut self, peer: &mut Peer, ctx: &Ctx) {
+        let Some((mid, Some(pt))) = self.audio else { return };
+        let now = Instant::now();
+        let stamp = Stamp {
+            speaker: self.index,
+            stream: Stream::Audio,
+            flags: 0,
+            seq: self.audio_seq,
+            sent_ns: ctx.clock.ns(now),
+        };
+        let payload: Arc<[u8]> = stamp::payload(&stamp, AUDIO_PAYLOAD).into();
+        let mut api = peer.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else { return };
+        let rtp_time = self.audio_seq.wrapping_mul(960) as u32;
+        tx.write_rtp(
+            RtpWrite::new(pt, SeqNo::from(self.audio_seq), rtp_time, now, payload).marker(self.audio_seq == 0),
+        );
+        self.rec.last_seq.insert(Stream::Audio, self.audio_seq);
+        self.audio_seq += 1;
+        self.rec.packets_sent += 1;
+    }
+}

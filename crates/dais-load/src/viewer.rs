@@ -1,0 +1,174 @@
+//! A synthetic viewer: joins over WebSocket, answers the server's offers with a str0m session on its own
+//! socket, and measures every packet it decrypts.
+//!
+//! Join time is counted from the start of the WebSocket connect, to the first media packet and to the first
+//! packet that starts a key frame (from which a real decoder could show a picture). Every received payload's
+//! [`Stamp`] feeds the viewer's [`ViewerRecord`] (loss, duplicates, reordering) and the shard's latency
+//! histogram. A viewer that gets no `joined` within 10 s, or no media within 15 s of `joined`, fails with
+//! `join_timeout` or `no_media`; a server `error` fails it with the server's code.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dais_proto::{ClientMessage, Role, ServerMessage};
+use str0m::change::SdpOffer;
+use str0m::Event;
+
+use crate::peer::Peer;
+use crate::shard::Ctx;
+use crate::signal::{Incoming, Signal};
+use crate::stamp::Stamp;
+use crate::stats::ViewerRecord;
+use crate::Failure;
+
+/// Viewer failures described on stderr; the rest are only counted.
+const FAILURES_SHOWN: usize = 5;
+
+/// Longest wait for `joined`.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait from `joined` to the first media packet.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Run viewer `index` until the run stops or `leave_at`; never fails, the failure is in the record.
+pub async fn run(ctx: Rc<Ctx>, index: usize, leave_at: Option<Instant>) -> ViewerRecord {
+    ctx.progress.viewers_started.fetch_add(1, Ordering::Relaxed);
+    let mut v = Viewer { rec: ViewerRecord::default(), start: Instant::now(), ctx: ctx.clone() };
+    if let Err(f) = v.watch(index, leave_at).await {
+        let failed = ctx.progress.viewers_failed.fetch_add(1, Ordering::Relaxed);
+        if failed < FAILURES_SHOWN {
+            eprintln!("dais-load: viewer {index} failed: {f}");
+        } else if failed == FAILURES_SHOWN {
+            eprintln!("dais-load: more viewers failed; the report counts them by code");
+        }
+        v.rec.failure = Some(f.code);
+    }
+    ctx.progress.viewers_ended.fetch_add(1, Ordering::Relaxed);
+    v.rec
+}
+
+struct Viewer {
+    rec: ViewerRecord,
+    start: Instant,
+    ctx: Rc<Ctx>,
+}
+
+impl Viewer {
+    async fn watch(&mut self, index: usize, leave_at: Option<Instant>) -> Result<(), Failure> {
+        let ctx = self.ctx.clone();
+        let target = &ctx.target;
+        let name = format!("viewer-{index}");
+        let mut sig = Signal::connect(&target.url).await.map_err(Failure::with("connect_failed"))?;
+        let token = crate::token(target, &name, Role::Viewer)?;
+        sig.join(&target.room, &name, Role::Viewer, token).await.map_err(Failure::with("ws_closed"))?;
+        let mut sig = sig.spawn();
+
+        let mut peer: Option<Peer> = None;
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let leave = tokio::time::sleep_until(leave_at.unwrap_or(self.start + Duration::from_secs(1 << 30)).into());
+        tokio::pin!(leave);
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        let mut stop = ctx.stop.clone();
+        let mut joined_at: Option<Instant> = None;
+
+        loop {
+            if let Some(p) = peer.as_mut() {
+                p.drive(&mut |e| self.on_event(e)).map_err(Failure::with("media_failed"))?;
+                sleep.as_mut().reset((Instant::now() + p.until_next()).into());
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    sig.leave().await;
+                    return Ok(());
+                }
+                _ = &mut leave => {
+                    sig.leave().await;
+                    self.rec.left_early = true;
+                    return Ok(());
+                }
+                r = sig.next() => match r.map_err(Failure::with("ws_closed"))? {
+                    Incoming::Message(ServerMessage::Joined { .. }) => {
+                        self.rec.joined = true;
+                        joined_at = Some(Instant::now());
+                        self.rec.joined_after = Some(self.start.elapsed());
+                    }
+                    Incoming::Message(ServerMessage::Offer { sdp }) => {
+                        let p = match peer.as_mut() {
+                            Some(p) => p,
+                            None => peer.insert(Peer::bind(target.bind_ip).map_err(Failure::with("bind_failed"))?),
+                        };
+                        let offer = SdpOffer::from_sdp_string(&sdp).map_err(Failure::with("bad_sdp"))?;
+                        let answer = p.rtc.sdp_api().accept_offer(offer).map_err(Failure::with("bad_sdp"))?;
+                        p.nudge().map_err(Failure::with("media_failed"))?;
+                        sig.send(ClientMessage::Answer { sdp: answer.to_sdp_string() })
+                            .map_err(Failure::with("ws_closed"))?;
+                    }
+                    Incoming::Message(ServerMessage::Error { code, message, .. }) => {
+                        return Err(Failure::new(code.as_str(), message));
+                    }
+                    Incoming::Message(_) => {}
+                    Incoming::Closed(code) => return Err(Failure::new("ws_closed", format!("close code {code:?}"))),
+                },
+                r = readable(&peer) => {
+                    r.map_err(Failure::with("socket"))?;
+                    if let Some(p) = peer.as_mut() {
+                        p.read(&mut |e| self.on_event(e)).map_err(Failure::with("media_failed"))?;
+                    }
+                }
+                _ = &mut sleep, if peer.is_some() => {
+                    if let Some(p) = peer.as_mut() {
+                        p.tick(&mut |e| self.on_event(e)).map_err(Failure::with("media_failed"))?;
+                    }
+                }
+                _ = watchdog.tick() => {
+                    let now = Instant::now();
+                    match joined_at {
+                        None if now - self.start > JOIN_TIMEOUT => {
+                            return Err(Failure::new("join_timeout", "no `joined` within 10 s"));
+                        }
+                        Some(t) if self.rec.first_media.is_none() && now - t > MEDIA_TIMEOUT => {
+                            return Err(Failure::new("no_media", "no media within 15 s of `joined`"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        let pkt = match e {
+            Event::RtpPacket(pkt) => pkt,
+            Event::Connected => {
+                self.rec.connected_after.get_or_insert(self.start.elapsed());
+                return;
+            }
+            _ => return,
+        };
+        let Some(stamp) = Stamp::read(&pkt.payload) else { return };
+        let now = Instant::now();
+        if self.rec.first_media.is_none() {
+            self.rec.first_media = Some(now - self.start);
+            self.ctx.progress.viewers_joined.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.rec.first_keyframe.is_none() && stamp.starts_keyframe() {
+            self.rec.first_keyframe = Some(now - self.start);
+        }
+        self.rec.record(&stamp);
+        let us = now.saturating_duration_since(self.ctx.clock.at(stamp.sent_ns)).as_micros();
+        let us = u64::try_from(us).unwrap_or(u64::MAX).max(1);
+        self.ctx.latency.borrow_mut().saturating_record(us);
+        self.ctx.recent.borrow_mut().saturating_record(us);
+        self.ctx.progress.packets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Readiness of the viewer's socket, or never while it has none.
+async fn readable(peer: &Option<Peer>) -> std::io::Result<()> {
+    match peer {
+        Some(p) => p.readable().await,
+        None => std::future::pending().await,
+    }
+}

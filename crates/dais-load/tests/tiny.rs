@@ -1,0 +1,180 @@
+//! A tiny load run against a spawned server: 1 speaker, 20 viewers, 5 s measured. It checks what the
+//! report promises a reader: everyone joined, at least 99 % of packets arrived, and the JSON report parses
+//! with every field present. Also checks that `--help` documents every flag and preset.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The `dais` binary of this build, built first if a lone `cargo test -p dais-load` has not yet.
+fn dais_bin() -> PathBuf {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_dais-load"));
+    let dais = load.with_file_name("dais");
+    if !dais.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).args(["build", "-p", "dais-server"]).status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p dais-server failed");
+    }
+    assert!(dais.exists(), "no dais binary at {}", dais.display());
+    dais
+}
+
+/// Every key path the JSON report must have (values may be null only where documented: `server`).
+const FIELDS: &[&str] = &[
+    "scenario.preset",
+    "scenario.url",
+    "scenario.speakers",
+    "scenario.viewers",
+    "scenario.join_rate",
+    "scenario.duration_s",
+    "scenario.ramp_s",
+    "scenario.video_bitrate",
+    "scenario.packets_per_viewer_per_s",
+    "scenario.generator_threads",
+    "scenario.all_viewers_decrypt",
+    "viewers.started",
+    "viewers.joined",
+    "viewers.failed",
+    "viewers.failures",
+    "viewers.left_early",
+    "join_time_ms.joined.p50",
+    "join_time_ms.joined.p99",
+    "join_time_ms.media_connected.p50",
+    "join_time_ms.media_connected.p99",
+    "join_time_ms.first_media.p50",
+    "join_time_ms.first_media.p99",
+    "join_time_ms.first_media.max",
+    "join_time_ms.first_media.count",
+    "join_time_ms.first_keyframe.p50",
+    "join_time_ms.first_keyframe.p99",
+    "join_time_ms.first_keyframe.max",
+    "join_time_ms.first_keyframe.count",
+    "latency_us.p50",
+    "latency_us.p99",
+    "latency_us.p999",
+    "latency_us.max",
+    "latency_us.samples",
+    "delivery.delivered_pct",
+    "delivery.expected",
+    "delivery.received",
+    "delivery.viewer_delivered_pct.worst",
+    "delivery.viewer_delivered_pct.mean",
+    "delivery.lost.worst",
+    "delivery.lost.mean",
+    "delivery.duplicates.worst",
+    "delivery.duplicates.mean",
+    "delivery.out_of_order.worst",
+    "delivery.out_of_order.mean",
+    "delivery.missing_streams",
+    "speakers.failed",
+    "speakers.packets_sent",
+    "speakers.keyframe_requests",
+    "speakers.max_keyframe_requests_per_s",
+    "server.pid",
+    "server.cpu_pct_steady",
+    "server.cpu_pct_peak",
+    "server.cpu_pct_per_100_viewers",
+    "server.rss_baseline_mib",
+    "server.rss_steady_mib",
+    "server.rss_peak_mib",
+    "server.memory_per_viewer_kib",
+    "generator.pid",
+    "generator.cpu_pct_steady",
+    "generator.cpu_pct_peak",
+    "generator.cpu_pct_per_100_viewers",
+    "generator.rss_baseline_mib",
+    "generator.rss_steady_mib",
+    "generator.rss_peak_mib",
+    "generator.memory_per_viewer_kib",
+];
+
+fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |v, k| v.get(k).unwrap_or_else(|| panic!("report has no `{path}`:\n{v:#}")))
+}
+
+#[test]
+fn twenty_viewers_all_join_and_receive_at_least_99_percent() {
+    let dais = dais_bin();
+    let dir = std::env::temp_dir().join(format!("dais-load-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_dais-load"))
+        .args(["--spawn-server", "--server-bin"])
+        .arg(&dais)
+        .args(["--preset", "keynote", "--viewers", "20", "--join-rate", "20", "--duration", "5", "--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run dais-load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dais-load failed: {}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("dais-load report: keynote"), "no table on stdout:\n{stdout}");
+
+    let text = std::fs::read_to_string(&json).expect("the JSON report was written");
+    let report: Value = serde_json::from_str(&text).expect("the JSON report parses");
+    for path in FIELDS {
+        assert!(!field(&report, path).is_null(), "`{path}` is null:\n{report:#}");
+    }
+
+    assert_eq!(field(&report, "viewers.started"), 20, "{stdout}");
+    assert_eq!(field(&report, "viewers.joined"), 20, "every viewer joined:\n{stdout}");
+    assert_eq!(field(&report, "viewers.failed"), 0, "{stdout}");
+    let delivered = field(&report, "delivery.delivered_pct").as_f64().expect("a number");
+    assert!(delivered >= 99.0, "delivered {delivered} %:\n{stdout}");
+    let worst = field(&report, "delivery.viewer_delivered_pct.worst").as_f64().expect("a number");
+    assert!(worst >= 99.0, "worst viewer {worst} %:\n{stdout}");
+    assert_eq!(field(&report, "delivery.missing_streams"), 0, "every viewer got audio and video:\n{stdout}");
+    // 20 viewers x (180 video + 50 audio packets/s) x more than 5 s.
+    let samples = field(&report, "latency_us.samples").as_u64().expect("a number");
+    assert!(samples > 20 * 230 * 5, "only {samples} packets measured:\n{stdout}");
+    assert_eq!(field(&report, "join_time_ms.first_keyframe.count"), 20, "{stdout}");
+    // The SFU asks the speaker for key frames for new viewers, throttled to one per 500 ms.
+    let kf = field(&report, "speakers.keyframe_requests").as_u64().expect("a number");
+    assert!(kf >= 1, "the speaker was never asked for a key frame:\n{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_documents_every_flag_and_preset() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dais-load")).arg("--help").output().expect("run dais-load --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--preset",
+        "--url",
+        "--spawn-server",
+        "--server-bin",
+        "--server-arg",
+        "--server-pid",
+        "--room",
+        "--speakers",
+        "--viewers",
+        "--join-rate",
+        "--duration",
+        "--lifetime",
+        "--video-kbps",
+        "--fps",
+        "--threads",
+        "--bind-ip",
+        "--token-secret",
+        "--json",
+        "--quiet",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+    }
+    for preset in ["keynote", "roundtable", "churn", "late-join"] {
+        assert!(help.contains(&format!("  {preset} ")), "--help does not describe the {preset} preset:\n{help}");
+    }
+}
+
+#[test]
+fn a_server_that_is_not_there_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dais-load"))
+        .args(["--url", "ws://127.0.0.1:9/ws", "--viewers", "1", "--quiet"])
+        .output()
+        .expect("run dais-load");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("speaker 0 failed: connect_failed"), "{stderr}");
+}
