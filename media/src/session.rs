@@ -46,6 +46,8 @@ pub(crate) struct Session {
     pub producers_by_ssrc: HashMap<Ssrc, ProducerId>,
     pub consumers_by_mid: HashMap<Mid, ConsumerId>,
     pub next_timeout: Option<Instant>,
+    /// The entry of this session in the worker's timer heap, if any; entries that differ are stale.
+    pub scheduled: Option<Instant>,
     pub addrs: Vec<SocketAddr>,
     pub last_source: Option<SocketAddr>,
     pub dirty: bool,
@@ -81,6 +83,7 @@ impl Session {
             producers_by_ssrc: HashMap::new(),
             consumers_by_mid: HashMap::new(),
             next_timeout: None,
+            scheduled: None,
             addrs: Vec::new(),
             last_source: None,
             dirty: true,

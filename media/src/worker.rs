@@ -8,7 +8,8 @@
 //! which marks the consumer's session dirty in turn. Network bytes never make this loop fail: they
 //! are dropped and counted.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::codec;
+use crate::send::SendBatch;
 use crate::session::{Negotiation, PendingConsumer, Session};
 use crate::{AnswerError, Command, Kind, MediaStats, OfferError, ProducerKey, SessionEvent, SessionId};
 
@@ -63,6 +65,14 @@ const MAX_REMOTE_CANDIDATES: usize = 32;
 
 /// How long a failed session keeps its producers while waiting for its owner's close.
 const FAILED_GRACE: Duration = Duration::from_secs(10);
+
+/// How often every session is checked for the coarse deadlines (seconds-long timeouts).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Most packets of one video consumer kept for resends (NACK -> RTX).
+const RTX_CACHE_PACKETS: usize = 1024;
+/// Oldest packet of one video consumer kept for resends.
+const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
 
 struct ProducerRec {
     session: SessionId,
@@ -103,6 +113,17 @@ struct Worker {
     /// Arrival times of ingress packets forwarded since the last flush; their latency is recorded
     /// once the flush has handed every egress copy to the kernel.
     forwarded_arrivals: Vec<Instant>,
+    /// When each session wants time, earliest first. An entry is live while it equals its session's
+    /// `scheduled`; others are stale and skipped. Keeps finding due sessions O(log n) instead of a
+    /// scan of every session per loop pass.
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Sessions polled since the last flush: only they can have changed their negotiation or liveness.
+    polled: Vec<SessionId>,
+    /// Next pass over all sessions for the coarse deadlines (failed grace, connect timeout, publisher
+    /// offer grace), every [`HOUSEKEEPING_INTERVAL`].
+    next_housekeeping: Instant,
+    /// Egress datagrams waiting for the next `sendmmsg`.
+    batch: SendBatch,
 }
 
 pub(crate) fn run(
@@ -145,6 +166,10 @@ pub(crate) fn run(
             next_report: Instant::now(),
             next_drop_refresh: Instant::now(),
             forwarded_arrivals: Vec::with_capacity(256),
+            timers: BinaryHeap::new(),
+            polled: Vec::new(),
+            next_housekeeping: Instant::now(),
+            batch: SendBatch::new(),
         };
         w.run(&socket, rx).await;
     });
@@ -199,25 +224,14 @@ impl Worker {
             }
             self.poll_session(id, socket);
         }
+        self.batch.send(socket, &self.stats);
         info!("media worker stopped");
     }
 
     fn next_deadline(&self) -> Instant {
-        let mut t = Instant::now() + Duration::from_secs(1);
-        for s in self.sessions.values() {
-            if let Some(f) = s.failed_at {
-                t = t.min(f + FAILED_GRACE);
-                continue;
-            }
-            if let Some(n) = s.next_timeout {
-                t = t.min(n);
-            }
-            if let (false, Some(neg)) = (s.connected, s.negotiated_at) {
-                t = t.min(neg + crate::CONNECT_TIMEOUT);
-            }
-            if s.publisher && !s.client_offered && !s.queued_adds.is_empty() {
-                t = t.min(s.opened_at + PUBLISHER_OFFER_GRACE);
-            }
+        let mut t = self.next_housekeeping;
+        if let Some(Reverse((at, _))) = self.timers.peek() {
+            t = t.min(*at);
         }
         if let Some(r) = self.router.poll_timeout() {
             t = t.min(r);
@@ -381,6 +395,12 @@ impl Worker {
             return Err(AnswerError::BadSdp(e.to_string()));
         }
         s.negotiated_at.get_or_insert(now);
+        // A client starts its connectivity checks as soon as it has sent its answer, so its first checks
+        // usually arrive before the answer does. str0m queues them until it knows the remote credentials
+        // and answers them on its next timeout: give it that now rather than up to 250 ms later.
+        if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+            debug!(?id, "session timeout error: {e}");
+        }
         if s.connected {
             for (mid, add) in adds {
                 self.create_consumer(now, id, mid, add);
@@ -405,7 +425,15 @@ impl Worker {
             return;
         };
         let Some(prec) = self.producers.get(&pid) else { return };
-        let Some(ssrc) = s.rtc.direct_api().stream_tx_by_mid(mid, None).map(|tx| tx.ssrc()) else {
+        let video = add.kind == Kind::Video;
+        let Some(ssrc) = s.rtc.direct_api().stream_tx_by_mid(mid, None).map(|tx| {
+            if video {
+                // Resends only help within about a second (a NACK round trip plus the receiver's jitter
+                // buffer); str0m's default keeps 3 s of every viewer's copy of the stream.
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+            }
+            tx.ssrc()
+        }) else {
             warn!(?id, %mid, "no send stream for accepted consumer m-line; stopping it");
             s.queued_stops.push(mid);
             s.wants_negotiation = true;
@@ -550,7 +578,8 @@ impl Worker {
             .unwrap_or(src)
     }
 
-    fn handle_timeout(&mut self, now: Instant) {
+    /// The coarse per-session deadlines, and a safety net for negotiation and liveness checks.
+    fn housekeeping(&mut self, now: Instant) {
         let expired: Vec<SessionId> = self
             .sessions
             .iter()
@@ -580,19 +609,48 @@ impl Worker {
                 s.wants_negotiation = true;
             }
         }
-        let due: Vec<SessionId> = self
+        let pending: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.failed_at.is_none() && s.next_timeout.is_none_or(|t| t <= now))
+            .filter(|(_, s)| s.wants_negotiation || (s.failed_at.is_none() && !s.rtc.is_alive()))
             .map(|(k, _)| *k)
             .collect();
-        for id in due {
-            if let Some(s) = self.sessions.get_mut(&id) {
-                if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
-                    debug!(?id, "session timeout error: {e}");
+        for id in pending {
+            self.mark(id);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+            self.housekeeping(now);
+        }
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            if s.scheduled != Some(at) {
+                continue; // stale entry
+            }
+            s.scheduled = None;
+            if s.failed_at.is_some() {
+                continue;
+            }
+            match s.next_timeout {
+                Some(t) if t > now => {
+                    // The session moved its deadline later since this entry was made.
+                    s.scheduled = Some(t);
+                    self.timers.push(Reverse((t, id)));
+                }
+                _ => {
+                    if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                        debug!(?id, "session timeout error: {e}");
+                    }
+                    self.mark(id);
                 }
             }
-            self.mark(id);
         }
         if now >= self.next_drop_refresh {
             self.next_drop_refresh = now + Duration::from_secs(1);
@@ -630,14 +688,22 @@ impl Worker {
             while let Some(id) = self.dirty.pop() {
                 self.poll_session(id, socket);
             }
+            // The pass's last datagrams go to the kernel before their latency is taken.
+            self.batch.send(socket, &self.stats);
             if !self.forwarded_arrivals.is_empty() {
                 let done = Instant::now();
                 for a in self.forwarded_arrivals.drain(..) {
                     self.stats.latency.record(done.saturating_duration_since(a));
                 }
             }
-            let wanting: Vec<SessionId> =
-                self.sessions.iter().filter(|(_, s)| s.wants_negotiation).map(|(k, _)| *k).collect();
+            self.polled.sort_unstable();
+            self.polled.dedup();
+            let wanting: Vec<SessionId> = self
+                .polled
+                .iter()
+                .copied()
+                .filter(|id| self.sessions.get(id).is_some_and(|s| s.wants_negotiation))
+                .collect();
             if wanting.is_empty() {
                 break;
             }
@@ -646,11 +712,18 @@ impl Worker {
                 self.mark(id);
             }
         }
-        let dead: Vec<SessionId> =
-            self.sessions.iter().filter(|(_, s)| s.failed_at.is_none() && !s.rtc.is_alive()).map(|(k, _)| *k).collect();
+        let dead: Vec<SessionId> = self
+            .polled
+            .iter()
+            .copied()
+            .filter(|id| self.sessions.get(id).is_some_and(|s| s.failed_at.is_none() && !s.rtc.is_alive()))
+            .collect();
+        self.polled.clear();
         for id in dead {
             self.fail_session(id);
         }
+        // Failing a session may have queued datagrams (none today, but cheap to be sure).
+        self.batch.send(socket, &self.stats);
     }
 
     fn poll_session(&mut self, id: SessionId, socket: &UdpSocket) {
@@ -673,17 +746,14 @@ impl Worker {
             match out {
                 Output::Timeout(t) => {
                     s.next_timeout = Some(t);
+                    if s.scheduled.is_none_or(|at| t < at) {
+                        s.scheduled = Some(t);
+                        self.timers.push(Reverse((t, id)));
+                    }
+                    self.polled.push(id);
                     return;
                 }
-                Output::Transmit(t) => match socket.try_send_to(&t.contents, t.destination) {
-                    Ok(n) => {
-                        self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                        self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
+                Output::Transmit(t) => self.batch.push(t, socket, &self.stats),
                 Output::Event(e) => self.handle_event(id, e),
             }
         }

@@ -363,10 +363,16 @@ async fn metrics_page(State(st): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
+/// Read buffer of one signaling WebSocket, bytes.
+const WS_READ_BUFFER: usize = 8 * 1024;
+
 async fn ws_upgrade(ws: WebSocketUpgrade, State(st): State<AppState>) -> Response {
     let sig = st.signaling;
+    // Signaling frames are small: an 8 KiB read buffer (tungstenite's default is 128 KiB, allocated and
+    // zeroed per connection) keeps thousands of viewers cheap; larger frames still arrive, in more reads.
     ws.max_message_size(dais_proto::MAX_MESSAGE_BYTES)
         .max_frame_size(dais_proto::MAX_MESSAGE_BYTES)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| serve_socket(sig, socket))
         .into_response()
 }
