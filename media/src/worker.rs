@@ -733,6 +733,11 @@ impl Worker {
                 return;
             }
         }
+        // str0m hands over RTP written with `write_rtp` only once time has moved: its first poll after a
+        // write asks for a timeout that is already due. Feeding that timeout here, once per poll, sends
+        // the packet in this pass instead of a timer-heap round trip and another pass later.
+        let now = Instant::now();
+        let mut timed = false;
         loop {
             let Some(s) = self.sessions.get_mut(&id) else { return };
             let out = match s.rtc.poll_output() {
@@ -744,6 +749,12 @@ impl Worker {
                 }
             };
             match out {
+                Output::Timeout(t) if t <= now && !timed => {
+                    timed = true;
+                    if let Err(e) = s.rtc.handle_input(Input::Timeout(now)) {
+                        debug!(?id, "session timeout error: {e}");
+                    }
+                }
                 Output::Timeout(t) => {
                     s.next_timeout = Some(t);
                     if s.scheduled.is_none_or(|at| t < at) {

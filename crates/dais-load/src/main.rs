@@ -97,6 +97,11 @@ struct Args {
     #[arg(long, value_name = "SECRET", env = "DAIS_TOKEN_SECRET", hide_env_values = true)]
     token_secret: Option<String>,
 
+    /// Also report, per ingress packet, the time from the speaker's send to its last viewer and to its
+    /// 32nd viewer (the SFU's fan-out). Keeps a few hundred bytes per packet sent for the whole run.
+    #[arg(long)]
+    fanout: bool,
+
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -176,6 +181,7 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
         bind_ip: a.bind_ip,
         token_secret: a.token_secret.clone(),
         progress: !a.quiet,
+        fanout: a.fanout,
     })
 }
 

@@ -1,21 +1,31 @@
 //! One str0m client session (full ICE, DTLS client, RTP mode) on its own UDP socket, driven by its task.
 //!
 //! The SFU tells sessions apart by their source address, so every synthetic participant binds its own
-//! socket. [`Peer::drive`] polls str0m until it asks for time, sending transmits with a non-blocking
-//! `send_to` on the non-blocking socket (a datagram the kernel refuses is counted, never waited for), and hands every event to the
-//! caller. [`Peer::read`] drains the socket after a readiness wake-up and polls the session after every
-//! datagram: in RTP mode str0m keeps one received packet until the next `poll_output`.
+//! socket. [`Peer::drive`] polls str0m until it asks for time, sending transmits with `send_to` on the
+//! non-blocking socket (a datagram the kernel refuses is counted, never waited for), and hands every event
+//! to the caller. [`Peer::read`] drains the socket after a readiness wake-up and polls the session after
+//! every datagram: in RTP mode str0m keeps one received packet until the next `poll_output`.
+//!
+//! Sockets ask the kernel for receive timestamps (`SO_TIMESTAMPNS`). Events caused by a datagram come with
+//! the time the kernel queued that datagram on the socket, so latency measured from them excludes the time
+//! the generator itself took to get to the packet: it is the SFU's latency plus loopback delivery.
 
-use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use nix::sys::time::TimeSpec;
 use str0m::format::Codec;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig, RtcError};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+use crate::stamp::Clock;
 
 /// Largest datagram read; anything WebRTC sends fits.
 const RECV_BUF: usize = 2048;
@@ -34,6 +44,9 @@ pub struct Peer {
     sender: std::net::UdpSocket,
     local: SocketAddr,
     buf: Vec<u8>,
+    /// Control-message space for one receive timestamp.
+    cmsg: Vec<u8>,
+    clock: Clock,
     /// When str0m next wants time.
     pub next: Instant,
     /// Datagrams the kernel refused to take.
@@ -43,9 +56,11 @@ pub struct Peer {
 impl Peer {
     /// Bind a socket on `ip` (port chosen by the kernel) and make a session that offers or accepts only VP8
     /// and Opus, announcing that socket as its one host candidate.
-    pub fn bind(ip: IpAddr) -> anyhow::Result<Peer> {
+    pub fn bind(ip: IpAddr, clock: Clock) -> anyhow::Result<Peer> {
         let std_socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).context("bind a client UDP socket")?;
         std_socket.set_nonblocking(true)?;
+        // Without kernel timestamps (not Linux, or refused) receive times fall back to the time of reading.
+        let _ = setsockopt(&std_socket, sockopt::ReceiveTimestampns, &true);
         let sender = std_socket.try_clone()?;
         let socket = UdpSocket::from_std(std_socket)?;
         let local = socket.local_addr()?;
@@ -59,14 +74,25 @@ impl Peer {
             .build(now);
         let candidate = Candidate::host(local, "udp").map_err(|e| anyhow!("host candidate {local}: {e}"))?;
         rtc.add_local_candidate(candidate);
-        Ok(Peer { rtc, socket, sender, local, buf: vec![0; RECV_BUF], next: now, send_errors: 0 })
+        Ok(Peer {
+            rtc,
+            socket,
+            sender,
+            local,
+            buf: vec![0; RECV_BUF],
+            cmsg: nix::cmsg_space!(TimeSpec),
+            clock,
+            next: now,
+            send_errors: 0,
+        })
     }
 
-    /// Poll the session until it asks for time; send its transmits and pass its events to `on_event`.
+    /// Poll the session until it asks for time; send its transmits and pass its events to `on_event`
+    /// with `at`, the receive time of the datagram that caused them (or now).
     ///
     /// A timeout that is already due is fed back at once (str0m hands over written RTP only when time
     /// moves), at most a few times per call so that a session can never spin.
-    pub fn drive(&mut self, on_event: &mut impl FnMut(Event)) -> Result<(), RtcError> {
+    pub fn drive(&mut self, at: Instant, on_event: &mut impl FnMut(Event, Instant)) -> Result<(), RtcError> {
         let mut fed = 0;
         loop {
             match self.rtc.poll_output()? {
@@ -85,18 +111,18 @@ impl Peer {
                     self.next = t;
                     return Ok(());
                 }
-                Output::Event(e) => on_event(e),
+                Output::Event(e) => on_event(e, at),
             }
         }
     }
 
     /// Give str0m the time if it asked for it by now, then drive.
-    pub fn tick(&mut self, on_event: &mut impl FnMut(Event)) -> Result<(), RtcError> {
+    pub fn tick(&mut self, on_event: &mut impl FnMut(Event, Instant)) -> Result<(), RtcError> {
         let now = Instant::now();
         if self.next <= now {
             self.rtc.handle_input(Input::Timeout(now))?;
         }
-        self.drive(on_event)
+        self.drive(now, on_event)
     }
 
     /// Give str0m the time now, whether or not it asked: after a description was applied, so that ICE
@@ -112,22 +138,44 @@ impl Peer {
 
     /// Read what the socket holds (up to a batch), handing each datagram to str0m and driving after each.
     /// Datagrams str0m cannot parse are skipped.
-    pub fn read(&mut self, on_event: &mut impl FnMut(Event)) -> Result<(), RtcError> {
+    pub fn read(&mut self, on_event: &mut impl FnMut(Event, Instant)) -> Result<(), RtcError> {
         for _ in 0..READ_BATCH {
-            let (n, source) = match self.socket.try_recv_from(&mut self.buf) {
+            let (n, source, wall) = match self.receive() {
                 Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors (port unreachable) surface here; there is nothing to read.
+                // WouldBlock: drained. Other errors (ICMP port unreachable) leave nothing to read.
                 Err(_) => break,
             };
+            let now = Instant::now();
+            let at = wall.map(|w| self.clock.from_wall(w).min(now)).unwrap_or(now);
             let Some(data) = self.buf.get(..n) else { break };
             let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, data) else {
                 continue;
             };
-            self.rtc.handle_input(Input::Receive(Instant::now(), receive))?;
-            self.drive(on_event)?;
+            self.rtc.handle_input(Input::Receive(now, receive))?;
+            self.drive(at, on_event)?;
         }
         Ok(())
+    }
+
+    /// One datagram: its length, source and kernel receive time (wall clock), if the kernel gave one.
+    fn receive(&mut self) -> io::Result<(usize, SocketAddr, Option<Duration>)> {
+        let (socket, buf, cmsg) = (&self.socket, &mut self.buf, &mut self.cmsg);
+        socket.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(buf)];
+            let msg = recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)
+                .map_err(io::Error::from)?;
+            let mut wall = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                        let (secs, nanos) = (u64::try_from(ts.tv_sec()).unwrap_or(0), ts.tv_nsec());
+                        wall = Some(Duration::new(secs, u32::try_from(nanos).unwrap_or(0)));
+                    }
+                }
+            }
+            let source = msg.address.as_ref().and_then(socket_addr).ok_or(io::ErrorKind::InvalidData)?;
+            Ok((msg.bytes, source, wall))
+        })
     }
 
     /// How long until str0m wants time, from now.
@@ -145,4 +193,11 @@ impl Peer {
             .find(|p| p.spec().codec == codec && remote.contains(&p.pt()))
             .map(|p| p.pt())
     }
+}
+
+fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::speaker::SpeakerRecord;
 use crate::stamp::Stream;
-use crate::stats::ViewerRecord;
+use crate::stats::{FanoutRecorder, ViewerRecord};
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +28,8 @@ pub struct Report {
     pub latency_us: Latency,
     /// Delivery to viewers.
     pub delivery: Delivery,
+    /// Per ingress packet, speaker send -> its last and its 32nd viewer; `null` without `--fanout`.
+    pub fanout_us: Option<Fanout>,
     /// What speakers sent and were asked.
     pub speakers: Speakers,
     /// The server process; `null` when not watched (no `--spawn-server` or `--server-pid`).
@@ -147,6 +149,31 @@ pub struct Delivery {
     pub out_of_order: WorstMean,
     /// Speaker streams a joined viewer never received a packet of.
     pub missing_streams: u64,
+}
+
+/// Fan-out figures, microseconds, over ingress packets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fanout {
+    /// Speaker send -> the copy of the last viewer, over packets every joined viewer received.
+    pub last_viewer: Latency,
+    /// Speaker send -> the 32nd copy to arrive, over packets at least 32 viewers received.
+    pub first_32_viewers: Latency,
+}
+
+/// Fan-out percentiles from the merged per-packet spreads; `joined` is the number of viewers that
+/// received media (only packets all of them received count for the last viewer).
+pub fn fanout(rec: &FanoutRecorder, joined: usize) -> Fanout {
+    let mut last = crate::stats::latency_histogram();
+    let mut first = crate::stats::latency_histogram();
+    for s in rec.packets.values() {
+        if s.count as usize >= joined {
+            last.saturating_record(s.last_us.max(1));
+        }
+        if let Some(us) = s.first_viewers_us() {
+            first.saturating_record(us.max(1));
+        }
+    }
+    Fanout { last_viewer: latency(&last), first_32_viewers: latency(&first) }
 }
 
 /// Speaker figures.
@@ -342,6 +369,27 @@ impl Report {
             l.max as f64 / 1e3,
             l.samples
         );
+        if let Some(f) = &self.fanout_us {
+            let (l, t) = (&f.last_viewer, &f.first_32_viewers);
+            let _ = writeln!(
+                o,
+                "{:<34} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  ({} packets)",
+                "fan-out: send -> last viewer",
+                l.p50 as f64 / 1e3,
+                l.p99 as f64 / 1e3,
+                l.p999 as f64 / 1e3,
+                l.samples
+            );
+            let _ = writeln!(
+                o,
+                "{:<34} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  ({} packets)",
+                "fan-out: send -> 32nd viewer",
+                t.p50 as f64 / 1e3,
+                t.p99 as f64 / 1e3,
+                t.p999 as f64 / 1e3,
+                t.samples
+            );
+        }
         let d = &self.delivery;
         let _ = writeln!(
             o,

@@ -26,7 +26,7 @@ use crate::report::{self, ProcessUsage, Report, Scenario, Viewers};
 use crate::shard::{Cmd, Progress, Shard, Target};
 use crate::speaker::SpeakerPlan;
 use crate::stamp::Clock;
-use crate::stats::latency_histogram;
+use crate::stats::{latency_histogram, FanoutRecorder};
 
 /// Everything a run needs; see `dais-load --help` for each field's flag.
 #[derive(Debug, Clone)]
@@ -67,6 +67,8 @@ pub struct LoadConfig {
     pub token_secret: Option<String>,
     /// Show progress.
     pub progress: bool,
+    /// Keep per-packet fan-out spreads and report them.
+    pub fanout: bool,
 }
 
 /// Longest wait for all speakers to connect.
@@ -149,6 +151,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         bind_ip: cfg.bind_ip,
         token_secret: cfg.token_secret.clone(),
         speaker: plan,
+        fanout: cfg.fanout,
     });
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -262,8 +265,12 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
     let mut viewers = Vec::new();
     let mut speakers = Vec::new();
     let mut latency = latency_histogram();
+    let mut spreads = FanoutRecorder::default();
     for r in results {
         let r = r?;
+        if let Some(f) = r.fanout {
+            spreads.merge(f);
+        }
         viewers.extend(r.viewers);
         speakers.extend(r.speakers);
         latency.add(&r.latency).map_err(|e| anyhow!("merge histograms: {e}"))?;
@@ -328,6 +335,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             first_keyframe: report::percentiles(viewers.iter().filter_map(|v| v.first_keyframe)),
         },
         latency_us: report::latency(&latency),
+        fanout_us: cfg.fanout.then(|| report::fanout(&spreads, joined)),
         delivery: report::delivery(&viewers, &speakers),
         speakers: report::speakers(&speakers),
         server: server_usage,

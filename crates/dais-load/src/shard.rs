@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::speaker::{self, SpeakerPlan, SpeakerRecord};
 use crate::stamp::Clock;
-use crate::stats::{latency_histogram, ViewerRecord};
+use crate::stats::{latency_histogram, FanoutRecorder, ViewerRecord};
 use crate::viewer;
 
 /// Where and how participants connect.
@@ -37,6 +37,8 @@ pub struct Target {
     pub token_secret: Option<String>,
     /// What speakers send.
     pub speaker: SpeakerPlan,
+    /// Keep per-packet fan-out spreads (`--fanout`).
+    pub fanout: bool,
 }
 
 /// Counters the run loop reads for progress.
@@ -88,6 +90,8 @@ pub struct Ctx {
     pub latency: RefCell<Histogram<u64>>,
     /// The same since the last progress report.
     pub recent: RefCell<Histogram<u64>>,
+    /// Per-packet spreads over this shard's viewers, with `--fanout`.
+    pub fanout: Option<RefCell<FanoutRecorder>>,
 }
 
 /// What a shard measured.
@@ -99,6 +103,8 @@ pub struct ShardResult {
     pub speakers: Vec<SpeakerRecord>,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
+    /// Per-packet spreads, with `--fanout`.
+    pub fanout: Option<FanoutRecorder>,
 }
 
 /// A running shard thread.
@@ -130,6 +136,7 @@ impl Shard {
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let local = tokio::task::LocalSet::new();
+                let fanout = target.fanout.then(|| RefCell::new(FanoutRecorder::default()));
                 let ctx = Rc::new(Ctx {
                     target,
                     clock,
@@ -138,6 +145,7 @@ impl Shard {
                     sending,
                     latency: RefCell::new(latency_histogram()),
                     recent: RefCell::new(latency_histogram()),
+                    fanout,
                 });
                 local.block_on(&rt, run(ctx, rx))
             })
@@ -194,7 +202,8 @@ async fn run(ctx: Rc<Ctx>, mut rx: mpsc::UnboundedReceiver<Cmd>) -> anyhow::Resu
         }
     }
     let latency = ctx.latency.borrow().clone();
-    Ok(ShardResult { viewers, speakers, latency })
+    let fanout = ctx.fanout.as_ref().map(|f| f.take());
+    Ok(ShardResult { viewers, speakers, latency, fanout })
 }
 
 fn collect(

@@ -116,7 +116,7 @@ impl Speaker {
             Err(_) => return Err(Failure::new("join_timeout", "no `joined` within 10 s")),
         }
 
-        let mut peer = Peer::bind(target.bind_ip).map_err(Failure::with("bind_failed"))?;
+        let mut peer = Peer::bind(target.bind_ip, ctx.clock).map_err(Failure::with("bind_failed"))?;
         let mut pending: Option<SdpPendingOffer> = {
             let mut api = peer.rtc.sdp_api();
             let stream_id = Some(format!("load-{}", self.index));
@@ -141,7 +141,7 @@ impl Speaker {
         let connect_deadline = Instant::now() + Duration::from_secs(20);
 
         loop {
-            peer.drive(&mut |e| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?;
+            peer.drive(Instant::now(), &mut |e, _| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?;
             sleep.as_mut().reset((Instant::now() + peer.until_next()).into());
             let live = self.connected && *ctx.sending.borrow();
             if !self.connected && Instant::now() > connect_deadline {
@@ -179,9 +179,9 @@ impl Speaker {
                 },
                 r = peer.readable() => {
                     r.map_err(Failure::with("socket"))?;
-                    peer.read(&mut |e| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?;
+                    peer.read(&mut |e, _| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?;
                 }
-                _ = &mut sleep => peer.tick(&mut |e| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?,
+                _ = &mut sleep => peer.tick(&mut |e, _| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?,
                 _ = video_tick.tick(), if live => self.send_frame(&mut peer, ctx, plan),
                 _ = audio_tick.tick(), if live => self.send_audio(&mut peer, ctx),
             }

@@ -8,7 +8,7 @@
 //! back after SRTP decryption to measure latency, loss, duplicates and reordering without any shared state
 //! with the sender beyond the process-wide clock [`Clock`].
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Bytes of the stamp at the end of every payload.
 pub const STAMP_LEN: usize = 24;
@@ -100,16 +100,28 @@ impl Stamp {
     }
 }
 
-/// The process-wide clock that stamps are read against: nanoseconds since it was made.
+/// The process-wide clock that stamps are read against: nanoseconds since it was made. It also maps the
+/// kernel's receive timestamps (wall clock) onto it.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     epoch: Instant,
+    /// The wall clock at `epoch`, since the Unix epoch.
+    wall_epoch: Duration,
 }
 
 impl Clock {
     /// A clock starting now.
     pub fn new() -> Clock {
-        Clock { epoch: Instant::now() }
+        let epoch = Instant::now();
+        let wall_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Clock { epoch, wall_epoch }
+    }
+
+    /// The instant of a wall-clock time (since the Unix epoch), e.g. a kernel receive timestamp; the epoch
+    /// if it is earlier. Good to the few microseconds between the two clock readings in [`Clock::new`],
+    /// as long as nobody steps the wall clock during the run.
+    pub fn from_wall(&self, wall: Duration) -> Instant {
+        self.epoch + wall.saturating_sub(self.wall_epoch)
     }
 
     /// Nanoseconds since the epoch at `t` (0 before it).

@@ -6,7 +6,7 @@
 //! lost at the tail count too. Latency (speaker send -> viewer receive, after SRTP decryption) goes into one
 //! hdrhistogram per shard thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -138,6 +138,74 @@ impl ViewerRecord {
     }
 }
 
+/// How many of the earliest copies of a packet the fan-out figures follow (the "first 32 viewers").
+pub const FIRST_VIEWERS: usize = 32;
+
+/// How one ingress packet's copies spread over the viewers: how many arrived, when the last did, and the
+/// [`FIRST_VIEWERS`] earliest arrivals. Latencies in microseconds from the speaker's send.
+#[derive(Debug, Clone, Default)]
+pub struct Spread {
+    /// Copies received.
+    pub count: u32,
+    /// Latency of the latest copy.
+    pub last_us: u64,
+    /// The smallest latencies, at most [`FIRST_VIEWERS`] (a max-heap, so the largest of them is on top).
+    earliest: BinaryHeap<u64>,
+}
+
+impl Spread {
+    fn add(&mut self, us: u64) {
+        self.count += 1;
+        self.last_us = self.last_us.max(us);
+        if self.earliest.len() < FIRST_VIEWERS {
+            self.earliest.push(us);
+        } else if self.earliest.peek().is_some_and(|&top| us < top) {
+            self.earliest.pop();
+            self.earliest.push(us);
+        }
+    }
+
+    fn merge(&mut self, other: Spread) {
+        self.count += other.count;
+        self.last_us = self.last_us.max(other.last_us);
+        for us in other.earliest {
+            if self.earliest.len() < FIRST_VIEWERS {
+                self.earliest.push(us);
+            } else if self.earliest.peek().is_some_and(|&top| us < top) {
+                self.earliest.pop();
+                self.earliest.push(us);
+            }
+        }
+    }
+
+    /// Latency of the [`FIRST_VIEWERS`]-th copy, once that many arrived.
+    pub fn first_viewers_us(&self) -> Option<u64> {
+        (self.earliest.len() >= FIRST_VIEWERS).then(|| self.earliest.peek().copied()).flatten()
+    }
+}
+
+/// Per ingress packet (speaker, stream, sequence number), its [`Spread`] over this shard's viewers. Only
+/// kept with `--fanout`: it grows with the length of the run (a few hundred bytes per packet sent).
+#[derive(Debug, Default)]
+pub struct FanoutRecorder {
+    /// Spread per packet.
+    pub packets: HashMap<(u16, Stream, u64), Spread>,
+}
+
+impl FanoutRecorder {
+    /// One copy of a packet arrived at a viewer `us` after it was sent.
+    pub fn record(&mut self, stamp: &Stamp, us: u64) {
+        self.packets.entry((stamp.speaker, stamp.stream, stamp.seq)).or_default().add(us);
+    }
+
+    /// Fold another shard's recorder into this one.
+    pub fn merge(&mut self, other: FanoutRecorder) {
+        for (k, v) in other.packets {
+            self.packets.entry(k).or_default().merge(v);
+        }
+    }
+}
+
 /// A histogram in microseconds, 1 us to one hour (larger values are clamped), 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     // These bounds are valid (low >= 1, high >= 2 * low, at most 5 digits), so creation cannot fail.
@@ -187,6 +255,26 @@ mod tests {
         s.record(3000 + WINDOW - 1);
         s.record(2990 + WINDOW); // shares 2990's slot, but is new
         assert_eq!((s.unique, s.duplicates), (6, 2));
+    }
+
+    #[test]
+    fn spread_tracks_the_last_and_the_32nd_copy_across_merges() {
+        let stamp = Stamp { speaker: 0, stream: Stream::Video, flags: 0, seq: 7, sent_ns: 0 };
+        let (mut a, mut b) = (FanoutRecorder::default(), FanoutRecorder::default());
+        // Latencies 1..=100 us, split unevenly over two shards.
+        for us in 1..=100u64 {
+            if us % 3 == 0 {
+                a.record(&stamp, us)
+            } else {
+                b.record(&stamp, us)
+            }
+        }
+        a.merge(b);
+        let s = &a.packets[&(0, Stream::Video, 7)];
+        assert_eq!((s.count, s.last_us, s.first_viewers_us()), (100, 100, Some(32)));
+        let mut few = FanoutRecorder::default();
+        few.record(&stamp, 5);
+        assert_eq!(few.packets[&(0, Stream::Video, 7)].first_viewers_us(), None);
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl Viewer {
 
         loop {
             if let Some(p) = peer.as_mut() {
-                p.drive(&mut |e| self.on_event(e)).map_err(Failure::with("media_failed"))?;
+                p.drive(Instant::now(), &mut |e, at| self.on_event(e, at)).map_err(Failure::with("media_failed"))?;
                 sleep.as_mut().reset((Instant::now() + p.until_next()).into());
             }
             tokio::select! {
@@ -97,7 +97,7 @@ impl Viewer {
                     Incoming::Message(ServerMessage::Offer { sdp }) => {
                         let p = match peer.as_mut() {
                             Some(p) => p,
-                            None => peer.insert(Peer::bind(target.bind_ip).map_err(Failure::with("bind_failed"))?),
+                            None => peer.insert(Peer::bind(target.bind_ip, ctx.clock).map_err(Failure::with("bind_failed"))?),
                         };
                         let offer = SdpOffer::from_sdp_string(&sdp).map_err(Failure::with("bad_sdp"))?;
                         let answer = p.rtc.sdp_api().accept_offer(offer).map_err(Failure::with("bad_sdp"))?;
@@ -114,12 +114,12 @@ impl Viewer {
                 r = readable(&peer) => {
                     r.map_err(Failure::with("socket"))?;
                     if let Some(p) = peer.as_mut() {
-                        p.read(&mut |e| self.on_event(e)).map_err(Failure::with("media_failed"))?;
+                        p.read(&mut |e, at| self.on_event(e, at)).map_err(Failure::with("media_failed"))?;
                     }
                 }
                 _ = &mut sleep, if peer.is_some() => {
                     if let Some(p) = peer.as_mut() {
-                        p.tick(&mut |e| self.on_event(e)).map_err(Failure::with("media_failed"))?;
+                        p.tick(&mut |e, at| self.on_event(e, at)).map_err(Failure::with("media_failed"))?;
                     }
                 }
                 _ = watchdog.tick() => {
@@ -138,7 +138,8 @@ impl Viewer {
         }
     }
 
-    fn on_event(&mut self, e: Event) {
+    /// One event of the session; `at` is when the kernel received the datagram behind it.
+    fn on_event(&mut self, e: Event, at: Instant) {
         let pkt = match e {
             Event::RtpPacket(pkt) => pkt,
             Event::Connected => {
@@ -148,7 +149,7 @@ impl Viewer {
             _ => return,
         };
         let Some(stamp) = Stamp::read(&pkt.payload) else { return };
-        let now = Instant::now();
+        let now = at;
         if self.rec.first_media.is_none() {
             self.rec.first_media = Some(now - self.start);
             self.ctx.progress.viewers_joined.fetch_add(1, Ordering::Relaxed);
@@ -160,6 +161,9 @@ impl Viewer {
         let us = now.saturating_duration_since(self.ctx.clock.at(stamp.sent_ns)).as_micros();
         let us = u64::try_from(us).unwrap_or(u64::MAX).max(1);
         self.ctx.latency.borrow_mut().saturating_record(us);
+        if let Some(f) = &self.ctx.fanout {
+            f.borrow_mut().record(&stamp, us);
+        }
         self.ctx.recent.borrow_mut().saturating_record(us);
         self.ctx.progress.packets.fetch_add(1, Ordering::Relaxed);
     }

@@ -67,6 +67,11 @@ const FIELDS: &[&str] = &[
     "delivery.out_of_order.worst",
     "delivery.out_of_order.mean",
     "delivery.missing_streams",
+    "fanout_us.last_viewer.p50",
+    "fanout_us.last_viewer.p99",
+    "fanout_us.last_viewer.p999",
+    "fanout_us.last_viewer.samples",
+    "fanout_us.first_32_viewers.p50",
     "speakers.failed",
     "speakers.packets_sent",
     "speakers.keyframe_requests",
@@ -102,7 +107,8 @@ fn twenty_viewers_all_join_and_receive_at_least_99_percent() {
     let out = Command::new(env!("CARGO_BIN_EXE_dais-load"))
         .args(["--spawn-server", "--server-bin"])
         .arg(&dais)
-        .args(["--preset", "keynote", "--viewers", "20", "--join-rate", "20", "--duration", "5", "--quiet", "--json"])
+        .args(["--preset", "keynote", "--viewers", "20", "--join-rate", "20", "--duration", "5", "--quiet", "--fanout"])
+        .arg("--json")
         .arg(&json)
         .output()
         .expect("run dais-load");
@@ -158,6 +164,7 @@ fn help_documents_every_flag_and_preset() {
         "--threads",
         "--bind-ip",
         "--token-secret",
+        "--fanout",
         "--json",
         "--quiet",
     ] {
