@@ -198,7 +198,7 @@ pub struct ProcessUsage {
     pub cpu_pct_steady: f64,
     /// Highest CPU over any one-second step, percent of one core.
     pub cpu_pct_peak: f64,
-    /// `cpu_pct_steady` per 100 joined viewers.
+    /// `cpu_pct_steady` per 100 viewers held at once (joined, at most `scenario.viewers`).
     pub cpu_pct_per_100_viewers: f64,
     /// Resident memory before viewers joined, MiB.
     pub rss_baseline_mib: f64,
@@ -206,7 +206,7 @@ pub struct ProcessUsage {
     pub rss_steady_mib: f64,
     /// Highest resident memory, MiB.
     pub rss_peak_mib: f64,
-    /// (steady - baseline) / joined viewers, KiB.
+    /// (steady - baseline) / viewers held at once, KiB.
     pub memory_per_viewer_kib: f64,
 }
 

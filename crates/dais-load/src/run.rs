@@ -284,6 +284,8 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             *failures.entry(code.clone()).or_insert(0) += 1;
         }
     }
+    // Viewers held at once during the measured phase: with churn, more joined over the run.
+    let present = joined.min(cfg.viewers);
     let usage = |s: &Sampler, pid: u32, baseline: Option<u64>| -> Option<ProcessUsage> {
         let u = s.usage(measure_start, measure_end)?;
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -292,14 +294,14 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             pid,
             cpu_pct_steady: round1(u.cpu_pct_mean),
             cpu_pct_peak: round1(u.cpu_pct_peak),
-            cpu_pct_per_100_viewers: round1(if joined == 0 { 0.0 } else { u.cpu_pct_mean * 100.0 / joined as f64 }),
+            cpu_pct_per_100_viewers: round1(if present == 0 { 0.0 } else { u.cpu_pct_mean * 100.0 / present as f64 }),
             rss_baseline_mib: round1(mib(base)),
             rss_steady_mib: round1(mib(u.rss_mean)),
             rss_peak_mib: round1(mib(u.rss_peak)),
-            memory_per_viewer_kib: round1(if joined == 0 {
+            memory_per_viewer_kib: round1(if present == 0 {
                 0.0
             } else {
-                u.rss_mean.saturating_sub(base) as f64 / 1024.0 / joined as f64
+                u.rss_mean.saturating_sub(base) as f64 / 1024.0 / present as f64
             }),
         })
     };
