@@ -10,13 +10,13 @@
 //! last egress datagram accepted by the kernel, plus one loopback hop.
 //!
 //! The speaker sends one 1,000-byte video packet per frame at 30 fps plus 50 Opus packets/s (80 ingress
-//! packets/s), so that even N = 1,000 (80,000 egress packets/s) leaves the server's worker below
-//! saturation: the figures are the cost of fanning out one packet, not of a queue.
+//! packets/s): at N = 100 the worker is far from saturated and the figures are the cost of fanning out
+//! one packet; at N = 1,000 (80,000 egress packets/s) today's worker saturates, and queueing shows.
 //!
 //! `cargo bench -p dais-benches --bench loopback` runs N = 100 and N = 1,000 for 20 s each. In test mode
 //! (`cargo test --bench loopback`, as the test command runs it) it runs N = 10 for 2 s and checks that every
-//! viewer received media, so the bench cannot rot. It needs the `dais` binary of the same profile and
-//! builds it with cargo when it is missing.
+//! viewer received media, so the bench cannot rot. It builds the `dais` binary of its own profile with
+//! cargo first (a no-op when it is up to date), so it never measures a stale server.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -30,17 +30,15 @@ fn dais_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe.parent().and_then(|d| d.parent()).ok_or_else(|| anyhow::anyhow!("odd bench path"))?;
     let dais = profile_dir.join("dais");
-    if !dais.exists() {
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "dais-server"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status()?;
-        anyhow::ensure!(status.success(), "building dais failed");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "dais-server"]);
+    if release {
+        cmd.arg("--release");
     }
+    let status = cmd.status()?;
+    anyhow::ensure!(status.success(), "building dais failed");
     anyhow::ensure!(dais.exists(), "no dais binary at {}", dais.display());
     Ok(dais)
 }

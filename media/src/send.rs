@@ -6,9 +6,9 @@
 //! is no timer, so batching never adds latency beyond the pass that produced the packets.
 //!
 //! Sends go straight to the socket's file descriptor, not through tokio's readiness tracking, so a datagram
-//! is refused only when the kernel refuses it (a full send buffer): that datagram is dropped and counted as
-//! a send error, as a router drops a packet it cannot queue. A destination the kernel rejects on its own
-//! (e.g. an address family mismatch) costs only its own datagram.
+//! is refused only when the kernel refuses it. A full send buffer (`EAGAIN`) drops the rest of the batch,
+//! counted as send errors, as a router drops packets it cannot queue; a destination the kernel rejects on
+//! its own (e.g. an address family mismatch) costs only its own datagram.
 
 use std::io::IoSlice;
 use std::net::UdpSocket as StdUdpSocket;
@@ -28,7 +28,7 @@ pub const BATCH: usize = 32;
 pub(crate) struct SendBatch {
     queue: Vec<Transmit>,
     headers: MultiHeaders<SockaddrStorage>,
-    /// `sendmmsg` calls made, for the metrics.
+    /// `sendmmsg` calls made.
     pub calls: u64,
 }
 
@@ -103,10 +103,50 @@ impl SendBatch {
 }
 
 /// Ask for `bytes` of kernel receive and send buffer on `socket` (Linux caps it at net.core.rmem_max and
-/// wmem_max); returns what the kernel granted, (receive, send).
+/// wmem_max); returns what the kernel granted, (receive, send). Linux reports twice the granted size (the
+/// double covers its bookkeeping), so the reported values are halved.
 pub(crate) fn size_buffers(socket: &StdUdpSocket, bytes: usize) -> (usize, usize) {
     use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     let _ = setsockopt(socket, sockopt::RcvBuf, &bytes);
     let _ = setsockopt(socket, sockopt::SndBuf, &bytes);
-    (getsockopt(socket, sockopt::RcvBuf).unwrap_or(0), getsockopt(socket, sockopt::SndBuf).unwrap_or(0))
+    let granted = |v: nix::Result<usize>| v.unwrap_or(0) / 2;
+    (granted(getsockopt(socket, sockopt::RcvBuf)), granted(getsockopt(socket, sockopt::SndBuf)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use str0m::net::{DatagramSend, Protocol};
+
+    fn transmit(from: SocketAddr, to: SocketAddr, byte: u8) -> Transmit {
+        Transmit { proto: Protocol::Udp, source: from, destination: to, contents: DatagramSend::from(vec![byte; 100]) }
+    }
+
+    #[test]
+    fn a_refused_destination_costs_only_its_own_datagram() {
+        let sender = StdUdpSocket::bind("127.0.0.1:0").expect("bind");
+        let from = sender.local_addr().expect("addr");
+        let receivers: Vec<StdUdpSocket> = (0..40).map(|_| StdUdpSocket::bind("127.0.0.1:0").expect("bind")).collect();
+        let stats = MediaStats::default();
+        let mut batch = SendBatch::new();
+        // 40 datagrams (more than one batch), with an IPv6 destination the IPv4 socket refuses at #5.
+        for (i, r) in receivers.iter().enumerate() {
+            if i == 5 {
+                batch.push(transmit(from, "[::1]:9".parse().expect("addr"), 0), &sender, &stats);
+            }
+            batch.push(transmit(from, r.local_addr().expect("addr"), i as u8), &sender, &stats);
+        }
+        batch.send(&sender, &stats);
+        assert_eq!(stats.datagrams_out.load(Ordering::Relaxed), 40);
+        assert_eq!(stats.send_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.bytes_out.load(Ordering::Relaxed), 4000);
+        assert!(batch.calls >= 2, "41 datagrams need at least two calls");
+        for (i, r) in receivers.iter().enumerate() {
+            r.set_nonblocking(true).expect("nonblocking");
+            let mut buf = [0u8; 200];
+            let (n, src) = r.recv_from(&mut buf).expect("every receiver got its datagram");
+            assert_eq!((n, src, buf[0]), (100, from, i as u8));
+        }
+    }
 }

@@ -73,6 +73,9 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 const RTX_CACHE_PACKETS: usize = 1024;
 /// Oldest packet of one video consumer kept for resends.
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+/// str0m's default cap on resends: once they exceed this share of a stream's traffic, queued resends
+/// are dropped, so one very lossy viewer cannot turn the worker into a resend loop.
+const RTX_RATIO_CAP: f32 = 0.15;
 
 struct ProducerRec {
     session: SessionId,
@@ -372,7 +375,8 @@ impl Worker {
             // preference: str0m answers in its own configured order.
             let preferred = codec::preferred_video_codec(sdp);
             if preferred.is_some_and(|c| Some(&c) != codec::VIDEO_CODECS.first()) {
-                let rtc = self.build_rtc(now, preferred, true);
+                let publisher = s.publisher;
+                let rtc = self.build_rtc(now, preferred, publisher);
                 let Some(s) = self.sessions.get_mut(&id) else { return Err(OfferError::NoSession) };
                 s.rtc = rtc;
             }
@@ -439,7 +443,7 @@ impl Worker {
             if video {
                 // Resends only help within about a second (a NACK round trip plus the receiver's jitter
                 // buffer); str0m's default keeps 3 s of every viewer's copy of the stream.
-                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+                tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
             }
             tx.ssrc()
         }) else {

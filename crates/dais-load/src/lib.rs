@@ -43,8 +43,9 @@ use dais_proto::Role;
 use crate::shard::Target;
 
 /// Why a participant ended early: an error code (the server's `error` code, or one of the generator's own:
-/// `connect_failed`, `ws_closed`, `join_timeout`, `no_media`, `ice_timeout`, `bind_failed`, `bad_sdp`,
-/// `media_failed`, `socket`) and a human-readable detail.
+/// `connect_failed`, `ws_closed`, `join_failed`, `join_timeout`, `no_media`, `ice_timeout`, `bind_failed`,
+/// `bad_sdp`, `unexpected_answer`, `media_failed`, `socket`, `token_mint`, `internal`) and a human-readable
+/// detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     /// Stable code, counted in the report.

@@ -145,18 +145,27 @@ impl Preset {
     }
 }
 
-fn seconds(flag: &str, s: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("--{flag} must be a non-negative number of seconds, not {s}"))
+/// Longest `--duration` and `--lifetime`: one day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+fn seconds(flag: &str, s: f64, min: f64) -> Result<Duration, String> {
+    if !(min..=MAX_SECONDS).contains(&s) {
+        return Err(format!("--{flag} must be between {min} and {MAX_SECONDS} seconds, not {s}"));
+    }
+    Duration::try_from_secs_f64(s).map_err(|_| format!("--{flag} must be a number of seconds, not {s}"))
 }
 
 fn config(a: &Args) -> Result<LoadConfig, String> {
     let (speakers, viewers, join_rate, duration, lifetime) = a.preset.defaults();
     let join_rate = a.join_rate.unwrap_or(join_rate);
-    if !(join_rate > 0.0 && join_rate.is_finite()) {
-        return Err(format!("--join-rate must be above 0, not {join_rate}"));
+    if !(join_rate > 0.0 && join_rate <= 10_000.0) {
+        return Err(format!("--join-rate must be above 0 and at most 10000 per second, not {join_rate}"));
     }
-    if a.fps == 0 {
-        return Err("--fps must be at least 1".into());
+    if !(1..=240).contains(&a.fps) {
+        return Err(format!("--fps must be between 1 and 240, not {}", a.fps));
+    }
+    if !(1..=1_000_000).contains(&a.video_kbps) {
+        return Err(format!("--video-kbps must be between 1 and 1000000, not {}", a.video_kbps));
     }
     let speakers = a.speakers.unwrap_or(speakers);
     if speakers == 0 {
@@ -173,8 +182,8 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
         speakers,
         viewers: a.viewers.unwrap_or(viewers),
         join_rate,
-        duration: seconds("duration", a.duration.unwrap_or(duration))?,
-        lifetime: a.lifetime.or(lifetime).map(|l| seconds("lifetime", l)).transpose()?,
+        duration: seconds("duration", a.duration.unwrap_or(duration), 1.0)?,
+        lifetime: a.lifetime.or(lifetime).map(|l| seconds("lifetime", l, 0.1)).transpose()?,
         video_bitrate: a.video_kbps.saturating_mul(1000),
         fps: a.fps,
         threads: a.threads.max(1),

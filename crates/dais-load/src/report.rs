@@ -74,6 +74,8 @@ pub struct Viewers {
     pub joined: usize,
     /// Viewers that failed.
     pub failed: usize,
+    /// Of those, viewers that had received media before they failed (they count as joined too).
+    pub failed_after_media: usize,
     /// Failures by code.
     pub failures: BTreeMap<String, usize>,
     /// Viewers that left on purpose before the end (churn).
@@ -160,13 +162,13 @@ pub struct Fanout {
     pub first_32_viewers: Latency,
 }
 
-/// Fan-out percentiles from the merged per-packet spreads; `joined` is the number of viewers that
-/// received media (only packets all of them received count for the last viewer).
-pub fn fanout(rec: &FanoutRecorder, joined: usize) -> Fanout {
+/// Fan-out percentiles from the merged per-packet spreads; `viewers` is the number of viewers held at
+/// once (only packets that many of them received count for the last viewer).
+pub fn fanout(rec: &FanoutRecorder, viewers: usize) -> Fanout {
     let mut last = crate::stats::latency_histogram();
     let mut first = crate::stats::latency_histogram();
     for s in rec.packets.values() {
-        if s.count as usize >= joined {
+        if s.count as usize >= viewers {
             last.saturating_record(s.last_us.max(1));
         }
         if let Some(us) = s.first_viewers_us() {
@@ -334,8 +336,8 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "{:<34} {} started, {} joined, {} failed{}, {} left early",
-            "viewers", v.started, v.joined, v.failed, failures, v.left_early
+            "{:<34} {} started, {} joined, {} failed{} ({} after receiving media), {} left early",
+            "viewers", v.started, v.joined, v.failed, failures, v.failed_after_media, v.left_early
         );
         let j = &self.join_time_ms;
         let _ = writeln!(

@@ -10,7 +10,7 @@
 //!    and the shards report.
 
 use std::io::{BufRead, BufReader, IsTerminal};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -95,8 +95,9 @@ impl SpawnedServer {
                 .filter(|p| p.exists())
                 .unwrap_or_else(|| PathBuf::from("dais")),
         };
-        let mut child = Command::new(&bin)
-            .args(["--http-addr", "127.0.0.1:0", "--media-addr", &format!("{}:0", cfg.bind_ip)])
+        let media = SocketAddr::new(cfg.bind_ip, 0).to_string();
+        let child = Command::new(&bin)
+            .args(["--http-addr", "127.0.0.1:0", "--media-addr", &media])
             .args(&cfg.server_args)
             // Quiet by default; `--server-arg=--log=...` (a flag beats the environment) overrides it.
             .env("DAIS_LOG", "warn")
@@ -104,7 +105,9 @@ impl SpawnedServer {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("spawn the server {}", bin.display()))?;
-        let stdout = child.stdout.take().context("server stdout")?;
+        // Owned from here on, so that the process is killed on every way out of this function.
+        let mut server = SpawnedServer { child, url: String::new() };
+        let stdout = server.child.stdout.take().context("server stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // Read the ready line, then keep draining so the server never blocks on a full pipe.
@@ -118,7 +121,8 @@ impl SpawnedServer {
         let http = rx
             .recv_timeout(Duration::from_secs(30))
             .map_err(|_| anyhow!("{} did not print its ready line within 30 s", bin.display()))?;
-        Ok(SpawnedServer { child, url: format!("ws://{http}/ws") })
+        server.url = format!("ws://{http}/ws");
+        Ok(server)
     }
 }
 
@@ -212,10 +216,11 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
                 break;
             }
         } else {
-            let ended =
-                progress.viewers_joined.load(Ordering::Relaxed) + progress.viewers_failed.load(Ordering::Relaxed);
-            if started >= cfg.viewers && (ended >= cfg.viewers || now > last_started_at + SETTLE_TIMEOUT) {
+            let settled = progress.viewers_settled.load(Ordering::Relaxed);
+            if started >= cfg.viewers && (settled >= cfg.viewers || now > last_started_at + SETTLE_TIMEOUT) {
                 ramp_end = Some(now);
+                // A sample at the start of the measured phase, however short the phase is.
+                sample(&mut server_samples, &mut self_samples);
             }
         }
         tokio::select! {
@@ -284,8 +289,8 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             *failures.entry(code.clone()).or_insert(0) += 1;
         }
     }
-    // Viewers held at once during the measured phase: with churn, more joined over the run.
-    let present = joined.min(cfg.viewers);
+    // Viewer sessions the run held at once: with churn, more joined over the run.
+    let present = viewers.len().min(cfg.viewers);
     let usage = |s: &Sampler, pid: u32, baseline: Option<u64>| -> Option<ProcessUsage> {
         let u = s.usage(measure_start, measure_end)?;
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -327,6 +332,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             started: viewers.len(),
             joined,
             failed: viewers.iter().filter(|v| v.failure.is_some()).count(),
+            failed_after_media: viewers.iter().filter(|v| v.failure.is_some() && v.first_media.is_some()).count(),
             failures,
             left_early: viewers.iter().filter(|v| v.left_early).count(),
         },
@@ -337,7 +343,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             first_keyframe: report::percentiles(viewers.iter().filter_map(|v| v.first_keyframe)),
         },
         latency_us: report::latency(&latency),
-        fanout_us: cfg.fanout.then(|| report::fanout(&spreads, joined)),
+        fanout_us: cfg.fanout.then(|| report::fanout(&spreads, present)),
         delivery: report::delivery(&viewers, &speakers),
         speakers: report::speakers(&speakers),
         server: server_usage,

@@ -52,8 +52,11 @@ pub struct Progress {
     pub viewers_started: AtomicUsize,
     /// Viewers that received their first media packet.
     pub viewers_joined: AtomicUsize,
-    /// Viewers that failed.
+    /// Viewers that failed (some after receiving media).
     pub viewers_failed: AtomicUsize,
+    /// Viewers that received media or ended without it: counted once per viewer, so the ramp ends
+    /// when every viewer has one or the other.
+    pub viewers_settled: AtomicUsize,
     /// Viewers that ended (failed, left early, or finished).
     pub viewers_ended: AtomicUsize,
     /// Media packets received by all viewers.

@@ -66,8 +66,8 @@ impl StreamRx {
         }
     }
 
-    /// Account for one received packet.
-    pub fn record(&mut self, seq: u64) {
+    /// Account for one received packet; false if it is a duplicate.
+    pub fn record(&mut self, seq: u64) -> bool {
         if seq > self.highest {
             if seq - self.highest >= WINDOW {
                 self.seen = [0; (WINDOW / 64) as usize];
@@ -80,7 +80,7 @@ impl StreamRx {
             self.highest = seq;
             self.mark(seq);
             self.unique += 1;
-            return;
+            return true;
         }
         if self.highest - seq >= WINDOW {
             // Too old to tell a duplicate from a late packet: count it as late and new.
@@ -88,12 +88,13 @@ impl StreamRx {
             self.unique += 1;
         } else if self.mark(seq) {
             self.duplicates += 1;
-            return;
+            return false;
         } else {
             self.reordered += 1;
             self.unique += 1;
         }
         self.first = self.first.min(seq);
+        true
     }
 
     /// Packets the sender sent from the first one this viewer got up to `last` (the sender's last), and how
@@ -127,12 +128,13 @@ pub struct ViewerRecord {
 }
 
 impl ViewerRecord {
-    /// Account for one received, stamped packet.
-    pub fn record(&mut self, stamp: &Stamp) {
+    /// Account for one received, stamped packet; false if this viewer already had it.
+    pub fn record(&mut self, stamp: &Stamp) -> bool {
         match self.streams.get_mut(&(stamp.speaker, stamp.stream)) {
             Some(s) => s.record(stamp.seq),
             None => {
                 self.streams.insert((stamp.speaker, stamp.stream), StreamRx::new(stamp.seq));
+                true
             }
         }
     }
@@ -208,8 +210,9 @@ impl FanoutRecorder {
 
 /// A histogram in microseconds, 1 us to one hour (larger values are clamped), 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
-    // These bounds are valid (low >= 1, high >= 2 * low, at most 5 digits), so creation cannot fail.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+    // hdrhistogram rejects only low < 1, high < 2 * low and more than 5 digits: these constants can
+    // never fail, so this is not a runtime panic path.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!("constant, valid bounds"))
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub async fn run(ctx: Rc<Ctx>, index: usize, leave_at: Option<Instant>) -> Viewe
         }
         v.rec.failure = Some(f.code);
     }
+    if v.rec.first_media.is_none() {
+        ctx.progress.viewers_settled.fetch_add(1, Ordering::Relaxed);
+    }
     ctx.progress.viewers_ended.fetch_add(1, Ordering::Relaxed);
     v.rec
 }
@@ -153,15 +156,16 @@ impl Viewer {
         if self.rec.first_media.is_none() {
             self.rec.first_media = Some(now - self.start);
             self.ctx.progress.viewers_joined.fetch_add(1, Ordering::Relaxed);
+            self.ctx.progress.viewers_settled.fetch_add(1, Ordering::Relaxed);
         }
         if self.rec.first_keyframe.is_none() && stamp.starts_keyframe() {
             self.rec.first_keyframe = Some(now - self.start);
         }
-        self.rec.record(&stamp);
+        let first_copy = self.rec.record(&stamp);
         let us = now.saturating_duration_since(self.ctx.clock.at(stamp.sent_ns)).as_micros();
         let us = u64::try_from(us).unwrap_or(u64::MAX).max(1);
         self.ctx.latency.borrow_mut().saturating_record(us);
-        if let Some(f) = &self.ctx.fanout {
+        if let (true, Some(f)) = (first_copy, &self.ctx.fanout) {
             f.borrow_mut().record(&stamp, us);
         }
         self.ctx.recent.borrow_mut().saturating_record(us);
