@@ -62,8 +62,8 @@ impl Signaling {
             initial.push(ServerMessage::Draining { within_ms });
         }
         if *phase.borrow() == Phase::Closing {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
             let _ = outgoing.send(OutFrame::Close(1001, "server shutting down".into())).await;
+            self.connections.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         if send_all(&mut outgoing, initial).await.is_err() {
@@ -167,12 +167,13 @@ impl Signaling {
             self.unregister_control(j.id);
             self.leave(&j);
         }
-        self.connections.fetch_sub(1, Ordering::Relaxed);
         let End::Close(frame) = end;
         if let Some((code, reason)) = frame {
             let _ = outgoing.send(OutFrame::Close(code, reason)).await;
         }
         let _ = outgoing.close().await;
+        // Counted until the close frame is out: shutdown waits for this to reach zero.
+        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     async fn handle_text(

@@ -273,7 +273,13 @@ async fn main() -> anyhow::Result<()> {
         sig.shutdown();
     });
     serve.await.context("HTTP server failed")?;
-    // Connections were told to close; give the media worker a moment to send its goodbyes.
+    // Upgraded WebSockets outlive the HTTP server: wait until each has sent its close frame (a
+    // connection counts until then), at most 2 s, so that exiting never cuts a goodbye short.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while signaling.metrics().connections > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Give the media worker a moment to send its goodbyes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     tokio::task::spawn_blocking(move || media.shutdown()).await.ok();
     info!("stopped");
