@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
 use nix::sys::time::TimeSpec;
+use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
@@ -26,6 +27,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::stamp::Clock;
+use crate::Failure;
 
 /// Largest datagram read; anything WebRTC sends fits.
 const RECV_BUF: usize = 2048;
@@ -129,6 +131,14 @@ impl Peer {
     /// starts its checks at once instead of at the next timer (up to 250 ms later).
     pub fn nudge(&mut self) -> Result<(), RtcError> {
         self.rtc.handle_input(Input::Timeout(Instant::now()))
+    }
+
+    /// Answer a server offer: apply it, start ICE at once ([`Peer::nudge`]) and return the answer's SDP.
+    pub fn answer_offer(&mut self, sdp: &str) -> Result<String, Failure> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(Failure::with("bad_sdp"))?;
+        let answer = self.rtc.sdp_api().accept_offer(offer).map_err(Failure::with("bad_sdp"))?;
+        self.nudge().map_err(Failure::with("media_failed"))?;
+        Ok(answer.to_sdp_string())
     }
 
     /// Wait until the socket is readable.

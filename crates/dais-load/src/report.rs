@@ -340,57 +340,18 @@ impl Report {
             "viewers", v.started, v.joined, v.failed, failures, v.failed_after_media, v.left_early
         );
         let j = &self.join_time_ms;
-        let _ = writeln!(
-            o,
-            "{:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-            "join -> joined", j.joined.p50, j.joined.p99, j.joined.max
-        );
-        let _ = writeln!(
-            o,
-            "{:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-            "join -> ICE+DTLS connected", j.media_connected.p50, j.media_connected.p99, j.media_connected.max
-        );
-        let _ = writeln!(
-            o,
-            "{:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-            "join -> first media", j.first_media.p50, j.first_media.p99, j.first_media.max
-        );
-        let _ = writeln!(
-            o,
-            "{:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
-            "join -> first key frame", j.first_keyframe.p50, j.first_keyframe.p99, j.first_keyframe.max
-        );
-        let l = &self.latency_us;
-        let _ = writeln!(
-            o,
-            "{:<34} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} packets)",
-            "latency speaker -> viewer",
-            l.p50 as f64 / 1e3,
-            l.p99 as f64 / 1e3,
-            l.p999 as f64 / 1e3,
-            l.max as f64 / 1e3,
-            l.samples
-        );
+        for (label, p) in [
+            ("join -> joined", &j.joined),
+            ("join -> ICE+DTLS connected", &j.media_connected),
+            ("join -> first media", &j.first_media),
+            ("join -> first key frame", &j.first_keyframe),
+        ] {
+            let _ = writeln!(o, "{label:<34} p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms", p.p50, p.p99, p.max);
+        }
+        latency_line(&mut o, "latency speaker -> viewer", &self.latency_us);
         if let Some(f) = &self.fanout_us {
-            let (l, t) = (&f.last_viewer, &f.first_32_viewers);
-            let _ = writeln!(
-                o,
-                "{:<34} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  ({} packets)",
-                "fan-out: send -> last viewer",
-                l.p50 as f64 / 1e3,
-                l.p99 as f64 / 1e3,
-                l.p999 as f64 / 1e3,
-                l.samples
-            );
-            let _ = writeln!(
-                o,
-                "{:<34} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  ({} packets)",
-                "fan-out: send -> 32nd viewer",
-                t.p50 as f64 / 1e3,
-                t.p99 as f64 / 1e3,
-                t.p999 as f64 / 1e3,
-                t.samples
-            );
+            latency_line(&mut o, "fan-out: send -> last viewer", &f.last_viewer);
+            latency_line(&mut o, "fan-out: send -> 32nd viewer", &f.first_32_viewers);
         }
         let d = &self.delivery;
         let _ = writeln!(
@@ -432,6 +393,20 @@ impl Report {
         let _ = writeln!(o, "{:<34} {}", "generator (this process)", usage_line(&self.generator));
         o
     }
+}
+
+/// One table line of microsecond percentiles, printed in milliseconds.
+fn latency_line(o: &mut String, label: &str, l: &Latency) {
+    let ms = |us: u64| us as f64 / 1e3;
+    let _ = writeln!(
+        o,
+        "{label:<34} p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} packets)",
+        ms(l.p50),
+        ms(l.p99),
+        ms(l.p999),
+        ms(l.max),
+        l.samples
+    );
 }
 
 fn usage_line(p: &ProcessUsage) -> String {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dais_proto::{ClientMessage, Role, ServerMessage};
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::rtp::{RtpWrite, SeqNo};
@@ -163,10 +163,8 @@ impl Speaker {
                         self.video = self.video.map(|(m, _)| (m, peer.negotiated_pt(m, Codec::Vp8)));
                     }
                     Incoming::Message(ServerMessage::Offer { sdp }) => {
-                        let offer = SdpOffer::from_sdp_string(&sdp).map_err(Failure::with("bad_sdp"))?;
-                        let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(Failure::with("bad_sdp"))?;
-                        peer.nudge().map_err(Failure::with("media_failed"))?;
-                        sig.send(ClientMessage::Answer { sdp: answer.to_sdp_string() })
+                        let answer = peer.answer_offer(&sdp)?;
+                        sig.send(ClientMessage::Answer { sdp: answer })
                             .map_err(Failure::with("ws_closed"))?;
                     }
                     Incoming::Message(ServerMessage::Error { code, message, .. }) => {

@@ -159,24 +159,24 @@ impl Spread {
     fn add(&mut self, us: u64) {
         self.count += 1;
         self.last_us = self.last_us.max(us);
-        if self.earliest.len() < FIRST_VIEWERS {
-            self.earliest.push(us);
-        } else if self.earliest.peek().is_some_and(|&top| us < top) {
-            self.earliest.pop();
-            self.earliest.push(us);
-        }
+        self.keep_if_early(us);
     }
 
     fn merge(&mut self, other: Spread) {
         self.count += other.count;
         self.last_us = self.last_us.max(other.last_us);
         for us in other.earliest {
-            if self.earliest.len() < FIRST_VIEWERS {
-                self.earliest.push(us);
-            } else if self.earliest.peek().is_some_and(|&top| us < top) {
-                self.earliest.pop();
-                self.earliest.push(us);
-            }
+            self.keep_if_early(us);
+        }
+    }
+
+    /// Keep `us` if it is among the [`FIRST_VIEWERS`] smallest seen.
+    fn keep_if_early(&mut self, us: u64) {
+        if self.earliest.len() < FIRST_VIEWERS {
+            self.earliest.push(us);
+        } else if self.earliest.peek().is_some_and(|&top| us < top) {
+            self.earliest.pop();
+            self.earliest.push(us);
         }
     }
 

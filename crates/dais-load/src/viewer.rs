@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dais_proto::{ClientMessage, Role, ServerMessage};
-use str0m::change::SdpOffer;
 use str0m::Event;
 
 use crate::peer::Peer;
@@ -102,10 +101,8 @@ impl Viewer {
                             Some(p) => p,
                             None => peer.insert(Peer::bind(target.bind_ip, ctx.clock).map_err(Failure::with("bind_failed"))?),
                         };
-                        let offer = SdpOffer::from_sdp_string(&sdp).map_err(Failure::with("bad_sdp"))?;
-                        let answer = p.rtc.sdp_api().accept_offer(offer).map_err(Failure::with("bad_sdp"))?;
-                        p.nudge().map_err(Failure::with("media_failed"))?;
-                        sig.send(ClientMessage::Answer { sdp: answer.to_sdp_string() })
+                        let answer = p.answer_offer(&sdp)?;
+                        sig.send(ClientMessage::Answer { sdp: answer })
                             .map_err(Failure::with("ws_closed"))?;
                     }
                     Incoming::Message(ServerMessage::Error { code, message, .. }) => {
