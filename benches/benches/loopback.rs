@@ -1,5 +1,5 @@
-//! `loopback`: the real server (`dais`, its one media worker on a 127.0.0.1 UDP socket) fanning one
-//! speaker's packets out to N real viewers, measured from outside.
+//! `loopback`: the real server (`dais`, its media workers on one 127.0.0.1 UDP socket) fanning one
+//! speaker's packets out to N real viewers, measured from outside, with one and with two media workers.
 //!
 //! The viewers are dais-load's str0m sessions (ICE, DTLS, SRTP decryption), each on its own socket, all on
 //! one generator thread. Each viewer socket asks the kernel for receive timestamps, so a copy's arrival
@@ -11,11 +11,12 @@
 //!
 //! The speaker sends one 1,000-byte video packet per frame at 30 fps plus 50 Opus packets/s (80 ingress
 //! packets/s): at N = 100 the worker is far from saturated and the figures are the cost of fanning out
-//! one packet; at N = 1,000 (80,000 egress packets/s) today's worker saturates, and queueing shows.
+//! one packet; at N = 1,000 (80,000 egress packets/s) one worker saturates, and queueing shows.
 //!
-//! `cargo bench -p dais-benches --bench loopback` runs N = 100 and N = 1,000 for 20 s each. In test mode
-//! (`cargo test --bench loopback`, as the test command runs it) it runs N = 10 for 2 s and checks that every
-//! viewer received media, so the bench cannot rot. It builds the `dais` binary of its own profile with
+//! `cargo bench -p dais-benches --bench loopback` runs N = 100 and N = 1,000 for 20 s each, each with
+//! `--media-workers 1` and `--media-workers 2`. In test mode (`cargo test --bench loopback`, as the test
+//! command runs it) it runs N = 10 on two workers for 2 s and checks that every viewer received media, so
+//! the bench cannot rot. It builds the `dais` binary of its own profile with
 //! cargo first (a no-op when it is up to date), so it never measures a stale server.
 
 use std::path::PathBuf;
@@ -43,13 +44,13 @@ fn dais_bin() -> anyhow::Result<PathBuf> {
     Ok(dais)
 }
 
-fn config(dais: PathBuf, viewers: usize, duration: Duration) -> LoadConfig {
+fn config(dais: PathBuf, viewers: usize, workers: usize, duration: Duration) -> LoadConfig {
     LoadConfig {
-        preset: format!("loopback-{viewers}"),
+        preset: format!("loopback-{viewers}-w{workers}"),
         url: None,
         spawn_server: true,
         server_bin: Some(dais),
-        server_args: Vec::new(),
+        server_args: vec!["--media-workers".into(), workers.to_string()],
         server_pid: None,
         room: "bench".into(),
         speakers: 1,
@@ -68,11 +69,11 @@ fn config(dais: PathBuf, viewers: usize, duration: Duration) -> LoadConfig {
     }
 }
 
-fn print(r: &Report) {
+fn print(r: &Report, workers: usize) {
     let Some(f) = &r.fanout_us else { return };
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
-        "loopback/{:<5} viewers {:>5} joined  delivered {:>8.3} %  send->last viewer p50 {:>7.3} ms p99 {:>7.3} ms p99.9 {:>7.3} ms  send->32nd viewer p50 {:>6.3} ms p99 {:>6.3} ms  ({} packets)  server CPU {}",
+        "loopback/{:<5} workers {workers}  viewers {:>5} joined  delivered {:>8.3} %  send->last viewer p50 {:>7.3} ms p99 {:>7.3} ms p99.9 {:>7.3} ms  send->32nd viewer p50 {:>6.3} ms p99 {:>6.3} ms  ({} packets)  server CPU {}",
         r.scenario.viewers,
         r.viewers.joined,
         r.delivery.delivered_pct,
@@ -102,16 +103,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cases: &[(usize, u64)] = if bench { &[(100, 20), (1000, 20)] } else { &[(10, 2)] };
-    for &(viewers, secs) in cases {
-        let report = match rt.block_on(run(config(dais.clone(), viewers, Duration::from_secs(secs)))) {
+    let cases: &[(usize, usize, u64)] =
+        if bench { &[(100, 1, 20), (100, 2, 20), (1000, 1, 20), (1000, 2, 20)] } else { &[(10, 2, 2)] };
+    for &(viewers, workers, secs) in cases {
+        let report = match rt.block_on(run(config(dais.clone(), viewers, workers, Duration::from_secs(secs)))) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("loopback/{viewers}: {e:#}");
                 return ExitCode::FAILURE;
             }
         };
-        print(&report);
+        print(&report, workers);
         if !bench {
             // Test mode: the bench must still measure something real.
             let fanout_packets = report.fanout_us.as_ref().map_or(0, |f| f.last_viewer.samples);

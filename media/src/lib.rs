@@ -1,11 +1,18 @@
 //! The Dais media plane: every participant's WebRTC session (str0m, ICE-lite, DTLS-SRTP) on ONE UDP socket.
 //!
-//! A single worker thread owns the socket, every [`str0m::Rtc`] session and the [`dais_forward::Router`]
-//! that decides where each packet goes. Nothing else touches them: callers talk to the worker through
-//! [`MediaHandle`] commands and hear back through each session's [`SessionEvent`] sink. Datagrams from a
-//! known address go to the session that owns that address; the first datagram from a new address must be
-//! a STUN request whose USERNAME one session accepts ([`str0m::Rtc::accepts`]). Anything else is dropped
-//! and counted in [`MediaStats`], never an error.
+//! Media work runs on [`MediaConfig::workers`] threads (default: one per CPU core). Each worker owns the
+//! [`str0m::Rtc`] sessions placed on it (a new session goes to the worker with the fewest) and its own
+//! [`dais_forward::Router`]. Nothing else touches them: callers talk to a session's worker through
+//! [`MediaHandle`] commands and hear back through each session's [`SessionEvent`] sink. Workers talk to
+//! each other only through messages:
+//! - Worker 0 reads the socket. A datagram for a session on another worker is handed to that worker.
+//!   Datagrams from a known address go to the session that owns that address; the first datagram from a
+//!   new address must be a STUN request whose USERNAME one session accepts ([`str0m::Rtc::accepts`]).
+//!   Anything else is dropped and counted in [`MediaStats`], never an error.
+//! - A producer lives on its publisher's worker (its home); every other worker keeps a mirror of it in
+//!   its own router. Each RTP packet is relayed to the mirrors as one shared message (the payload is
+//!   never copied), and a mirror's keyframe requests go back home, where one throttle serves them all.
+//! - Every worker sends its own sessions' datagrams on the shared socket.
 //!
 //! Negotiation model: a publishing client offers its own media (one m-line per producer); the server
 //! offers every consumer m-line (sendonly from the server) and removes them with port 0 when the
@@ -18,12 +25,14 @@ mod send;
 mod session;
 mod worker;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::info;
 
 pub use dais_forward::DropReason;
 pub use sdp_check::offers_to_send;
@@ -147,7 +156,12 @@ pub struct MediaConfig {
     /// Addresses to advertise as host candidates instead of the bound one (e.g. a public IP behind 1:1 NAT).
     /// Empty: the bound IP, or every local interface address when bound to an unspecified IP.
     pub advertise: Vec<IpAddr>,
+    /// Media worker threads; 0 means one per available CPU core.
+    pub workers: usize,
 }
+
+/// Most media workers [`MediaServer::start`] runs.
+pub const MAX_WORKERS: usize = 64;
 
 /// Counters of the media plane, shared with whoever wants to read them.
 #[derive(Debug, Default)]
@@ -181,8 +195,19 @@ pub struct MediaStats {
     pub nacks_received: AtomicU64,
     /// Router drops by reason, in the order of [`dais_forward::DropReason::ALL`]; refreshed about once a second.
     pub drops_by_reason: [AtomicU64; dais_forward::DropReason::ALL.len()],
-    /// Forwarding latency: ingress datagram received -> last egress copy handed to the kernel.
+    /// Forwarding latency: ingress datagram received -> last egress copy handed to the kernel, per worker
+    /// that forwards the packet.
     pub latency: Histogram,
+    /// Datagrams the receiving worker handed to the worker that owns their session.
+    pub datagrams_handed_over: AtomicU64,
+    /// RTP packets relayed from a producer's worker to the other workers' mirrors (one per packet per
+    /// other worker).
+    pub packets_relayed: AtomicU64,
+    /// Media workers running.
+    pub workers: AtomicU64,
+    /// Relayed packets and handed-over datagrams dropped because the receiving worker already had
+    /// that many queued (it is overloaded).
+    pub backlog_drops: AtomicU64,
 }
 
 /// A fixed-bucket latency histogram with atomic counters (Prometheus style: cumulative on read).
@@ -223,25 +248,107 @@ impl MediaStats {
     }
 }
 
-enum Command {
-    Open { session: SessionId, publisher: bool, events: EventSink },
-    ClientOffer { session: SessionId, sdp: String, reply: oneshot::Sender<Result<String, OfferError>> },
-    ClientAnswer { session: SessionId, sdp: String, reply: oneshot::Sender<Result<(), AnswerError>> },
-    Candidate { session: SessionId, candidate: String },
-    Subscribe { session: SessionId, producer: ProducerKey, stream_id: String, track_id: String },
-    Close { session: SessionId },
-    SetPublisher { session: SessionId, publisher: bool },
-    SetPaused { producer: ProducerKey, paused: bool },
+/// What a worker is told, by a [`MediaHandle`] or by another worker.
+pub(crate) enum Command {
+    Open {
+        session: SessionId,
+        publisher: bool,
+        events: EventSink,
+    },
+    ClientOffer {
+        session: SessionId,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, OfferError>>,
+    },
+    ClientAnswer {
+        session: SessionId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), AnswerError>>,
+    },
+    Candidate {
+        session: SessionId,
+        candidate: String,
+    },
+    Subscribe {
+        session: SessionId,
+        producer: ProducerKey,
+        stream_id: String,
+        track_id: String,
+    },
+    Close {
+        session: SessionId,
+    },
+    SetPublisher {
+        session: SessionId,
+        publisher: bool,
+    },
+    SetPaused {
+        producer: ProducerKey,
+        paused: bool,
+    },
     Shutdown,
+    /// From a producer's home worker: keep a mirror of it.
+    MirrorAdd(worker::Mirror),
+    /// From a producer's home worker: the producer ended.
+    MirrorEnd {
+        producer: ProducerKey,
+    },
+    /// From a producer's home worker: one of its RTP packets, shared by every other worker.
+    Relay(Arc<worker::Relayed>),
+    /// From a mirror's worker: its consumers want a keyframe.
+    KeyframeWanted {
+        producer: ProducerKey,
+        kind: dais_forward::KeyframeKind,
+    },
+    /// From the receiving worker: a datagram for a session this worker may own. `tried` counts the
+    /// workers that already looked for a session accepting it.
+    Datagram {
+        src: SocketAddr,
+        data: Vec<u8>,
+        at: std::time::Instant,
+        tried: usize,
+    },
 }
 
-/// A cheap, cloneable handle to the media worker.
+/// A cheap, cloneable handle to the media workers.
 #[derive(Clone, Debug)]
 pub struct MediaHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    workers: Arc<[mpsc::UnboundedSender<Command>]>,
+    placement: Arc<Mutex<Placement>>,
     local_addr: SocketAddr,
     candidates: Arc<Vec<SocketAddr>>,
     stats: Arc<MediaStats>,
+}
+
+/// Which worker owns each session, and how many each owns.
+#[derive(Debug, Default)]
+struct Placement {
+    by_session: HashMap<SessionId, usize>,
+    load: Vec<usize>,
+}
+
+impl Placement {
+    /// The worker of a new session: the one with the fewest, the lowest index on a tie. A session id
+    /// opened again stays where it was.
+    fn place(&mut self, session: SessionId) -> usize {
+        if let Some(w) = self.by_session.get(&session) {
+            return *w;
+        }
+        let w = self.load.iter().enumerate().min_by_key(|(i, n)| (**n, *i)).map(|(i, _)| i).unwrap_or(0);
+        if let Some(n) = self.load.get_mut(w) {
+            *n += 1;
+        }
+        self.by_session.insert(session, w);
+        w
+    }
+
+    fn remove(&mut self, session: SessionId) -> Option<usize> {
+        let w = self.by_session.remove(&session)?;
+        if let Some(n) = self.load.get_mut(w) {
+            *n = n.saturating_sub(1);
+        }
+        Some(w)
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -256,19 +363,31 @@ impl std::fmt::Debug for Command {
             Command::SetPublisher { .. } => "SetPublisher",
             Command::SetPaused { .. } => "SetPaused",
             Command::Shutdown => "Shutdown",
+            Command::MirrorAdd(_) => "MirrorAdd",
+            Command::MirrorEnd { .. } => "MirrorEnd",
+            Command::Relay(_) => "Relay",
+            Command::KeyframeWanted { .. } => "KeyframeWanted",
+            Command::Datagram { .. } => "Datagram",
         })
     }
 }
 
-/// The running media plane: a handle plus the worker thread to join at shutdown.
+/// The running media plane: a handle plus the worker threads to join at shutdown.
 #[derive(Debug)]
 pub struct MediaServer {
     handle: MediaHandle,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How many workers `configured` asks for: 0 is one per available core; at most [`MAX_WORKERS`].
+pub fn worker_count(configured: usize) -> usize {
+    let n =
+        if configured == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { configured };
+    n.clamp(1, MAX_WORKERS)
 }
 
 impl MediaServer {
-    /// Bind the socket and start the worker thread.
+    /// Bind the socket and start the worker threads.
     pub fn start(config: MediaConfig) -> Result<MediaServer, StartError> {
         let socket = UdpSocket::bind(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
         socket.set_nonblocking(true)?;
@@ -282,15 +401,44 @@ impl MediaServer {
             return Err(StartError::NoCandidate(local_addr));
         }
         let stats = Arc::new(MediaStats::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let worker_stats = stats.clone();
-        let worker_candidates = candidates.clone();
-        let thread = std::thread::Builder::new().name("dais-media".into()).spawn(move || {
-            worker::run(socket, local_addr, worker_candidates, rx, worker_stats);
-        })?;
+        let count = worker_count(config.workers);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let shared = Arc::new(worker::Shared::new(senders.clone(), stats.clone(), candidates.clone()));
+        // Worker 0 reads the socket; every worker sends on its own handle to it.
+        let sends = (0..count).map(|_| socket.try_clone()).collect::<Result<Vec<_>, _>>()?;
+        let mut receive = Some(socket);
+        let mut threads = Vec::with_capacity(count);
+        for (index, (rx, send)) in receivers.into_iter().zip(sends).enumerate() {
+            let recv = receive.take();
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("dais-media-{index}"))
+                .spawn(move || worker::run(index, recv, send, local_addr, rx, shared));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    for tx in &senders {
+                        let _ = tx.send(Command::Shutdown);
+                    }
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(StartError::Io(e));
+                }
+            }
+        }
+        stats.workers.store(count as u64, Ordering::Relaxed);
+        info!(workers = count, "media workers started");
+        let placement = Placement { by_session: HashMap::new(), load: vec![0; count] };
         Ok(MediaServer {
-            handle: MediaHandle { tx, local_addr, candidates: Arc::new(candidates), stats },
-            thread: Some(thread),
+            handle: MediaHandle {
+                workers: senders.into(),
+                placement: Arc::new(Mutex::new(placement)),
+                local_addr,
+                candidates: Arc::new(candidates),
+                stats,
+            },
+            threads,
         })
     }
 
@@ -299,12 +447,25 @@ impl MediaServer {
         self.handle.clone()
     }
 
-    /// Stop the worker (closing every session) and wait for its thread.
+    /// Stop the workers (closing every session) and wait for their threads.
     pub fn shutdown(mut self) {
-        let _ = self.handle.tx.send(Command::Shutdown);
-        if let Some(t) = self.thread.take() {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for tx in self.handle.workers.iter() {
+            let _ = tx.send(Command::Shutdown);
+        }
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for MediaServer {
+    /// Workers hold each other's senders, so they stop only when told to.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -324,15 +485,33 @@ impl MediaHandle {
         &self.stats
     }
 
-    /// Create a session. A publisher may offer media; others only receive.
+    fn placement(&self) -> MutexGuard<'_, Placement> {
+        // Nothing panics while holding it; a poisoned map is still consistent.
+        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker that owns `session`, if it is open.
+    fn worker_of(&self, session: SessionId) -> Option<&mpsc::UnboundedSender<Command>> {
+        let w = self.placement().by_session.get(&session).copied()?;
+        self.workers.get(w)
+    }
+
+    fn send_to(&self, session: SessionId, cmd: Command) -> bool {
+        self.worker_of(session).is_some_and(|tx| tx.send(cmd).is_ok())
+    }
+
+    /// Create a session on the least loaded worker. A publisher may offer media; others only receive.
     pub fn open_session(&self, session: SessionId, publisher: bool, events: EventSink) {
-        let _ = self.tx.send(Command::Open { session, publisher, events });
+        let w = self.placement().place(session);
+        if let Some(tx) = self.workers.get(w) {
+            let _ = tx.send(Command::Open { session, publisher, events });
+        }
     }
 
     /// Apply a client offer and return the answer SDP.
     pub async fn client_offer(&self, session: SessionId, sdp: String) -> Result<String, OfferError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::ClientOffer { session, sdp, reply }).is_err() {
+        if !self.send_to(session, Command::ClientOffer { session, sdp, reply }) {
             return Err(OfferError::NoSession);
         }
         rx.await.unwrap_or(Err(OfferError::NoSession))
@@ -341,7 +520,7 @@ impl MediaHandle {
     /// Apply the client's answer to the outstanding server offer.
     pub async fn client_answer(&self, session: SessionId, sdp: String) -> Result<(), AnswerError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::ClientAnswer { session, sdp, reply }).is_err() {
+        if !self.send_to(session, Command::ClientAnswer { session, sdp, reply }) {
             return Err(AnswerError::NoSession);
         }
         rx.await.unwrap_or(Err(AnswerError::NoSession))
@@ -349,27 +528,65 @@ impl MediaHandle {
 
     /// Add a trickled remote candidate (`candidate:...` text). Unparseable ones are ignored and logged.
     pub fn add_candidate(&self, session: SessionId, candidate: String) {
-        let _ = self.tx.send(Command::Candidate { session, candidate });
+        self.send_to(session, Command::Candidate { session, candidate });
     }
 
     /// Send `producer` to `session`: a consumer m-line with msid `stream_id track_id` is offered to it.
     pub fn subscribe(&self, session: SessionId, producer: ProducerKey, stream_id: String, track_id: String) {
-        let _ = self.tx.send(Command::Subscribe { session, producer, stream_id, track_id });
+        self.send_to(session, Command::Subscribe { session, producer, stream_id, track_id });
     }
 
     /// Close a session, ending its producers (their consumers are removed by renegotiation).
     pub fn close_session(&self, session: SessionId) {
-        let _ = self.tx.send(Command::Close { session });
+        let w = self.placement().remove(session);
+        if let Some(tx) = w.and_then(|w| self.workers.get(w)) {
+            let _ = tx.send(Command::Close { session });
+        }
     }
 
     /// Allow or forbid a session to publish (promote/demote in place). Forbidding ends its producers,
     /// each reported as [`SessionEvent::ProducerRemoved`], and stops their m-lines with a server offer.
     pub fn set_publisher(&self, session: SessionId, publisher: bool) {
-        let _ = self.tx.send(Command::SetPublisher { session, publisher });
+        self.send_to(session, Command::SetPublisher { session, publisher });
     }
 
-    /// Pause or resume forwarding one producer (server-side mute); see `Router::set_paused`.
+    /// Pause or resume forwarding one producer (server-side mute); see `Router::set_paused`. Every
+    /// worker applies it to its own consumers of the producer.
     pub fn set_paused(&self, producer: ProducerKey, paused: bool) {
-        let _ = self.tx.send(Command::SetPaused { producer, paused });
+        for tx in self.workers.iter() {
+            let _ = tx.send(Command::SetPaused { producer, paused });
+        }
+    }
+
+    /// How many media workers run.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_go_to_the_least_loaded_worker_and_stay_there() {
+        let mut p = Placement { by_session: HashMap::new(), load: vec![0; 2] };
+        assert_eq!(p.place(SessionId(1)), 0);
+        assert_eq!(p.place(SessionId(2)), 1);
+        assert_eq!(p.place(SessionId(3)), 0);
+        assert_eq!(p.place(SessionId(1)), 0, "reopening keeps the worker and the count");
+        assert_eq!(p.load, vec![2, 1]);
+        assert_eq!(p.remove(SessionId(1)), Some(0));
+        assert_eq!(p.remove(SessionId(1)), None);
+        assert_eq!(p.place(SessionId(4)), 0, "ties go to the lowest index");
+        assert_eq!(p.place(SessionId(5)), 1);
+        assert_eq!(p.load, vec![2, 2]);
+    }
+
+    #[test]
+    fn worker_count_is_clamped() {
+        assert!(worker_count(0) >= 1);
+        assert_eq!(worker_count(3), 3);
+        assert_eq!(worker_count(10_000), MAX_WORKERS);
     }
 }

@@ -1,7 +1,9 @@
-//! The media worker: one thread that owns the UDP socket, every session and the router.
+//! One media worker: a thread that owns its sessions and its router, and sends on the shared UDP socket.
+//! Worker 0 also reads the socket (see the crate docs for how workers share sessions' datagrams and
+//! producers' packets).
 //!
-//! The loop waits for the first of: a command, a datagram, or the earliest timeout of any session or
-//! of the router. Handlers only feed input and mark sessions dirty; `flush` then polls each dirty
+//! The loop waits for the first of: a command (from a handle or another worker), a datagram, or the
+//! earliest timeout of any session or of the router. Handlers only feed input and mark sessions dirty; `flush` then polls each dirty
 //! session until str0m reports its next timeout, sending what it transmits and acting on its events.
 //! Forwarding happens inside that polling: an incoming RTP packet goes through the router, and each
 //! output is written to the consumer's str0m send stream with the same shared payload (`Arc<[u8]>`),
@@ -11,8 +13,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -77,12 +79,122 @@ const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
 /// are dropped, so one very lossy viewer cannot turn the worker into a resend loop.
 const RTX_RATIO_CAP: f32 = 0.15;
 
+/// What every worker shares.
+pub(crate) struct Shared {
+    /// Each worker's command channel, by index.
+    peers: Vec<mpsc::UnboundedSender<Command>>,
+    stats: Arc<MediaStats>,
+    /// Host candidates advertised in every SDP.
+    candidates: Vec<SocketAddr>,
+    /// Which worker's session accepted each remote address. Worker 0 reads it for datagrams its own
+    /// sessions do not know; a worker writes it before it answers the STUN request that introduced the
+    /// address, so the peer's next datagram always finds it.
+    claims: Mutex<HashMap<SocketAddr, usize>>,
+    /// The next [`ProducerKey`], unique across workers.
+    next_key: AtomicU64,
+    /// Per worker: media messages (relayed packets, handed-over datagrams) sent to it and not yet
+    /// handled. A worker that falls behind gets no more than [`MAX_BACKLOG`]; the rest are dropped and
+    /// counted, as a full socket buffer drops datagrams, instead of queueing without bound.
+    backlog: Vec<AtomicUsize>,
+}
+
+/// Most media messages queued for one worker.
+const MAX_BACKLOG: usize = 8192;
+
+impl Shared {
+    pub(crate) fn new(
+        peers: Vec<mpsc::UnboundedSender<Command>>,
+        stats: Arc<MediaStats>,
+        candidates: Vec<SocketAddr>,
+    ) -> Shared {
+        let backlog = peers.iter().map(|_| AtomicUsize::new(0)).collect();
+        Shared { peers, stats, candidates, claims: Mutex::new(HashMap::new()), next_key: AtomicU64::new(1), backlog }
+    }
+
+    /// Send a media message (relay or datagram) to worker `to`, unless its backlog is full.
+    fn send_media(&self, to: usize, cmd: Command) -> bool {
+        let (Some(tx), Some(backlog)) = (self.peers.get(to), self.backlog.get(to)) else { return false };
+        if backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
+            self.stats.backlog_drops.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        backlog.fetch_add(1, Ordering::Relaxed);
+        if tx.send(cmd).is_err() {
+            backlog.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Worker `index` took one media message off its queue.
+    fn media_handled(&self, index: usize) {
+        if let Some(b) = self.backlog.get(index) {
+            b.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+        // Nothing panics while holding it; a poisoned map is still consistent.
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send `make()` to every worker but `from`.
+    fn broadcast(&self, from: usize, make: impl Fn() -> Command) {
+        for (i, tx) in self.peers.iter().enumerate() {
+            if i != from {
+                let _ = tx.send(make());
+            }
+        }
+    }
+}
+
+/// A producer announced by its home worker to the others.
+pub(crate) struct Mirror {
+    producer: ProducerKey,
+    home: usize,
+    spec: ProducerSpec,
+    specs: Vec<CodecSpec>,
+    clock_rate: u32,
+}
+
+/// One RTP packet of a producer, as its home worker relays it to the other workers.
+pub(crate) struct Relayed {
+    producer: ProducerKey,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    payload_type: u8,
+    marker: bool,
+    payload: Arc<[u8]>,
+    ext: ExtensionValues,
+    wallclock: Instant,
+    /// When the datagram carrying it reached the server.
+    arrival: Instant,
+}
+
+/// Where a producer's packets come from on this worker.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// A session of this worker publishes it.
+    Local { session: SessionId, mid: Mid },
+    /// A mirror of a producer on worker `home`, fed by [`Command::Relay`].
+    Mirror { home: usize },
+}
+
 struct ProducerRec {
-    session: SessionId,
-    mid: Mid,
+    origin: Origin,
     key: ProducerKey,
     specs: Vec<CodecSpec>,
     clock_rate: u32,
+}
+
+/// How a datagram reached this worker.
+#[derive(Clone, Copy)]
+enum Via {
+    /// Read from the socket now.
+    Socket,
+    /// Handed over by the worker that read it at `at`; `tried` workers already looked for a session.
+    Worker { at: Instant, tried: usize },
 }
 
 struct ConsumerRec {
@@ -100,14 +212,16 @@ struct Ingress {
 }
 
 struct Worker {
-    candidates: Vec<SocketAddr>,
+    index: usize,
+    shared: Arc<Shared>,
+    /// This worker's handle to the shared socket, for sending.
+    send: std::net::UdpSocket,
     sessions: HashMap<SessionId, Session>,
     addr_map: HashMap<SocketAddr, SessionId>,
     router: Router,
     producers: HashMap<ProducerId, ProducerRec>,
     keys: HashMap<ProducerKey, ProducerId>,
     consumers: HashMap<ConsumerId, ConsumerRec>,
-    next_key: u64,
     stats: Arc<MediaStats>,
     dirty: Vec<SessionId>,
     seq_seed: u64,
@@ -127,14 +241,19 @@ struct Worker {
     next_housekeeping: Instant,
     /// Egress datagrams waiting for the next `sendmmsg`.
     batch: SendBatch,
+    /// Router drops already added to the shared per-reason counters.
+    drops_reported: [u64; dais_forward::DropReason::ALL.len()],
+    /// Arrival time of the datagram being handled, when another worker read it.
+    handed_arrival: Option<Instant>,
 }
 
 pub(crate) fn run(
-    socket: std::net::UdpSocket,
+    index: usize,
+    recv: Option<std::net::UdpSocket>,
+    send: std::net::UdpSocket,
     local: SocketAddr,
-    candidates: Vec<SocketAddr>,
     rx: mpsc::UnboundedReceiver<Command>,
-    stats: Arc<MediaStats>,
+    shared: Arc<Shared>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -144,26 +263,27 @@ pub(crate) fn run(
         }
     };
     rt.block_on(async move {
-        let socket = match UdpSocket::from_std(socket) {
+        let recv = match recv.map(UdpSocket::from_std).transpose() {
             Ok(s) => s,
             Err(e) => {
                 warn!("media socket could not be registered: {e}");
                 return;
             }
         };
-        info!(%local, candidates = ?candidates, "media worker started");
+        info!(worker = index, %local, candidates = ?shared.candidates, receives = recv.is_some(), "media worker started");
         let seq_seed =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
         let mut w = Worker {
-            candidates,
+            index,
+            stats: shared.stats.clone(),
+            shared,
+            send,
             sessions: HashMap::new(),
             addr_map: HashMap::new(),
             router: Router::new(RouterConfig::default()),
             producers: HashMap::new(),
             keys: HashMap::new(),
             consumers: HashMap::new(),
-            next_key: 1,
-            stats,
             dirty: Vec::new(),
             seq_seed,
             next_report: Instant::now(),
@@ -173,13 +293,15 @@ pub(crate) fn run(
             polled: Vec::new(),
             next_housekeeping: Instant::now(),
             batch: SendBatch::new(),
+            drops_reported: [0; dais_forward::DropReason::ALL.len()],
+            handed_arrival: None,
         };
-        w.run(&socket, rx).await;
+        w.run(recv.as_ref(), rx).await;
     });
 }
 
 impl Worker {
-    async fn run(&mut self, socket: &UdpSocket, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(&mut self, recv: Option<&UdpSocket>, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; 2048];
         loop {
             let deadline = self.next_deadline();
@@ -187,7 +309,7 @@ impl Worker {
             // otherwise never pick its timer branch.
             if deadline <= Instant::now() {
                 self.handle_timeout(Instant::now());
-                self.flush(socket);
+                self.flush();
                 continue;
             }
             tokio::select! {
@@ -202,14 +324,16 @@ impl Worker {
                     }
                     if stop { break; }
                 }
-                r = socket.recv_from(&mut buf) => match r {
+                r = recv_from(recv, &mut buf) => match r {
                     Ok((n, src)) => {
-                        self.handle_datagram(Instant::now(), src, &buf[..n], socket);
+                        self.handle_datagram(Instant::now(), src, &buf[..n], Via::Socket);
                         // Drain what else is readable without waiting.
-                        for _ in 0..64 {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, src)) => self.handle_datagram(Instant::now(), src, &buf[..n], socket),
-                                Err(_) => break,
+                        if let Some(socket) = recv {
+                            for _ in 0..64 {
+                                match socket.try_recv_from(&mut buf) {
+                                    Ok((n, src)) => self.handle_datagram(Instant::now(), src, &buf[..n], Via::Socket),
+                                    Err(_) => break,
+                                }
                             }
                         }
                     }
@@ -218,17 +342,17 @@ impl Worker {
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.handle_timeout(Instant::now()),
             }
-            self.flush(socket);
+            self.flush();
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             if let Some(s) = self.sessions.get_mut(&id) {
                 s.rtc.disconnect();
             }
-            self.poll_session(id, socket);
+            self.poll_session(id);
         }
-        self.batch.send(socket, &self.stats);
-        info!("media worker stopped");
+        self.batch.send(&self.send, &self.stats);
+        info!(worker = self.index, "media worker stopped");
     }
 
     fn next_deadline(&self) -> Instant {
@@ -304,10 +428,39 @@ impl Worker {
                 if let Some(pid) = self.keys.get(&producer).copied() {
                     self.router.set_paused(now, pid, paused);
                     self.drain_router(None);
-                    info!(?producer, paused, "producer pause changed");
+                    if self.producers.get(&pid).is_some_and(|p| matches!(p.origin, Origin::Local { .. })) {
+                        info!(?producer, paused, "producer pause changed");
+                    }
                 }
             }
             Command::SetPublisher { session, publisher } => self.set_publisher(session, publisher),
+            Command::MirrorAdd(m) => {
+                let pid = self.router.add_producer(now, m.spec);
+                let origin = Origin::Mirror { home: m.home };
+                self.producers
+                    .insert(pid, ProducerRec { origin, key: m.producer, specs: m.specs, clock_rate: m.clock_rate });
+                self.keys.insert(m.producer, pid);
+            }
+            Command::MirrorEnd { producer } => {
+                if let Some(pid) = self.keys.get(&producer).copied() {
+                    self.end_producer(pid);
+                }
+            }
+            Command::Relay(r) => {
+                self.shared.media_handled(self.index);
+                self.relayed(now, &r);
+            }
+            Command::KeyframeWanted { producer, kind } => {
+                let Some(pid) = self.keys.get(&producer).copied() else { return true };
+                if self.producers.get(&pid).is_some_and(|p| matches!(p.origin, Origin::Local { .. })) {
+                    self.router.request_keyframe(now, pid, kind);
+                    self.drain_router(None);
+                }
+            }
+            Command::Datagram { src, data, at, tried } => {
+                self.shared.media_handled(self.index);
+                self.handle_datagram(now, src, &data, Via::Worker { at, tried });
+            }
         }
         true
     }
@@ -340,7 +493,7 @@ impl Worker {
             };
         }
         let mut rtc = cfg.build(now);
-        for addr in &self.candidates {
+        for addr in &self.shared.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
                     rtc.add_local_candidate(c);
@@ -521,9 +674,12 @@ impl Worker {
 
     /// Feed one datagram to its session and poll that session at once: in RTP mode str0m holds only
     /// one received packet until the next poll, so two inputs without a poll in between lose one.
-    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &[u8], socket: &UdpSocket) {
-        self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+    /// A datagram for a session on another worker is handed to that worker.
+    fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &[u8], via: Via) {
+        if matches!(via, Via::Socket) {
+            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         let Ok(contents) = DatagramRecv::try_from(data) else {
             self.stats.dropped_unparseable.fetch_add(1, Ordering::Relaxed);
             return;
@@ -535,22 +691,43 @@ impl Worker {
             .get(&src)
             .copied()
             .filter(|id| self.sessions.get(id).map(|s| s.rtc.accepts(&input)).unwrap_or(false));
+        let workers = self.shared.peers.len();
         let id = match known {
             Some(id) => id,
             None => {
+                if matches!(via, Via::Socket) && workers > 1 {
+                    let owner = self.shared.claims().get(&src).copied();
+                    if let Some(w) = owner.filter(|w| *w != self.index) {
+                        self.hand_over(w, src, data, now, 0);
+                        return;
+                    }
+                }
                 // Only a STUN request (RFC 7983: first byte 0-3, magic cookie) can introduce a new
-                // address: every address that passed a connectivity check is in `addr_map`. Anything
-                // else from an unknown address is dropped without scanning the sessions.
+                // address: every address that passed a connectivity check is in `addr_map` (or claimed
+                // by another worker). Anything else from an unknown address is dropped without scanning
+                // the sessions.
                 let stun = data.len() >= 20 && data[0] < 4 && data[4..8] == [0x21, 0x12, 0xa4, 0x42];
                 if !stun {
                     self.stats.dropped_unknown_source.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 let Some(id) = self.sessions.iter().find(|(_, s)| s.rtc.accepts(&input)).map(|(k, _)| *k) else {
-                    self.stats.dropped_unknown_source.fetch_add(1, Ordering::Relaxed);
+                    // Ask the next worker, until every worker has looked once.
+                    let (at, tried) = match via {
+                        Via::Socket => (now, 1),
+                        Via::Worker { at, tried } => (at, tried + 1),
+                    };
+                    if tried < workers {
+                        self.hand_over((self.index + 1) % workers, src, data, at, tried);
+                    } else {
+                        self.stats.dropped_unknown_source.fetch_add(1, Ordering::Relaxed);
+                    }
                     return;
                 };
                 self.addr_map.insert(src, id);
+                if workers > 1 {
+                    self.shared.claims().insert(src, self.index);
+                }
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.addrs.push(src);
                 }
@@ -566,27 +743,40 @@ impl Worker {
         if let Err(e) = s.rtc.handle_input(input) {
             debug!(?id, "session input error: {e}");
         }
-        self.poll_session(id, socket);
+        self.handed_arrival = match via {
+            Via::Worker { at, .. } => Some(at),
+            Via::Socket => None,
+        };
+        self.poll_session(id);
+        self.handed_arrival = None;
+    }
+
+    /// Give a datagram read at `at` to worker `to`.
+    fn hand_over(&self, to: usize, src: SocketAddr, data: &[u8], at: Instant, tried: usize) {
+        if self.shared.send_media(to, Command::Datagram { src, data: data.to_vec(), at, tried }) {
+            self.stats.datagrams_handed_over.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The local address a datagram from `src` was sent to. The socket does not report it, so it is
     /// chosen among the advertised candidates: loopback for loopback peers, else the first of the
     /// same family.
     fn destination_for(&self, src: SocketAddr) -> SocketAddr {
-        if self.candidates.len() == 1 {
-            return self.candidates[0];
+        let candidates = &self.shared.candidates;
+        if candidates.len() == 1 {
+            return candidates[0];
         }
         let same_family = |c: &&SocketAddr| c.is_ipv4() == src.is_ipv4();
         if src.ip().is_loopback() {
-            if let Some(c) = self.candidates.iter().filter(same_family).find(|c| c.ip().is_loopback()) {
+            if let Some(c) = candidates.iter().filter(same_family).find(|c| c.ip().is_loopback()) {
                 return *c;
             }
         }
-        self.candidates
+        candidates
             .iter()
             .filter(same_family)
             .find(|c| !c.ip().is_loopback())
-            .or_else(|| self.candidates.first())
+            .or_else(|| candidates.first())
             .copied()
             .unwrap_or(src)
     }
@@ -667,8 +857,14 @@ impl Worker {
         }
         if now >= self.next_drop_refresh {
             self.next_drop_refresh = now + Duration::from_secs(1);
+            // Each worker adds what its router dropped since its last report.
             for (i, reason) in dais_forward::DropReason::ALL.iter().enumerate() {
-                self.stats.drops_by_reason[i].store(self.router.drops().get(*reason), Ordering::Relaxed);
+                let total = self.router.drops().get(*reason);
+                let delta = total.saturating_sub(self.drops_reported[i]);
+                if delta > 0 {
+                    self.drops_reported[i] = total;
+                    self.stats.drops_by_reason[i].fetch_add(delta, Ordering::Relaxed);
+                }
             }
         }
         if now >= self.next_report {
@@ -682,6 +878,7 @@ impl Worker {
                 .collect();
             let st = self.router.stats();
             debug!(
+                worker = self.index,
                 sessions = self.sessions.len(),
                 packets_in = st.packets_in,
                 packets_out = st.packets_out,
@@ -696,13 +893,13 @@ impl Worker {
         }
     }
 
-    fn flush(&mut self, socket: &UdpSocket) {
+    fn flush(&mut self) {
         loop {
             while let Some(id) = self.dirty.pop() {
-                self.poll_session(id, socket);
+                self.poll_session(id);
             }
             // The pass's last datagrams go to the kernel before their latency is taken.
-            self.batch.send(socket, &self.stats);
+            self.batch.send(&self.send, &self.stats);
             if !self.forwarded_arrivals.is_empty() {
                 let done = Instant::now();
                 for a in self.forwarded_arrivals.drain(..) {
@@ -736,10 +933,10 @@ impl Worker {
             self.fail_session(id);
         }
         // Failing a session may have queued datagrams (none today, but cheap to be sure).
-        self.batch.send(socket, &self.stats);
+        self.batch.send(&self.send, &self.stats);
     }
 
-    fn poll_session(&mut self, id: SessionId, socket: &UdpSocket) {
+    fn poll_session(&mut self, id: SessionId) {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.dirty = false;
             if s.failed_at.is_some() {
@@ -777,7 +974,7 @@ impl Worker {
                     self.polled.push(id);
                     return;
                 }
-                Output::Transmit(t) => self.batch.push(t, socket, &self.stats),
+                Output::Transmit(t) => self.batch.push(t, &self.send, &self.stats),
                 Output::Event(e) => self.handle_event(id, e),
             }
         }
@@ -865,11 +1062,16 @@ impl Worker {
         let payload_types = params.iter().map(|p| (*p.pt(), codec::core_codec(p.spec().codec))).collect();
         let fkind =
             if kind == MediaKind::Audio { dais_forward::MediaKind::Audio } else { dais_forward::MediaKind::Video };
-        let pid = self.router.add_producer(now, ProducerSpec { kind: fkind, clock_rate, payload_types });
-        let key = ProducerKey(self.next_key);
-        self.next_key += 1;
+        let spec = ProducerSpec { kind: fkind, clock_rate, payload_types };
+        let pid = self.router.add_producer(now, spec.clone());
+        let key = ProducerKey(self.shared.next_key.fetch_add(1, Ordering::Relaxed));
         s.producers_by_mid.insert(mid, pid);
-        self.producers.insert(pid, ProducerRec { session: id, mid, key, specs, clock_rate });
+        // Mirrors exist before anyone hears of the producer, so no subscription can arrive first.
+        let home = self.index;
+        self.shared.broadcast(home, || {
+            Command::MirrorAdd(Mirror { producer: key, home, spec: spec.clone(), specs: specs.clone(), clock_rate })
+        });
+        self.producers.insert(pid, ProducerRec { origin: Origin::Local { session: id, mid }, key, specs, clock_rate });
         self.keys.insert(key, pid);
         let kind = if kind == MediaKind::Audio { Kind::Audio } else { Kind::Video };
         info!(?id, %mid, ?key, codec = %codec_name, "producer added");
@@ -879,9 +1081,13 @@ impl Worker {
     fn end_producer(&mut self, pid: ProducerId) {
         let Some(rec) = self.producers.remove(&pid) else { return };
         self.keys.remove(&rec.key);
-        if let Some(s) = self.sessions.get_mut(&rec.session) {
-            s.producers_by_mid.remove(&rec.mid);
-            s.producers_by_ssrc.retain(|_, p| *p != pid);
+        if let Origin::Local { session, mid } = rec.origin {
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.producers_by_mid.remove(&mid);
+                s.producers_by_ssrc.retain(|_, p| *p != pid);
+            }
+            let key = rec.key;
+            self.shared.broadcast(self.index, || Command::MirrorEnd { producer: key });
         }
         for cid in self.router.remove_producer(pid) {
             let Some(c) = self.consumers.remove(&cid) else { continue };
@@ -949,6 +1155,14 @@ impl Worker {
                 self.addr_map.remove(a);
             }
         }
+        if self.shared.peers.len() > 1 {
+            let mut claims = self.shared.claims();
+            for a in &s.addrs {
+                if claims.get(a) == Some(&self.index) {
+                    claims.remove(a);
+                }
+            }
+        }
         for (_, cid) in s.consumers_by_mid.drain() {
             self.router.remove_consumer(cid);
             self.consumers.remove(&cid);
@@ -978,23 +1192,60 @@ impl Worker {
                 pid
             }
         };
-        let clock_rate = self.producers.get(&pid).map(|p| p.clock_rate).unwrap_or(90_000);
+        let Some(rec) = self.producers.get(&pid) else { return };
+        let (key, clock_rate) = (rec.key, rec.clock_rate);
         let wallclock = capture_wallclock(now, &p, clock_rate);
         let ext = egress_extensions(&p.header.ext_vals);
+        let arrival = self.handed_arrival.unwrap_or(p.timestamp);
+        self.stats.rtp_in.fetch_add(1, Ordering::Relaxed);
+        let (ssrc, seq, timestamp) = (*ssrc, p.header.sequence_number, p.header.timestamp);
+        let (payload_type, marker) = (*p.header.payload_type, p.header.marker);
+        let others = self.shared.peers.len() - 1;
+        if others > 0 {
+            // The other workers start on their viewers while this one serves its own.
+            let relayed = Arc::new(Relayed {
+                producer: key,
+                ssrc,
+                seq,
+                timestamp,
+                payload_type,
+                marker,
+                payload: p.payload.clone(),
+                ext: ext.clone(),
+                wallclock,
+                arrival,
+            });
+            for to in (0..=others).filter(|w| *w != self.index) {
+                if self.shared.send_media(to, Command::Relay(relayed.clone())) {
+                    self.stats.packets_relayed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let input = RtpIn { ssrc, seq, timestamp, payload_type, marker, payload: Bytes::from_owner(p.payload.clone()) };
+        self.route(now, pid, input, Ingress { payload: p.payload, ext, wallclock }, arrival);
+    }
+
+    /// A packet another worker relayed: fan it out to this worker's consumers of the mirror.
+    fn relayed(&mut self, now: Instant, r: &Relayed) {
+        let Some(pid) = self.keys.get(&r.producer).copied() else { return };
         let input = RtpIn {
-            ssrc: *ssrc,
-            seq: p.header.sequence_number,
-            timestamp: p.header.timestamp,
-            payload_type: *p.header.payload_type,
-            marker: p.header.marker,
-            payload: Bytes::from_owner(p.payload.clone()),
+            ssrc: r.ssrc,
+            seq: r.seq,
+            timestamp: r.timestamp,
+            payload_type: r.payload_type,
+            marker: r.marker,
+            payload: Bytes::from_owner(r.payload.clone()),
         };
+        let ingress = Ingress { payload: r.payload.clone(), ext: r.ext.clone(), wallclock: r.wallclock };
+        self.route(now, pid, input, ingress, r.arrival);
+    }
+
+    /// Run one packet through this worker's router and write its copies to the consumers' sessions.
+    fn route(&mut self, now: Instant, pid: ProducerId, input: RtpIn, ingress: Ingress, arrival: Instant) {
         let dropped_before = self.router.drops().total();
         let out_before = self.router.stats().packets_out;
-        self.stats.rtp_in.fetch_add(1, Ordering::Relaxed);
-        let arrival = p.timestamp;
         self.router.handle_rtp(now, pid, input);
-        self.drain_router(Some(&Ingress { payload: p.payload, ext, wallclock }));
+        self.drain_router(Some(&ingress));
         if self.router.stats().packets_out > out_before {
             self.forwarded_arrivals.push(arrival);
         }
@@ -1028,7 +1279,16 @@ impl Worker {
                 }
                 FwdOutput::KeyframeRequest { producer, kind } => {
                     let Some(rec) = self.producers.get(&producer) else { continue };
-                    let (session, mid) = (rec.session, rec.mid);
+                    let (session, mid) = match rec.origin {
+                        Origin::Local { session, mid } => (session, mid),
+                        Origin::Mirror { home } => {
+                            // The home worker's router throttles requests from every worker together.
+                            if let Some(tx) = self.shared.peers.get(home) {
+                                let _ = tx.send(Command::KeyframeWanted { producer: rec.key, kind });
+                            }
+                            continue;
+                        }
+                    };
                     let Some(s) = self.sessions.get_mut(&session) else { continue };
                     let kind = match kind {
                         KeyframeKind::Fir => KeyframeRequestKind::Fir,
@@ -1047,6 +1307,14 @@ impl Worker {
                 _ => {}
             }
         }
+    }
+}
+
+/// Receive on worker 0's socket; other workers have none and wait forever here.
+async fn recv_from(socket: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1092,5 +1360,35 @@ fn capture_wallclock(now: Instant, p: &RtpPacket, clock_rate: u32) -> Instant {
         Ok(ago) if ago <= limit => now.checked_sub(ago).unwrap_or(p.timestamp),
         Err(ahead) if ahead.duration() <= limit => now + ahead.duration(),
         _ => p.timestamp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_backlog_drops_and_counts_media_messages() {
+        let (tx0, _rx0) = mpsc::unbounded_channel();
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let stats = Arc::new(MediaStats::default());
+        let shared = Shared::new(vec![tx0, tx1], stats.clone(), Vec::new());
+        let datagram = || Command::Datagram {
+            src: SocketAddr::from(([127, 0, 0, 1], 9)),
+            data: vec![0; 4],
+            at: Instant::now(),
+            tried: 0,
+        };
+        for _ in 0..MAX_BACKLOG {
+            assert!(shared.send_media(1, datagram()));
+        }
+        assert!(!shared.send_media(1, datagram()), "the 8,193rd message is refused");
+        assert_eq!(MediaStats::get(&stats.backlog_drops), 1);
+        assert!(shared.send_media(0, datagram()), "another worker's backlog is its own");
+        assert!(rx1.try_recv().is_ok());
+        shared.media_handled(1);
+        assert!(shared.send_media(1, datagram()), "room again once one was handled");
+        assert!(!shared.send_media(7, datagram()), "no such worker");
+        assert_eq!(MediaStats::get(&stats.backlog_drops), 1);
     }
 }

@@ -495,6 +495,19 @@ impl Router {
         }
     }
 
+    /// Consumers this router does not hold (a mirror of the producer on another media worker) want a
+    /// keyframe. The request shares the producer's throttle with local ones, so the publisher sees at
+    /// most one request per interval however many workers ask. Ignored for audio, paused and unknown
+    /// producers.
+    pub fn request_keyframe(&mut self, now: Instant, producer: ProducerId, kind: KeyframeKind) {
+        let Some(p) = self.producers.get_mut(&producer) else {
+            return;
+        };
+        if p.kind == MediaKind::Video && !p.paused {
+            request_keyframe(producer, p, now, kind, &self.config, &mut self.outputs, &mut self.stats);
+        }
+    }
+
     /// Send keyframe requests whose throttle window ended and retry for consumers still waiting.
     pub fn handle_timeout(&mut self, now: Instant) {
         let Router { config, producers, outputs, stats, .. } = self;

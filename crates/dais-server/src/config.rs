@@ -60,11 +60,16 @@ pub struct MediaConfig {
     pub addr: SocketAddr,
     /// `media.public_ips`: addresses advertised in ICE candidates instead of the bound one.
     pub public_ips: Vec<IpAddr>,
+    /// `media.workers`: media worker threads, 0 for one per CPU core, at most [`MAX_MEDIA_WORKERS`].
+    pub workers: usize,
 }
+
+/// Highest accepted `media.workers`.
+pub const MAX_MEDIA_WORKERS: usize = dais_media::MAX_WORKERS;
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        MediaConfig { addr: SocketAddr::from(([127, 0, 0, 1], 7882)), public_ips: Vec::new() }
+        MediaConfig { addr: SocketAddr::from(([127, 0, 0, 1], 7882)), public_ips: Vec::new(), workers: 0 }
     }
 }
 
@@ -144,6 +149,8 @@ pub struct Overrides {
     pub media_addr: Option<SocketAddr>,
     /// `media.public_ips` (replaces the whole list).
     pub public_ips: Option<Vec<IpAddr>>,
+    /// `media.workers`.
+    pub media_workers: Option<usize>,
     /// `rooms.max_participants`.
     pub max_participants: Option<usize>,
     /// `drain.timeout_secs`.
@@ -230,6 +237,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DAIS_HTTP_ADDR", "http.addr"),
     ("DAIS_MEDIA_ADDR", "media.addr"),
     ("DAIS_PUBLIC_IP", "media.public_ips"),
+    ("DAIS_MEDIA_WORKERS", "media.workers"),
     ("DAIS_MAX_PARTICIPANTS", "rooms.max_participants"),
     ("DAIS_DRAIN_TIMEOUT", "drain.timeout_secs"),
     ("DAIS_LOG", "log.level"),
@@ -275,6 +283,7 @@ impl Config {
         })?;
         let source = Source::File(path.to_owned(), None);
         check_max_participants(config.rooms.max_participants, &source)?;
+        check_media_workers(config.media.workers, &source)?;
         check_log_level(&config.log.level, &source)?;
         check_secret("auth.token_secret", config.auth.token_secret.as_deref(), &source)?;
         check_secret("auth.admin_key", config.auth.admin_key.as_deref(), &source)?;
@@ -299,6 +308,9 @@ impl Config {
         }
         if let Some(v) = o.public_ips {
             self.media.public_ips = v;
+        }
+        if let Some(v) = o.media_workers {
+            self.media.workers = v;
         }
         if let Some(v) = o.max_participants {
             self.rooms.max_participants = v;
@@ -392,6 +404,11 @@ impl Overrides {
                         .map_err(bad)?;
                     o.public_ips = Some(ips);
                 }
+                "DAIS_MEDIA_WORKERS" => {
+                    let n = value.trim().parse::<usize>().map_err(|_| bad(format!("`{value}` is not a number")))?;
+                    check_media_workers(n, &source)?;
+                    o.media_workers = Some(n);
+                }
                 "DAIS_MAX_PARTICIPANTS" => {
                     let n = value.trim().parse::<usize>().map_err(|_| bad(format!("`{value}` is not a number")))?;
                     check_max_participants(n, &source)?;
@@ -441,6 +458,9 @@ impl Overrides {
         if let Some(n) = self.max_participants {
             check_max_participants(n, &Source::Flag("--max-participants".into()))?;
         }
+        if let Some(n) = self.media_workers {
+            check_media_workers(n, &Source::Flag("--media-workers".into()))?;
+        }
         if let Some(level) = &self.log_level {
             check_log_level(level, &Source::Flag("--log".into()))?;
         }
@@ -458,6 +478,17 @@ fn check_max_participants(n: usize, source: &Source) -> Result<(), ConfigError> 
             origin: source.clone(),
             key: "rooms.max_participants".into(),
             detail: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_media_workers(n: usize, source: &Source) -> Result<(), ConfigError> {
+    if n > MAX_MEDIA_WORKERS {
+        return Err(ConfigError::Invalid {
+            origin: source.clone(),
+            key: "media.workers".into(),
+            detail: format!("must be at most {MAX_MEDIA_WORKERS} (0 means one per CPU core)"),
         });
     }
     Ok(())
@@ -542,6 +573,7 @@ mod tests {
             ("DAIS_HTTP_ADDR", "0.0.0.0:80"),
             ("DAIS_MEDIA_ADDR", "0.0.0.0:7882"),
             ("DAIS_PUBLIC_IP", "203.0.113.7, 2001:db8::1"),
+            ("DAIS_MEDIA_WORKERS", "3"),
             ("DAIS_MAX_PARTICIPANTS", "50"),
             ("DAIS_DRAIN_TIMEOUT", "120"),
             ("DAIS_LOG", "debug"),
@@ -555,6 +587,7 @@ mod tests {
         let c = Config::merge(None, &e, &Overrides::default());
         assert_eq!(c.http.addr.to_string(), "0.0.0.0:80");
         assert_eq!(c.media.public_ips.len(), 2);
+        assert_eq!(c.media.workers, 3);
         assert_eq!((c.rooms.max_participants, c.drain.timeout_secs), (50, 120));
         assert_eq!((c.log.level.as_str(), c.log.format), ("debug", LogFormat::Json));
         assert_eq!(c.auth.token_secret.as_deref(), Some(SECRET));
@@ -582,6 +615,10 @@ mod tests {
         assert!(m.contains("`http.addr`"), "{m}");
         let m = msg(file("[rooms]\nmax_participants = 0\n"));
         assert!(m.contains("`rooms.max_participants`") && m.contains("at least 1"), "{m}");
+        let m = msg(file("[media]\nworkers = 65\n"));
+        assert!(m.contains("`media.workers`") && m.contains("at most 64"), "{m}");
+        let m = msg(file("[media]\nworkers = -1\n"));
+        assert!(m.contains("`media.workers`"), "{m}");
         let m = msg(file("[log]\nformat = \"xml\"\n"));
         assert!(m.contains("`log.format`"), "{m}");
         let m = msg(file("[auth]\ntoken_secret = \"short\"\n"));
@@ -592,6 +629,8 @@ mod tests {
         let env_err = |pairs: &[(&str, &str)]| Overrides::from_env(env(pairs)).expect_err("must fail").to_string();
         let m = env_err(&[("DAIS_MAX_PARTICIPANTS", "lots")]);
         assert!(m.contains("environment variable DAIS_MAX_PARTICIPANTS") && m.contains("rooms.max_participants"));
+        let m = env_err(&[("DAIS_MEDIA_WORKERS", "1000")]);
+        assert!(m.contains("environment variable DAIS_MEDIA_WORKERS") && m.contains("media.workers"), "{m}");
         let m = env_err(&[("DAIS_PUBLIC_IP", "1.2.3.4,nope")]);
         assert!(m.contains("DAIS_PUBLIC_IP") && m.contains("`nope`"), "{m}");
         let m = env_err(&[("DAIS_LOG_FORMAT", "xml")]);
@@ -602,6 +641,9 @@ mod tests {
         let flags = Overrides { max_participants: Some(0), ..Default::default() };
         let m = flags.check_flags().expect_err("must fail").to_string();
         assert!(m.contains("flag --max-participants") && m.contains("rooms.max_participants"), "{m}");
+        let flags = Overrides { media_workers: Some(65), ..Default::default() };
+        let m = flags.check_flags().expect_err("must fail").to_string();
+        assert!(m.contains("flag --media-workers") && m.contains("media.workers"), "{m}");
     }
 
     #[test]

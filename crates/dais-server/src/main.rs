@@ -68,6 +68,11 @@ struct Args {
     #[arg(long = "public-ip", value_name = "IP")]
     public_ip: Vec<IpAddr>,
 
+    /// Media worker threads; each owns the sessions placed on it. 0 means one per CPU core.
+    /// [default: 0] [env: DAIS_MEDIA_WORKERS] [file: media.workers]
+    #[arg(long, value_name = "N")]
+    media_workers: Option<usize>,
+
     /// Most participants (speakers and viewers) in one room.
     /// [default: 10000] [env: DAIS_MAX_PARTICIPANTS] [file: rooms.max_participants]
     #[arg(long, value_name = "N")]
@@ -96,6 +101,7 @@ impl Args {
             http_addr: self.http_addr,
             media_addr: self.media_addr,
             public_ips: (!self.public_ip.is_empty()).then(|| self.public_ip.clone()),
+            media_workers: self.media_workers,
             max_participants: self.max_participants,
             drain_timeout_secs: self.drain_timeout,
             log_level: self.log.clone(),
@@ -231,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
     let media = dais_media::MediaServer::start(dais_media::MediaConfig {
         bind: config.media.addr,
         advertise: config.media.public_ips.clone(),
+        workers: config.media.workers,
     })
     .context("starting the media plane")?;
     let tokens = match config.auth.token_secret.as_deref() {

@@ -36,6 +36,28 @@ pub fn render(sig: &Signaling, media: &MediaStats) -> String {
     }
 
     single(&mut out, "dais_media_sessions", "gauge", "WebRTC sessions in the media plane.", get(&media.sessions));
+    single(&mut out, "dais_media_workers", "gauge", "Media worker threads.", get(&media.workers));
+    single(
+        &mut out,
+        "dais_datagrams_handed_over_total",
+        "counter",
+        "Datagrams the receiving media worker handed to the worker owning their session.",
+        get(&media.datagrams_handed_over),
+    );
+    single(
+        &mut out,
+        "dais_rtp_packets_relayed_total",
+        "counter",
+        "RTP packets relayed from a producer's media worker to each other worker.",
+        get(&media.packets_relayed),
+    );
+    single(
+        &mut out,
+        "dais_worker_backlog_drops_total",
+        "counter",
+        "Relayed packets and handed-over datagrams dropped because the receiving media worker was too far behind.",
+        get(&media.backlog_drops),
+    );
     single(&mut out, "dais_datagrams_received_total", "counter", "UDP datagrams received.", get(&media.datagrams_in));
     single(&mut out, "dais_datagrams_sent_total", "counter", "UDP datagrams sent.", get(&media.datagrams_out));
     single(&mut out, "dais_bytes_received_total", "counter", "UDP bytes received.", get(&media.bytes_in));

@@ -73,7 +73,7 @@ fn help_explains_every_flag() {
     let out = dais().arg("--help").output().expect("run --help");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--http-addr", "--media-addr", "--public-ip", "--max-participants", "--log"] {
+    for flag in ["--http-addr", "--media-addr", "--public-ip", "--media-workers", "--max-participants", "--log"] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
     assert!(text.contains("127.0.0.1:8080"), "--help shows the HTTP default");

@@ -84,7 +84,8 @@ async fn assert_flowing(observers: &[(&str, &Client)], publisher: &str, n: u64, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_speakers_three_viewers_receive_everything_intact() {
-    let server = Server::start();
+    // Two workers: the speakers land on different ones, so every viewer gets one speaker through a mirror.
+    let server = Server::start_with(&["--media-workers", "2"]);
     let room = "loop-fanout";
     let (s1, p1, t1) = speaker(&server, room, "s1").await;
     let (s2, p2, t2) = speaker(&server, room, "s2").await;
@@ -129,9 +130,63 @@ async fn two_speakers_three_viewers_receive_everything_intact() {
     }
 }
 
+/// `name value` lines of `/metrics` without labels.
+fn scrape_plain(server: &Server) -> std::collections::HashMap<String, f64> {
+    let (status, body) = common::http_get(server.http, "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.contains('{'))
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.trim().parse().ok()?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_viewer_on_another_worker_starts_on_a_requested_keyframe() {
+    let server = Server::start_with(&["--media-workers", "2"]);
+    let room = "loop-workers";
+    // No periodic keyframes: a late viewer can only start on one its own request brought.
+    let s = Client::connect(&server.ws_url()).await.expect("speaker connects");
+    let sp = s.join(room, "s", Role::Speaker).await.expect("speaker joins").participant_id;
+    let config = dais_client::MediaConfig { keyframe_interval: Duration::from_secs(3600), ..Default::default() };
+    let tag = s.publish(config).await.expect("speaker publishes").tag();
+    s.wait_until(MEDIA_TIMEOUT, "the speaker sends video", |x| x.sent.video_packets >= 30)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Worker 0 holds the speaker; the least-loaded rule puts `far` on worker 1 and `near` on worker 0.
+    // `far` must start before `near` joins, so only its own request (through worker 0) can have helped.
+    let (far, _) = viewer(&server, room, "far").await;
+    far.wait_until(MEDIA_TIMEOUT, "far receives video", |x| has_media_from(x, &sp, 1, 1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; snapshot: {:#?}", far.snapshot().streams));
+    let (near, _) = viewer(&server, room, "near").await;
+    for (who, v) in [("far", &far), ("near", &near)] {
+        let snap = v
+            .wait_until(MEDIA_TIMEOUT, &format!("{who} receives the speaker"), |x| has_media_from(x, &sp, 50, 30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}; snapshot: {:#?}", v.snapshot().streams));
+        assert_intact(who, &snap, &sp, tag);
+        assert_pair_uses_media_port(who, v, &server).await;
+    }
+    let sent = s.snapshot().sent;
+    assert!(sent.keyframe_requests >= 1 && sent.keyframes >= 2, "no requested keyframe reached the speaker: {sent:?}");
+
+    let m = scrape_plain(&server);
+    let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("metric {k} missing"));
+    assert_eq!(get("dais_media_workers"), 2.0);
+    assert_eq!(get("dais_media_sessions"), 3.0);
+    assert!(
+        get("dais_rtp_packets_relayed_total") >= get("dais_rtp_packets_received_total"),
+        "every packet relayed once"
+    );
+    assert!(get("dais_datagrams_handed_over_total") > 0.0, "worker 1's datagrams are handed over");
+    assert!(get("dais_keyframe_requests_sent_total") >= 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn speaker_leaving_unpublishes_and_renegotiates() {
-    let server = Server::start();
+    // Two workers: leaver and v1 on worker 0, stayer and v2 on worker 1, so v2 loses a mirror.
+    let server = Server::start_with(&["--media-workers", "2"]);
     let room = "loop-leave";
     let (leaver, gone, _) = speaker(&server, room, "leaver").await;
     let (_stayer, stays, _) = speaker(&server, room, "stayer").await;
@@ -186,7 +241,8 @@ async fn speaker_leaving_unpublishes_and_renegotiates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn viewer_cannot_publish_and_stays_connected() {
-    let server = Server::start();
+    // One worker: the path without hand-overs and mirrors stays covered on any machine.
+    let server = Server::start_with(&["--media-workers", "1"]);
     let room = "loop-viewer-publish";
     let (_s, sp, _) = speaker(&server, room, "s").await;
     let (v, _) = viewer(&server, room, "v").await;

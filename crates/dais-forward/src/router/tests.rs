@@ -379,6 +379,31 @@ fn fir_beats_pli() {
 }
 
 #[test]
+fn requests_from_elsewhere_share_the_throttle() {
+    let base = Instant::now();
+    let mut r = router();
+    let p = r.add_producer(base, video_spec());
+    let c = r.add_consumer(base, p, consumer(1, &[(Codec::Vp8, 96)], 0)).expect("vp8");
+    r.handle_rtp(base, p, pkt(1, 1, 0, 96, VP8_KEY));
+    assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Pli)]);
+    // Another worker's consumers and a local one ask inside the window: one merged request at its end.
+    r.request_keyframe(at(base, 100), p, KeyframeKind::Fir);
+    r.handle_keyframe_request(at(base, 200), c, KeyframeKind::Pli);
+    assert!(drain(&mut r).is_empty());
+    r.handle_timeout(at(base, 500));
+    assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Fir)]);
+    // Outside the window it goes out at once; audio and unknown producers are ignored.
+    r.request_keyframe(at(base, 1100), p, KeyframeKind::Pli);
+    assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Pli)]);
+    let a = r.add_producer(base, audio_spec());
+    r.request_keyframe(at(base, 2000), a, KeyframeKind::Pli);
+    r.remove_producer(p);
+    r.request_keyframe(at(base, 2000), p, KeyframeKind::Pli);
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(r.stats().keyframe_requests_sent, 3);
+}
+
+#[test]
 fn keyframe_arrival_cancels_pending_request() {
     let base = Instant::now();
     let mut r = router();
