@@ -66,6 +66,7 @@ fn config(dais: PathBuf, viewers: usize, workers: usize, duration: Duration) -> 
         token_secret: None,
         progress: false,
         fanout: true,
+        decrypt_one_in: 1,
     }
 }
 

@@ -102,6 +102,14 @@ struct Args {
     #[arg(long)]
     fanout: bool,
 
+    /// Only one viewer in K decrypts every packet; the others decrypt until their first key frame, then
+    /// count each packet from its plaintext SRTP header (SSRC, sequence number) against the speakers' send
+    /// log, which costs the generator far less. Loss, duplicates, reordering and latency are counted for
+    /// every viewer; payloads and SRTP tags are checked only by the decrypting ones, and the report says
+    /// how many packets were counted without decryption. 1: every viewer decrypts.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    decrypt_one_in: usize,
+
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -171,6 +179,9 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
     if speakers == 0 {
         return Err("--speakers must be at least 1: viewers measure what speakers send".into());
     }
+    if a.decrypt_one_in == 0 {
+        return Err("--decrypt-one-in must be at least 1 (1: every viewer decrypts)".into());
+    }
     Ok(LoadConfig {
         preset: a.preset.name().into(),
         url: a.url.clone(),
@@ -191,6 +202,7 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
         token_secret: a.token_secret.clone(),
         progress: !a.quiet,
         fanout: a.fanout,
+        decrypt_one_in: a.decrypt_one_in,
     })
 }
 

@@ -9,10 +9,14 @@
 //! Sockets ask the kernel for receive timestamps (`SO_TIMESTAMPNS`). Events caused by a datagram come with
 //! the time the kernel queued that datagram on the socket, so latency measured from them excludes the time
 //! the generator itself took to get to the packet: it is the SFU's latency plus loopback delivery.
+//!
+//! A peer can also count SRTP packets from their headers instead of decrypting them ([`Peer::count_headers`],
+//! see [`crate::sendlog`]).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -26,14 +30,39 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig, RtcError};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::stamp::Clock;
+use crate::sendlog::{HeaderCounter, SendLog};
+use crate::stamp::{Clock, Stamp};
 use crate::Failure;
+
+/// What [`Peer::read`] hands over.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // handed by value to a callback, never stored
+pub enum Got {
+    /// An event of the session.
+    Event(Event),
+    /// A packet counted from its header alone ([`Peer::count_headers`]).
+    Counted(Stamp),
+}
+
+/// The header-only path of a peer that does not decrypt (see [`crate::sendlog`]).
+#[derive(Debug)]
+struct Counting {
+    counter: HeaderCounter,
+    log: Arc<SendLog>,
+    /// Learning and counting have begun.
+    armed: bool,
+}
 
 /// Largest datagram read; anything WebRTC sends fits.
 const RECV_BUF: usize = 2048;
 
 /// Most datagrams read per readiness wake-up before other work gets a turn.
 const READ_BATCH: usize = 64;
+
+/// Once a peer counts headers, str0m gets time at most this often. Its timers then serve only ICE
+/// consent, RTCP reports and DTLS (the counted packets never reach it, so there is nothing to NACK), and
+/// at 1,000 viewers waking each session every few milliseconds cost the generator more than the packets.
+const COUNTING_TICK: Duration = Duration::from_millis(200);
 
 /// A str0m session and its socket.
 #[derive(Debug)]
@@ -53,6 +82,9 @@ pub struct Peer {
     pub next: Instant,
     /// Datagrams the kernel refused to take.
     pub send_errors: u64,
+    counting: Option<Counting>,
+    /// When str0m was last given the time by [`Peer::tick`].
+    last_tick: Instant,
 }
 
 impl Peer {
@@ -86,6 +118,8 @@ impl Peer {
             clock,
             next: now,
             send_errors: 0,
+            counting: None,
+            last_tick: now,
         })
     }
 
@@ -98,6 +132,14 @@ impl Peer {
         let mut fed = 0;
         loop {
             match self.rtc.poll_output()? {
+                Output::Event(Event::RtpPacket(pkt)) => {
+                    if let Some(c) = self.counting.as_mut().filter(|c| c.armed) {
+                        if let Some(stamp) = Stamp::read(&pkt.payload) {
+                            c.counter.learn(*pkt.header.ssrc, *pkt.seq_no, &stamp);
+                        }
+                    }
+                    on_event(Event::RtpPacket(pkt), at);
+                }
                 Output::Transmit(t) => {
                     if self.sender.send_to(&t.contents, t.destination).is_err() {
                         self.send_errors += 1;
@@ -121,6 +163,7 @@ impl Peer {
     /// Give str0m the time if it asked for it by now, then drive.
     pub fn tick(&mut self, on_event: &mut impl FnMut(Event, Instant)) -> Result<(), RtcError> {
         let now = Instant::now();
+        self.last_tick = now;
         if self.next <= now {
             self.rtc.handle_input(Input::Timeout(now))?;
         }
@@ -146,9 +189,30 @@ impl Peer {
         self.socket.readable().await
     }
 
-    /// Read what the socket holds (up to a batch), handing each datagram to str0m and driving after each.
-    /// Datagrams str0m cannot parse are skipped.
-    pub fn read(&mut self, on_event: &mut impl FnMut(Event, Instant)) -> Result<(), RtcError> {
+    /// From now on, once [`Peer::arm_counting`] was called, count SRTP packets of the speaker streams this
+    /// peer has decrypted at least once from their headers and `log`, instead of decrypting them.
+    pub fn count_headers(&mut self, log: Arc<SendLog>) {
+        self.counting = Some(Counting { counter: HeaderCounter::default(), log, armed: false });
+    }
+
+    /// Start learning SSRCs from decrypted packets, and counting packets of learned ones. Does nothing
+    /// unless [`Peer::count_headers`] was called.
+    pub fn arm_counting(&mut self) {
+        if let Some(c) = self.counting.as_mut() {
+            c.armed = true;
+        }
+    }
+
+    /// Packets counted from their headers alone.
+    pub fn counted(&self) -> u64 {
+        self.counting.as_ref().map_or(0, |c| c.counter.counted)
+    }
+
+    /// Read what the socket holds (up to a batch), handing each datagram to str0m and driving after each,
+    /// or, for a counting peer, counting it from its header. Datagrams str0m cannot parse are skipped.
+    /// True if str0m got any of them.
+    pub fn read(&mut self, on: &mut impl FnMut(Got, Instant)) -> Result<bool, RtcError> {
+        let mut fed = false;
         for _ in 0..READ_BATCH {
             let (n, source, wall) = match self.receive() {
                 Ok(r) => r,
@@ -158,13 +222,20 @@ impl Peer {
             let now = Instant::now();
             let at = wall.map(|w| self.clock.from_wall(w).min(now)).unwrap_or(now);
             let Some(data) = self.buf.get(..n) else { break };
+            if let Some(c) = self.counting.as_mut().filter(|c| c.armed && c.counter.ready()) {
+                if let Some(stamp) = c.counter.count(data, &c.log) {
+                    on(Got::Counted(stamp), at);
+                    continue;
+                }
+            }
             let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, data) else {
                 continue;
             };
             self.rtc.handle_input(Input::Receive(now, receive))?;
-            self.drive(at, on_event)?;
+            fed = true;
+            self.drive(at, &mut |e, t| on(Got::Event(e), t))?;
         }
-        Ok(())
+        Ok(fed)
     }
 
     /// One datagram: its length, source and kernel receive time (wall clock), if the kernel gave one.
@@ -188,9 +259,18 @@ impl Peer {
         })
     }
 
-    /// How long until str0m wants time, from now.
+    /// When str0m wants time next; for an armed counting peer, no sooner than [`COUNTING_TICK`] after
+    /// the last tick.
+    pub fn next_tick(&self) -> Instant {
+        if self.counting.as_ref().is_some_and(|c| c.armed) {
+            return self.next.max(self.last_tick + COUNTING_TICK);
+        }
+        self.next
+    }
+
+    /// How long until [`Peer::next_tick`], from now.
     pub fn until_next(&self) -> Duration {
-        self.next.saturating_duration_since(Instant::now())
+        self.next_tick().saturating_duration_since(Instant::now())
     }
 
     /// The payload type negotiated on `mid` for `codec`, as this side numbers it.

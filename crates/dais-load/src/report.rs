@@ -61,8 +61,11 @@ pub struct Scenario {
     pub packets_per_viewer_per_s: f64,
     /// Viewer shard threads in the generator.
     pub generator_threads: usize,
-    /// Whether every viewer decrypted every packet (always true: no viewer skips SRTP).
+    /// Whether every viewer decrypted every packet.
     pub all_viewers_decrypt: bool,
+    /// One viewer in this many decrypted every packet; the others counted SRTP headers after their
+    /// first key frame (`--decrypt-one-in`).
+    pub decrypt_one_in: usize,
 }
 
 /// Viewer counts.
@@ -151,6 +154,9 @@ pub struct Delivery {
     pub out_of_order: WorstMean,
     /// Speaker streams a joined viewer never received a packet of.
     pub missing_streams: u64,
+    /// Packets counted from their SRTP headers without decryption (`--decrypt-one-in`); 0 when every
+    /// viewer decrypts.
+    pub counted_from_headers: u64,
 }
 
 /// Fan-out figures, microseconds, over ingress packets.
@@ -287,6 +293,7 @@ pub fn delivery(viewers: &[ViewerRecord], speakers: &[SpeakerRecord]) -> Deliver
         lost: worst_mean(|v| v.1, false),
         duplicates: worst_mean(|v| v.2, false),
         out_of_order: worst_mean(|v| v.3, false),
+        counted_from_headers: viewers.iter().map(|v| v.counted).sum(),
         missing_streams,
     }
 }
@@ -323,9 +330,23 @@ impl Report {
             "dais-load report: {} ({} speakers, {} viewers, {} s after a {:.1} s ramp)",
             s.preset, s.speakers, s.viewers, s.duration_s, s.ramp_s
         );
+        let decryption = if s.all_viewers_decrypt {
+            "every viewer decrypts".to_owned()
+        } else {
+            format!(
+                "1 viewer in {} decrypts, the others count SRTP headers after their first key frame \
+                 ({:.1} % of packets counted so)",
+                s.decrypt_one_in,
+                if self.delivery.received == 0 {
+                    0.0
+                } else {
+                    100.0 * self.delivery.counted_from_headers as f64 / self.delivery.received as f64
+                }
+            )
+        };
         let _ = writeln!(
             o,
-            "  server {}; {:.0} packets/s per viewer; {} generator thread(s); every viewer decrypts",
+            "  server {}; {:.0} packets/s per viewer; {} generator thread(s); {decryption}",
             s.url, s.packets_per_viewer_per_s, s.generator_threads
         );
         let v = &self.viewers;

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::procfs::Sampler;
 use crate::report::{self, ProcessUsage, Report, Scenario, Viewers};
+use crate::sendlog::SendLog;
 use crate::shard::{Cmd, Progress, Shard, Target};
 use crate::speaker::SpeakerPlan;
 use crate::stamp::Clock;
@@ -69,6 +70,8 @@ pub struct LoadConfig {
     pub progress: bool,
     /// Keep per-packet fan-out spreads and report them.
     pub fanout: bool,
+    /// One viewer in this many decrypts every packet; the others count SRTP headers (1: all decrypt).
+    pub decrypt_one_in: usize,
 }
 
 /// Longest wait for all speakers to connect.
@@ -156,6 +159,8 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         token_secret: cfg.token_secret.clone(),
         speaker: plan,
         fanout: cfg.fanout,
+        decrypt_one_in: cfg.decrypt_one_in.max(1),
+        send_log: Arc::new(SendLog::new(cfg.speakers)),
     });
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -326,7 +331,8 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             video_bitrate: cfg.video_bitrate,
             packets_per_viewer_per_s: round1(plan.packets_per_second() * cfg.speakers as f64),
             generator_threads: threads,
-            all_viewers_decrypt: true,
+            all_viewers_decrypt: cfg.decrypt_one_in <= 1,
+            decrypt_one_in: cfg.decrypt_one_in.max(1),
         },
         viewers: Viewers {
             started: viewers.len(),

@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::sendlog::SendLog;
 use crate::speaker::{self, SpeakerPlan, SpeakerRecord};
 use crate::stamp::Clock;
 use crate::stats::{latency_histogram, FanoutRecorder, ViewerRecord};
@@ -39,6 +40,10 @@ pub struct Target {
     pub speaker: SpeakerPlan,
     /// Keep per-packet fan-out spreads (`--fanout`).
     pub fanout: bool,
+    /// One viewer in this many decrypts every packet; the others count headers (1: all decrypt).
+    pub decrypt_one_in: usize,
+    /// What the speakers sent, for viewers that count headers.
+    pub send_log: Arc<SendLog>,
 }
 
 /// Counters the run loop reads for progress.

@@ -20,7 +20,7 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::Event;
 use tokio::time::MissedTickBehavior;
 
-use crate::peer::Peer;
+use crate::peer::{Got, Peer};
 use crate::shard::Ctx;
 use crate::signal::{Incoming, Signal};
 use crate::stamp::{self, Stamp, Stream, FLAG_FRAME_START, FLAG_KEYFRAME};
@@ -177,7 +177,11 @@ impl Speaker {
                 },
                 r = peer.readable() => {
                     r.map_err(Failure::with("socket"))?;
-                    peer.read(&mut |e, _| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?;
+                    peer.read(&mut |g, _| {
+                        if let Got::Event(e) = g {
+                            self.on_event(e, ctx)
+                        }
+                    }).map_err(Failure::with("media_failed"))?;
                 }
                 _ = &mut sleep => peer.tick(&mut |e, _| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?,
                 _ = video_tick.tick(), if live => self.send_frame(&mut peer, ctx, plan),
@@ -219,6 +223,7 @@ impl Speaker {
                 sent_ns: ctx.clock.ns(now),
             };
             let payload: Arc<[u8]> = stamp::payload(&stamp, size).into();
+            ctx.target.send_log.record(&stamp);
             let mut api = peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else { return };
             tx.write_rtp(
@@ -244,6 +249,7 @@ impl Speaker {
             sent_ns: ctx.clock.ns(now),
         };
         let payload: Arc<[u8]> = stamp::payload(&stamp, AUDIO_PAYLOAD).into();
+        ctx.target.send_log.record(&stamp);
         let mut api = peer.rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else { return };
         let rtp_time = self.audio_seq.wrapping_mul(960) as u32;

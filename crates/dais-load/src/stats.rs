@@ -125,6 +125,8 @@ pub struct ViewerRecord {
     pub first_keyframe: Option<Duration>,
     /// Per speaker stream.
     pub streams: BTreeMap<(u16, Stream), StreamRx>,
+    /// Packets counted from their SRTP headers without decryption (`--decrypt-one-in`).
+    pub counted: u64,
 }
 
 impl ViewerRecord {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dais_proto::{ClientMessage, Role, ServerMessage};
 use str0m::Event;
 
-use crate::peer::Peer;
+use crate::peer::{Got, Peer};
 use crate::shard::Ctx;
 use crate::signal::{Incoming, Signal};
 use crate::stamp::Stamp;
@@ -66,6 +66,8 @@ impl Viewer {
         let mut sig = sig.spawn();
 
         let mut peer: Option<Peer> = None;
+        // Viewers 0, K, 2K... decrypt every packet; the others count headers after their first key frame.
+        let counting = target.decrypt_one_in > 1 && !index.is_multiple_of(target.decrypt_one_in);
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         let leave = tokio::time::sleep_until(leave_at.unwrap_or(self.start + Duration::from_secs(1 << 30)).into());
@@ -73,14 +75,39 @@ impl Viewer {
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         let mut stop = ctx.stop.clone();
         let mut joined_at: Option<Instant> = None;
+        // str0m may have output: something other than counted packets happened since the last drive.
+        let mut dirty = true;
 
         loop {
             if let Some(p) = peer.as_mut() {
-                p.drive(Instant::now(), &mut |e, at| self.on_event(e, at)).map_err(Failure::with("media_failed"))?;
-                sleep.as_mut().reset((Instant::now() + p.until_next()).into());
+                if dirty {
+                    if counting && self.rec.first_keyframe.is_some() {
+                        p.arm_counting();
+                    }
+                    p.drive(Instant::now(), &mut |e, at| self.on_event(e, at))
+                        .map_err(Failure::with("media_failed"))?;
+                }
+                let next = tokio::time::Instant::from_std(p.next_tick());
+                if sleep.deadline() != next {
+                    sleep.as_mut().reset(next);
+                }
             }
+            dirty = true;
+            // The socket first: it is what wakes a viewer 230 times a second, and the other branches
+            // (stop, leave, signaling, timers) cost a poll each when checked before it.
             tokio::select! {
                 biased;
+                r = readable(&peer) => {
+                    r.map_err(Failure::with("socket"))?;
+                    if let Some(p) = peer.as_mut() {
+                        dirty = p.read(&mut |g, at| match g {
+                            Got::Event(e) => self.on_event(e, at),
+                            Got::Counted(stamp) => self.on_stamp(stamp, at),
+                        })
+                        .map_err(Failure::with("media_failed"))?;
+                        self.rec.counted = p.counted();
+                    }
+                }
                 _ = stop.changed() => {
                     sig.leave().await;
                     return Ok(());
@@ -99,7 +126,13 @@ impl Viewer {
                     Incoming::Message(ServerMessage::Offer { sdp }) => {
                         let p = match peer.as_mut() {
                             Some(p) => p,
-                            None => peer.insert(Peer::bind(target.bind_ip, ctx.clock).map_err(Failure::with("bind_failed"))?),
+                            None => {
+                                let p = peer.insert(Peer::bind(target.bind_ip, ctx.clock).map_err(Failure::with("bind_failed"))?);
+                                if counting {
+                                    p.count_headers(target.send_log.clone());
+                                }
+                                p
+                            }
                         };
                         let answer = p.answer_offer(&sdp)?;
                         sig.send(ClientMessage::Answer { sdp: answer })
@@ -111,12 +144,6 @@ impl Viewer {
                     Incoming::Message(_) => {}
                     Incoming::Closed(code) => return Err(Failure::new("ws_closed", format!("close code {code:?}"))),
                 },
-                r = readable(&peer) => {
-                    r.map_err(Failure::with("socket"))?;
-                    if let Some(p) = peer.as_mut() {
-                        p.read(&mut |e, at| self.on_event(e, at)).map_err(Failure::with("media_failed"))?;
-                    }
-                }
                 _ = &mut sleep, if peer.is_some() => {
                     if let Some(p) = peer.as_mut() {
                         p.tick(&mut |e, at| self.on_event(e, at)).map_err(Failure::with("media_failed"))?;
@@ -149,6 +176,11 @@ impl Viewer {
             _ => return,
         };
         let Some(stamp) = Stamp::read(&pkt.payload) else { return };
+        self.on_stamp(stamp, at);
+    }
+
+    /// One received packet of a speaker stream, decrypted or counted from its header.
+    fn on_stamp(&mut self, stamp: Stamp, at: Instant) {
         let now = at;
         if self.rec.first_media.is_none() {
             self.rec.first_media = Some(now - self.start);

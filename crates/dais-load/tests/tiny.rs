@@ -32,6 +32,7 @@ const FIELDS: &[&str] = &[
     "scenario.packets_per_viewer_per_s",
     "scenario.generator_threads",
     "scenario.all_viewers_decrypt",
+    "scenario.decrypt_one_in",
     "viewers.started",
     "viewers.joined",
     "viewers.failed",
@@ -67,6 +68,7 @@ const FIELDS: &[&str] = &[
     "delivery.out_of_order.worst",
     "delivery.out_of_order.mean",
     "delivery.missing_streams",
+    "delivery.counted_from_headers",
     "fanout_us.last_viewer.p50",
     "fanout_us.last_viewer.p99",
     "fanout_us.last_viewer.p999",
@@ -98,16 +100,17 @@ fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(v, |v, k| v.get(k).unwrap_or_else(|| panic!("report has no `{path}`:\n{v:#}")))
 }
 
-#[test]
-fn twenty_viewers_all_join_and_receive_at_least_99_percent() {
+/// Run the 20-viewer keynote with `extra` flags; the JSON report, checked for every field, and stdout.
+fn tiny_run(name: &str, extra: &[&str]) -> (Value, String) {
     let dais = dais_bin();
-    let dir = std::env::temp_dir().join(format!("dais-load-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("dais-load-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let json = dir.join("report.json");
     let out = Command::new(env!("CARGO_BIN_EXE_dais-load"))
         .args(["--spawn-server", "--server-bin"])
         .arg(&dais)
         .args(["--preset", "keynote", "--viewers", "20", "--join-rate", "20", "--duration", "5", "--quiet", "--fanout"])
+        .args(extra)
         .arg("--json")
         .arg(&json)
         .output()
@@ -122,26 +125,54 @@ fn twenty_viewers_all_join_and_receive_at_least_99_percent() {
     for path in FIELDS {
         assert!(!field(&report, path).is_null(), "`{path}` is null:\n{report:#}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    (report, stdout.into_owned())
+}
 
-    assert_eq!(field(&report, "viewers.started"), 20, "{stdout}");
-    assert_eq!(field(&report, "viewers.joined"), 20, "every viewer joined:\n{stdout}");
-    assert_eq!(field(&report, "viewers.failed"), 0, "{stdout}");
-    let delivered = field(&report, "delivery.delivered_pct").as_f64().expect("a number");
+/// What every tiny run must show: everyone joined, at least 99 % arrived (overall and at the worst
+/// viewer), every viewer got both streams and more than 5 s of packets were measured.
+fn assert_everyone_received(report: &Value, stdout: &str) {
+    assert_eq!(field(report, "viewers.started"), 20, "{stdout}");
+    assert_eq!(field(report, "viewers.joined"), 20, "every viewer joined:\n{stdout}");
+    assert_eq!(field(report, "viewers.failed"), 0, "{stdout}");
+    let delivered = field(report, "delivery.delivered_pct").as_f64().expect("a number");
     assert!(delivered >= 99.0, "delivered {delivered} %:\n{stdout}");
-    let worst = field(&report, "delivery.viewer_delivered_pct.worst").as_f64().expect("a number");
+    let worst = field(report, "delivery.viewer_delivered_pct.worst").as_f64().expect("a number");
     assert!(worst >= 99.0, "worst viewer {worst} %:\n{stdout}");
-    assert_eq!(field(&report, "delivery.missing_streams"), 0, "every viewer got audio and video:\n{stdout}");
+    assert_eq!(field(report, "delivery.missing_streams"), 0, "every viewer got audio and video:\n{stdout}");
     // 20 viewers x (180 video + 50 audio packets/s) x more than 5 s.
-    let samples = field(&report, "latency_us.samples").as_u64().expect("a number");
+    let samples = field(report, "latency_us.samples").as_u64().expect("a number");
     assert!(samples > 20 * 230 * 5, "only {samples} packets measured:\n{stdout}");
-    assert_eq!(field(&report, "join_time_ms.first_keyframe.count"), 20, "{stdout}");
+    assert_eq!(field(report, "join_time_ms.first_keyframe.count"), 20, "{stdout}");
+}
+
+#[test]
+fn twenty_viewers_all_join_and_receive_at_least_99_percent() {
+    let (report, stdout) = tiny_run("all", &[]);
+    assert_everyone_received(&report, &stdout);
+    assert_eq!(field(&report, "scenario.all_viewers_decrypt"), true);
+    assert_eq!(field(&report, "delivery.counted_from_headers"), 0, "nothing skips decryption by default");
+    assert!(stdout.contains("every viewer decrypts"), "{stdout}");
     // Fan-out: every ingress packet of the measured phase reached all 20 viewers.
     let fanout = field(&report, "fanout_us.last_viewer.samples").as_u64().expect("a number");
     assert!(fanout > 230 * 4, "only {fanout} packets reached every viewer:\n{stdout}");
     // The SFU asks the speaker for key frames for new viewers, throttled to one per 500 ms.
     let kf = field(&report, "speakers.keyframe_requests").as_u64().expect("a number");
     assert!(kf >= 1, "the speaker was never asked for a key frame:\n{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn viewers_that_count_headers_measure_the_same_things() {
+    let (report, stdout) = tiny_run("sample", &["--decrypt-one-in", "4"]);
+    assert_everyone_received(&report, &stdout);
+    assert_eq!(field(&report, "scenario.all_viewers_decrypt"), false);
+    assert_eq!(field(&report, "scenario.decrypt_one_in"), 4);
+    // Viewers 0, 4, 8, 12 and 16 decrypt everything; the other 15 count headers after their first key
+    // frame, so most but not all packets were counted so.
+    let counted = field(&report, "delivery.counted_from_headers").as_u64().expect("a number");
+    let received = field(&report, "delivery.received").as_u64().expect("a number");
+    assert!(counted > received / 2 && counted < received * 15 / 20, "{counted} of {received} counted:\n{stdout}");
+    assert!(stdout.contains("1 viewer in 4 decrypts"), "{stdout}");
 }
 
 #[test]
@@ -168,6 +199,7 @@ fn help_documents_every_flag_and_preset() {
         "--bind-ip",
         "--token-secret",
         "--fanout",
+        "--decrypt-one-in",
         "--json",
         "--quiet",
     ] {
