@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use nix::sys::socket::{
+    recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg, SockaddrStorage,
+};
 use nix::sys::time::TimeSpec;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
@@ -59,6 +61,9 @@ const RECV_BUF: usize = 2048;
 /// Most datagrams read per readiness wake-up before other work gets a turn.
 const READ_BATCH: usize = 64;
 
+/// Datagrams one `recvmmsg` call can take.
+const RECV_BATCH: usize = 8;
+
 /// Once a peer counts headers, str0m gets time at most this often. Its timers then serve only ICE
 /// consent, RTCP reports and DTLS (the counted packets never reach it, so there is nothing to NACK), and
 /// at 1,000 viewers waking each session every few milliseconds cost the generator more than the packets.
@@ -70,13 +75,11 @@ pub struct Peer {
     /// The session. Public so that callers can negotiate and write RTP.
     pub rtc: Rtc,
     socket: UdpSocket,
+    recv: RecvBatch,
     /// The same socket, for sends: tokio's `try_send_to` refuses to send until its reactor has seen the
     /// socket writable, which drops a fresh socket's first datagram (the first ICE check).
     sender: std::net::UdpSocket,
     local: SocketAddr,
-    buf: Vec<u8>,
-    /// Control-message space for one receive timestamp.
-    cmsg: Vec<u8>,
     clock: Clock,
     /// When str0m next wants time.
     pub next: Instant,
@@ -113,8 +116,7 @@ impl Peer {
             socket,
             sender,
             local,
-            buf: vec![0; RECV_BUF],
-            cmsg: nix::cmsg_space!(TimeSpec),
+            recv: RecvBatch::new(),
             clock,
             next: now,
             send_errors: 0,
@@ -213,50 +215,67 @@ impl Peer {
     /// True if str0m got any of them.
     pub fn read(&mut self, on: &mut impl FnMut(Got, Instant)) -> Result<bool, RtcError> {
         let mut fed = false;
-        for _ in 0..READ_BATCH {
-            let (n, source, wall) = match self.receive() {
-                Ok(r) => r,
-                // WouldBlock: drained. Other errors (ICMP port unreachable) leave nothing to read.
+        for _ in 0..READ_BATCH / RECV_BATCH {
+            let n = match self.receive() {
+                Ok(n) => n,
+                // Other errors (ICMP port unreachable) leave nothing to read.
                 Err(_) => break,
             };
             let now = Instant::now();
-            let at = wall.map(|w| self.clock.from_wall(w).min(now)).unwrap_or(now);
-            let Some(data) = self.buf.get(..n) else { break };
-            if let Some(c) = self.counting.as_mut().filter(|c| c.armed && c.counter.ready()) {
-                if let Some(stamp) = c.counter.count(data, &c.log) {
-                    on(Got::Counted(stamp), at);
+            for i in 0..n {
+                let Some(&(len, source, wall)) = self.recv.got.get(i) else { break };
+                let Some(source) = source else { continue };
+                let at = wall.map(|w| self.clock.from_wall(w).min(now)).unwrap_or(now);
+                let Some(data) = self.recv.bufs.get(i * RECV_BUF..i * RECV_BUF + len.min(RECV_BUF)) else {
                     continue;
+                };
+                if let Some(c) = self.counting.as_mut().filter(|c| c.armed && c.counter.ready()) {
+                    if let Some(stamp) = c.counter.count(data, &c.log) {
+                        on(Got::Counted(stamp), at);
+                        continue;
+                    }
                 }
+                let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, data) else {
+                    continue;
+                };
+                self.rtc.handle_input(Input::Receive(now, receive))?;
+                fed = true;
+                self.drive(at, &mut |e, t| on(Got::Event(e), t))?;
             }
-            let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, data) else {
-                continue;
-            };
-            self.rtc.handle_input(Input::Receive(now, receive))?;
-            fed = true;
-            self.drive(at, &mut |e, t| on(Got::Event(e), t))?;
+            if n < RECV_BATCH {
+                break;
+            }
         }
         Ok(fed)
     }
 
-    /// One datagram: its length, source and kernel receive time (wall clock), if the kernel gave one.
-    fn receive(&mut self) -> io::Result<(usize, SocketAddr, Option<Duration>)> {
-        let (socket, buf, cmsg) = (&self.socket, &mut self.buf, &mut self.cmsg);
-        socket.try_io(Interest::READABLE, || {
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)
+    /// Up to [`RECV_BATCH`] datagrams in one `recvmmsg`, into `self.recv`; how many. Fewer than a batch
+    /// means the socket is drained, and tokio is told so (its readiness is cleared) without a second
+    /// system call that would only return `EAGAIN`.
+    fn receive(&mut self) -> io::Result<usize> {
+        let (socket, rb) = (&self.socket, &mut self.recv);
+        let r = socket.try_io(Interest::READABLE, || {
+            let RecvBatch { bufs, headers, got, len } = &mut *rb;
+            *len = 0;
+            let mut chunks = bufs.chunks_mut(RECV_BUF);
+            let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+            let msgs = recvmmsg(socket.as_raw_fd(), headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
                 .map_err(io::Error::from)?;
-            let mut wall = None;
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                        let (secs, nanos) = (u64::try_from(ts.tv_sec()).unwrap_or(0), ts.tv_nsec());
-                        wall = Some(Duration::new(secs, u32::try_from(nanos).unwrap_or(0)));
-                    }
-                }
+            for (slot, m) in got.iter_mut().zip(msgs) {
+                *slot = (m.bytes, m.address.as_ref().and_then(socket_addr), kernel_time(&m));
+                *len += 1;
             }
-            let source = msg.address.as_ref().and_then(socket_addr).ok_or(io::ErrorKind::InvalidData)?;
-            Ok((msg.bytes, source, wall))
-        })
+            if *len < RECV_BATCH {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(*len)
+        });
+        match r {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(rb.len),
+            Err(e) => Err(e),
+        }
     }
 
     /// When str0m wants time next; for an armed counting peer, no sooner than [`COUNTING_TICK`] after
@@ -283,6 +302,46 @@ impl Peer {
             .find(|p| p.spec().codec == codec && remote.contains(&p.pt()))
             .map(|p| p.pt())
     }
+}
+
+/// Receive buffers for one `recvmmsg`: [`RECV_BATCH`] datagrams of up to [`RECV_BUF`] bytes, each with room
+/// for a kernel receive timestamp.
+struct RecvBatch {
+    bufs: Vec<u8>,
+    headers: MultiHeaders<SockaddrStorage>,
+    /// Per datagram received: length, source and kernel receive time (wall clock).
+    got: [(usize, Option<SocketAddr>, Option<Duration>); RECV_BATCH],
+    /// Datagrams in `got` from the last call.
+    len: usize,
+}
+
+impl RecvBatch {
+    fn new() -> RecvBatch {
+        RecvBatch {
+            bufs: vec![0; RECV_BATCH * RECV_BUF],
+            headers: MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(TimeSpec))),
+            got: [(0, None, None); RECV_BATCH],
+            len: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").field("len", &self.len).finish()
+    }
+}
+
+/// The kernel's receive timestamp of a datagram (`SO_TIMESTAMPNS`), as wall-clock time.
+fn kernel_time(m: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<Duration> {
+    let mut wall = None;
+    for c in m.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmTimestampns(ts) = c {
+            let (secs, nanos) = (u64::try_from(ts.tv_sec()).unwrap_or(0), ts.tv_nsec());
+            wall = Some(Duration::new(secs, u32::try_from(nanos).unwrap_or(0)));
+        }
+    }
+    wall
 }
 
 fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
