@@ -71,6 +71,11 @@ const FAILED_GRACE: Duration = Duration::from_secs(10);
 /// How often every session is checked for the coarse deadlines (seconds-long timeouts).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 
+/// At most one keyframe request per publisher stream per this interval. A little over 500 ms, so that a
+/// publisher sees at most 2 requests in any one second even when the worker's passes delay one request
+/// and not the next by up to 50 ms.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(550);
+
 /// Most packets of one video consumer kept for resends (NACK -> RTX).
 const RTX_CACHE_PACKETS: usize = 1024;
 /// Oldest packet of one video consumer kept for resends.
@@ -280,7 +285,10 @@ pub(crate) fn run(
             send,
             sessions: HashMap::new(),
             addr_map: HashMap::new(),
-            router: Router::new(RouterConfig::default()),
+            router: Router::new(RouterConfig {
+                keyframe_request_interval: KEYFRAME_REQUEST_INTERVAL,
+                ..RouterConfig::default()
+            }),
             producers: HashMap::new(),
             keys: HashMap::new(),
             consumers: HashMap::new(),

@@ -11,8 +11,8 @@
 //! as a task of a single-threaded tokio runtime ([`shard`]). The alternative, the webrtc crate that
 //! `dais-client` uses, costs about 410 KB and 11 us per received packet per peer (ADR 0001), which puts 1,000
 //! viewers at 200 packets/s (200,000 packets/s) out of reach of one core. A str0m viewer costs a socket,
-//! one `Rtc` and a task, and receiving one packet costs one `recvfrom`, SRTP decryption and str0m's receive
-//! bookkeeping. By default no viewer skips decryption: every figure comes from packets that were really
+//! one `Rtc` and a task, and receiving one packet costs its share of a `recvmmsg`, SRTP decryption and
+//! str0m's receive bookkeeping. By default no viewer skips decryption: every figure comes from packets that were really
 //! decrypted. With `--decrypt-one-in K` only one viewer in K does; the others count SRTP headers against the
 //! speakers' send log once they have decrypted their first key frame ([`sendlog`]), and the report says so.
 //! The measured cost per viewer, both ways, is in docs/benchmarks.md.

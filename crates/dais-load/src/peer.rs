@@ -3,8 +3,10 @@
 //! The SFU tells sessions apart by their source address, so every synthetic participant binds its own
 //! socket. [`Peer::drive`] polls str0m until it asks for time, sending transmits with `send_to` on the
 //! non-blocking socket (a datagram the kernel refuses is counted, never waited for), and hands every event
-//! to the caller. [`Peer::read`] drains the socket after a readiness wake-up and polls the session after
-//! every datagram: in RTP mode str0m keeps one received packet until the next `poll_output`.
+//! to the caller. [`Peer::read`] drains the socket after a readiness wake-up, up to 8 datagrams per
+//! `recvmmsg` (a short batch tells tokio the socket is drained, so no call is spent on `EAGAIN`), and polls
+//! the session after every datagram: in RTP mode str0m keeps one received packet until the next
+//! `poll_output`.
 //!
 //! Sockets ask the kernel for receive timestamps (`SO_TIMESTAMPNS`). Events caused by a datagram come with
 //! the time the kernel queued that datagram on the socket, so latency measured from them excludes the time

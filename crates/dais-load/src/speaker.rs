@@ -141,7 +141,8 @@ impl Speaker {
         let connect_deadline = Instant::now() + Duration::from_secs(20);
 
         loop {
-            peer.drive(Instant::now(), &mut |e, _| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?;
+            peer.drive(Instant::now(), &mut |e, at| self.on_event(e, at, ctx))
+                .map_err(Failure::with("media_failed"))?;
             sleep.as_mut().reset((Instant::now() + peer.until_next()).into());
             let live = self.connected && *ctx.sending.borrow();
             if !self.connected && Instant::now() > connect_deadline {
@@ -177,20 +178,21 @@ impl Speaker {
                 },
                 r = peer.readable() => {
                     r.map_err(Failure::with("socket"))?;
-                    peer.read(&mut |g, _| {
+                    peer.read(&mut |g, at| {
                         if let Got::Event(e) = g {
-                            self.on_event(e, ctx)
+                            self.on_event(e, at, ctx)
                         }
                     }).map_err(Failure::with("media_failed"))?;
                 }
-                _ = &mut sleep => peer.tick(&mut |e, _| self.on_event(e, ctx)).map_err(Failure::with("media_failed"))?,
+                _ = &mut sleep => peer.tick(&mut |e, at| self.on_event(e, at, ctx)).map_err(Failure::with("media_failed"))?,
                 _ = video_tick.tick(), if live => self.send_frame(&mut peer, ctx, plan),
                 _ = audio_tick.tick(), if live => self.send_audio(&mut peer, ctx),
             }
         }
     }
 
-    fn on_event(&mut self, e: Event, ctx: &Ctx) {
+    /// One event of the session; `at` is when the kernel received the datagram behind it (or now).
+    fn on_event(&mut self, e: Event, at: Instant, ctx: &Ctx) {
         match e {
             Event::Connected if !self.connected => {
                 self.connected = true;
@@ -198,7 +200,9 @@ impl Speaker {
             }
             Event::KeyframeRequest(_) => {
                 self.keyframe_wanted = true;
-                self.rec.keyframe_requests.push(Instant::now());
+                // The kernel's receive time: how the SFU spaced its requests, not when this thread got
+                // round to them.
+                self.rec.keyframe_requests.push(at);
             }
             _ => {}
         }

@@ -156,7 +156,7 @@ fn twenty_viewers_all_join_and_receive_at_least_99_percent() {
     // Fan-out: every ingress packet of the measured phase reached all 20 viewers.
     let fanout = field(&report, "fanout_us.last_viewer.samples").as_u64().expect("a number");
     assert!(fanout > 230 * 4, "only {fanout} packets reached every viewer:\n{stdout}");
-    // The SFU asks the speaker for key frames for new viewers, throttled to one per 500 ms.
+    // The SFU asks the speaker for key frames for new viewers, throttled to one per 550 ms.
     let kf = field(&report, "speakers.keyframe_requests").as_u64().expect("a number");
     assert!(kf >= 1, "the speaker was never asked for a key frame:\n{stdout}");
 }
