@@ -205,6 +205,9 @@ pub struct MediaStats {
     pub packets_relayed: AtomicU64,
     /// Media workers running.
     pub workers: AtomicU64,
+    /// Keyframe requests a producer's home worker took from its mirrors on other workers (each then
+    /// passes the producer's one throttle).
+    pub keyframes_wanted_elsewhere: AtomicU64,
     /// Relayed packets and handed-over datagrams dropped because the receiving worker already had
     /// that many queued (it is overloaded).
     pub backlog_drops: AtomicU64,

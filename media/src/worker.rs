@@ -68,6 +68,9 @@ const MAX_REMOTE_CANDIDATES: usize = 32;
 /// How long a failed session keeps its producers while waiting for its owner's close.
 const FAILED_GRACE: Duration = Duration::from_secs(10);
 
+/// Most queued commands handled in one loop pass before the worker flushes its output.
+const COMMAND_BATCH: usize = 256;
+
 /// How often every session is checked for the coarse deadlines (seconds-long timeouts).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -162,17 +165,12 @@ pub(crate) struct Mirror {
     clock_rate: u32,
 }
 
-/// One RTP packet of a producer, as its home worker relays it to the other workers.
+/// One RTP packet of a producer, as its home worker relays it to the other workers. The payload is
+/// shared, never copied: `rtp.payload` and `ingress.payload` own the same bytes.
 pub(crate) struct Relayed {
     producer: ProducerKey,
-    ssrc: u32,
-    seq: u16,
-    timestamp: u32,
-    payload_type: u8,
-    marker: bool,
-    payload: Arc<[u8]>,
-    ext: ExtensionValues,
-    wallclock: Instant,
+    rtp: RtpIn,
+    ingress: Ingress,
     /// When the datagram carrying it reached the server.
     arrival: Instant,
 }
@@ -210,6 +208,7 @@ struct ConsumerRec {
 }
 
 /// What one ingress packet lends to every egress copy of it.
+#[derive(Clone)]
 struct Ingress {
     payload: Arc<[u8]>,
     ext: ExtensionValues,
@@ -325,9 +324,11 @@ impl Worker {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     if !self.handle_command(cmd) { break; }
-                    // Batch whatever else is queued so one offer carries many subscriptions.
+                    // Batch what else is queued so one offer carries many subscriptions, but flush at
+                    // least every COMMAND_BATCH commands: relayed packets arrive here too.
                     let mut stop = false;
-                    while let Ok(cmd) = rx.try_recv() {
+                    for _ in 0..COMMAND_BATCH {
+                        let Ok(cmd) = rx.try_recv() else { break };
                         if !self.handle_command(cmd) { stop = true; break; }
                     }
                     if stop { break; }
@@ -372,6 +373,11 @@ impl Worker {
             t = t.min(r);
         }
         t
+    }
+
+    /// Whether a session of this worker publishes `pid` (not a mirror).
+    fn is_local(&self, pid: ProducerId) -> bool {
+        self.producers.get(&pid).is_some_and(|p| matches!(p.origin, Origin::Local { .. }))
     }
 
     fn mark(&mut self, id: SessionId) {
@@ -436,7 +442,7 @@ impl Worker {
                 if let Some(pid) = self.keys.get(&producer).copied() {
                     self.router.set_paused(now, pid, paused);
                     self.drain_router(None);
-                    if self.producers.get(&pid).is_some_and(|p| matches!(p.origin, Origin::Local { .. })) {
+                    if self.is_local(pid) {
                         info!(?producer, paused, "producer pause changed");
                     }
                 }
@@ -460,7 +466,8 @@ impl Worker {
             }
             Command::KeyframeWanted { producer, kind } => {
                 let Some(pid) = self.keys.get(&producer).copied() else { return true };
-                if self.producers.get(&pid).is_some_and(|p| matches!(p.origin, Origin::Local { .. })) {
+                if self.is_local(pid) {
+                    self.stats.keyframes_wanted_elsewhere.fetch_add(1, Ordering::Relaxed);
                     self.router.request_keyframe(now, pid, kind);
                     self.drain_router(None);
                 }
@@ -1206,46 +1213,34 @@ impl Worker {
         let ext = egress_extensions(&p.header.ext_vals);
         let arrival = self.handed_arrival.unwrap_or(p.timestamp);
         self.stats.rtp_in.fetch_add(1, Ordering::Relaxed);
-        let (ssrc, seq, timestamp) = (*ssrc, p.header.sequence_number, p.header.timestamp);
-        let (payload_type, marker) = (*p.header.payload_type, p.header.marker);
+        let input = RtpIn {
+            ssrc: *ssrc,
+            seq: p.header.sequence_number,
+            timestamp: p.header.timestamp,
+            payload_type: *p.header.payload_type,
+            marker: p.header.marker,
+            payload: Bytes::from_owner(p.payload.clone()),
+        };
+        let ingress = Ingress { payload: p.payload, ext, wallclock };
         let others = self.shared.peers.len() - 1;
-        if others > 0 {
+        // Packets the home router drops for what they are (paused producer, unknown payload type, ...)
+        // are not relayed: each such drop is counted once, here.
+        if others > 0 && self.router.admits(now, pid, &input).is_ok() {
             // The other workers start on their viewers while this one serves its own.
-            let relayed = Arc::new(Relayed {
-                producer: key,
-                ssrc,
-                seq,
-                timestamp,
-                payload_type,
-                marker,
-                payload: p.payload.clone(),
-                ext: ext.clone(),
-                wallclock,
-                arrival,
-            });
+            let relayed = Arc::new(Relayed { producer: key, rtp: input.clone(), ingress: ingress.clone(), arrival });
             for to in (0..=others).filter(|w| *w != self.index) {
                 if self.shared.send_media(to, Command::Relay(relayed.clone())) {
                     self.stats.packets_relayed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        let input = RtpIn { ssrc, seq, timestamp, payload_type, marker, payload: Bytes::from_owner(p.payload.clone()) };
-        self.route(now, pid, input, Ingress { payload: p.payload, ext, wallclock }, arrival);
+        self.route(now, pid, input, ingress, arrival);
     }
 
     /// A packet another worker relayed: fan it out to this worker's consumers of the mirror.
     fn relayed(&mut self, now: Instant, r: &Relayed) {
         let Some(pid) = self.keys.get(&r.producer).copied() else { return };
-        let input = RtpIn {
-            ssrc: r.ssrc,
-            seq: r.seq,
-            timestamp: r.timestamp,
-            payload_type: r.payload_type,
-            marker: r.marker,
-            payload: Bytes::from_owner(r.payload.clone()),
-        };
-        let ingress = Ingress { payload: r.payload.clone(), ext: r.ext.clone(), wallclock: r.wallclock };
-        self.route(now, pid, input, ingress, r.arrival);
+        self.route(now, pid, r.rtp.clone(), r.ingress.clone(), r.arrival);
     }
 
     /// Run one packet through this worker's router and write its copies to the consumers' sessions.

@@ -333,30 +333,16 @@ impl Router {
         stats.packets_in += 1;
         stats.bytes_in += packet.payload.len() as u64;
 
-        let Some(codec) = p.codec_by_pt.get(usize::from(packet.payload_type)).copied().flatten() else {
-            drops.count(DropReason::UnknownPayloadType);
-            return;
-        };
-        if p.paused {
-            drops.count(DropReason::Paused);
-            return;
-        }
-        let video = p.kind == MediaKind::Video;
-        if video && packet.payload.is_empty() {
-            drops.count(DropReason::Malformed);
-            return;
-        }
-
-        match p.ssrc {
-            Some(ssrc) if ssrc == packet.ssrc => {}
-            Some(_)
-                if p.replaced.is_some_and(|(old, at)| {
-                    old == packet.ssrc && now.saturating_duration_since(at) < STALE_SSRC_WINDOW
-                }) =>
-            {
-                drops.count(DropReason::StaleSsrc);
+        let codec = match p.admit(now, &packet) {
+            Ok(codec) => codec,
+            Err(reason) => {
+                drops.count(reason);
                 return;
             }
+        };
+        let video = p.kind == MediaKind::Video;
+        match p.ssrc {
+            Some(ssrc) if ssrc == packet.ssrc => {}
             Some(old) => {
                 p.replaced = Some((old, now));
                 p.ssrc = Some(packet.ssrc);
@@ -478,6 +464,15 @@ impl Router {
         true
     }
 
+    /// Why [`Router::handle_rtp`] would drop `packet` before looking at any consumer (unknown producer
+    /// or payload type, paused, malformed, late packet of a replaced stream), or `Ok` if it would fan it
+    /// out. Changes and counts nothing. A media worker asks this before it relays a packet to other
+    /// workers, so that their routers never count the same packet-level drop again.
+    pub fn admits(&self, now: Instant, producer: ProducerId, packet: &RtpIn) -> Result<(), DropReason> {
+        let p = self.producers.get(&producer).ok_or(DropReason::UnknownProducer)?;
+        p.admit(now, packet).map(|_| ())
+    }
+
     /// A viewer asked for a keyframe (PLI or FIR). Requests are aggregated per producer and throttled;
     /// requests for audio producers are ignored, unknown consumers are counted as
     /// [`DropReason::UnknownConsumer`].
@@ -486,13 +481,7 @@ impl Router {
             self.drops.count(DropReason::UnknownConsumer);
             return;
         };
-        let Some(p) = self.producers.get_mut(&producer) else {
-            return;
-        };
-        // A paused producer is asked for a keyframe when it resumes, not before.
-        if p.kind == MediaKind::Video && !p.paused {
-            request_keyframe(producer, p, now, kind, &self.config, &mut self.outputs, &mut self.stats);
-        }
+        self.request_keyframe(now, producer, kind);
     }
 
     /// Consumers this router does not hold (a mirror of the producer on another media worker) want a
@@ -503,6 +492,7 @@ impl Router {
         let Some(p) = self.producers.get_mut(&producer) else {
             return;
         };
+        // A paused producer is asked for a keyframe when it resumes, not before.
         if p.kind == MediaKind::Video && !p.paused {
             request_keyframe(producer, p, now, kind, &self.config, &mut self.outputs, &mut self.stats);
         }
@@ -559,6 +549,30 @@ impl Router {
 }
 
 impl Producer {
+    /// The packet-level checks of [`Router::handle_rtp`]: the packet's codec, or why it is dropped.
+    fn admit(&self, now: Instant, packet: &RtpIn) -> Result<Codec, DropReason> {
+        let codec = self
+            .codec_by_pt
+            .get(usize::from(packet.payload_type))
+            .copied()
+            .flatten()
+            .ok_or(DropReason::UnknownPayloadType)?;
+        if self.paused {
+            return Err(DropReason::Paused);
+        }
+        if self.kind == MediaKind::Video && packet.payload.is_empty() {
+            return Err(DropReason::Malformed);
+        }
+        let restarted = self.ssrc.is_some_and(|s| s != packet.ssrc);
+        let stale = self
+            .replaced
+            .is_some_and(|(old, at)| old == packet.ssrc && now.saturating_duration_since(at) < STALE_SSRC_WINDOW);
+        if restarted && stale {
+            return Err(DropReason::StaleSsrc);
+        }
+        Ok(codec)
+    }
+
     /// When the throttle window after the last request ends (`None`: no request yet, or never).
     fn request_due(&self, config: &RouterConfig) -> Option<Instant> {
         self.last_request?.checked_add(config.keyframe_request_interval)

@@ -53,6 +53,13 @@ pub fn render(sig: &Signaling, media: &MediaStats) -> String {
     );
     single(
         &mut out,
+        "dais_keyframe_requests_from_other_workers_total",
+        "counter",
+        "Keyframe requests a producer's media worker took from its mirrors on other workers, before its throttle.",
+        get(&media.keyframes_wanted_elsewhere),
+    );
+    single(
+        &mut out,
         "dais_worker_backlog_drops_total",
         "counter",
         "Relayed packets and handed-over datagrams dropped because the receiving media worker was too far behind.",

@@ -181,6 +181,10 @@ async fn a_viewer_on_another_worker_starts_on_a_requested_keyframe() {
     );
     assert!(get("dais_datagrams_handed_over_total") > 0.0, "worker 1's datagrams are handed over");
     assert!(get("dais_keyframe_requests_sent_total") >= 1.0);
+    assert!(
+        get("dais_keyframe_requests_from_other_workers_total") >= 1.0,
+        "`far` sits on worker 1: its request must have come home from there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

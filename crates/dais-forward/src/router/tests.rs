@@ -661,3 +661,26 @@ fn a_paused_producer_is_not_asked_for_keyframes_until_it_resumes() {
     r.set_paused(at(base, 5_000), p, false);
     assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Pli)]);
 }
+
+#[test]
+fn admits_tells_packet_level_drops_without_counting_them() {
+    let base = Instant::now();
+    let mut r = router();
+    let p = r.add_producer(base, video_spec());
+    assert_eq!(r.admits(base, p, &pkt(1, 1, 0, 96, VP8_KEY)), Ok(()));
+    assert_eq!(r.admits(base, p, &pkt(1, 1, 0, 100, VP8_KEY)), Err(DropReason::UnknownPayloadType));
+    assert_eq!(r.admits(base, p, &pkt(1, 1, 0, 96, b"")), Err(DropReason::Malformed));
+    assert_eq!(r.admits(base, ProducerId(99), &pkt(1, 1, 0, 96, VP8_KEY)), Err(DropReason::UnknownProducer));
+    // A restart to SSRC 2 makes late SSRC 1 packets stale for a while, then a restart again.
+    r.handle_rtp(base, p, pkt(1, 1, 0, 96, VP8_KEY));
+    r.handle_rtp(at(base, 10), p, pkt(2, 9, 0, 96, VP8_KEY));
+    assert_eq!(r.admits(at(base, 20), p, &pkt(1, 2, 0, 96, VP8_CONT)), Err(DropReason::StaleSsrc));
+    assert_eq!(r.admits(at(base, 20), p, &pkt(2, 10, 0, 96, VP8_CONT)), Ok(()));
+    assert_eq!(r.admits(at(base, 2000), p, &pkt(1, 2, 0, 96, VP8_CONT)), Ok(()));
+    assert!(r.set_paused(at(base, 30), p, true));
+    assert_eq!(r.admits(at(base, 40), p, &pkt(2, 11, 0, 96, VP8_CONT)), Err(DropReason::Paused));
+    // What admits refuses, handle_rtp drops for the same reason; admits itself counted nothing.
+    assert_eq!(r.drops().total(), 0);
+    r.handle_rtp(at(base, 40), p, pkt(2, 11, 0, 96, VP8_CONT));
+    assert_eq!(r.drops().get(DropReason::Paused), 1);
+}
