@@ -151,8 +151,9 @@ impl Peer {
                 }
                 Output::Timeout(t) => {
                     let now = Instant::now();
-                    if t <= now && fed < 4 {
+                    if t <= now && fed < 4 && self.may_tick(now) {
                         fed += 1;
+                        self.last_tick = now;
                         self.rtc.handle_input(Input::Timeout(now))?;
                         continue;
                     }
@@ -167,8 +168,8 @@ impl Peer {
     /// Give str0m the time if it asked for it by now, then drive.
     pub fn tick(&mut self, on_event: &mut impl FnMut(Event, Instant)) -> Result<(), RtcError> {
         let now = Instant::now();
-        self.last_tick = now;
-        if self.next <= now {
+        if self.next <= now && self.may_tick(now) {
+            self.last_tick = now;
             self.rtc.handle_input(Input::Timeout(now))?;
         }
         self.drive(now, on_event)
@@ -256,6 +257,8 @@ impl Peer {
     /// system call that would only return `EAGAIN`.
     fn receive(&mut self) -> io::Result<usize> {
         let (socket, rb) = (&self.socket, &mut self.recv);
+        // try_io skips the closure when tokio already knows the socket is drained.
+        rb.len = 0;
         let r = socket.try_io(Interest::READABLE, || {
             let RecvBatch { bufs, headers, got, len } = &mut *rb;
             *len = 0;
@@ -278,6 +281,12 @@ impl Peer {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(rb.len),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether str0m may be given the time at `now`: always, except for an armed counting peer within
+    /// [`COUNTING_TICK`] of its last tick.
+    fn may_tick(&self, now: Instant) -> bool {
+        !self.counting.as_ref().is_some_and(|c| c.armed) || now >= self.last_tick + COUNTING_TICK
     }
 
     /// When str0m wants time next; for an armed counting peer, no sooner than [`COUNTING_TICK`] after

@@ -113,15 +113,17 @@ impl HeaderCounter {
     }
 
     /// The stamp of an SRTP packet of a learned SSRC, rebuilt from its header and the send log; `None` if
-    /// the datagram is not RTP, its SSRC was not learned (RTX, a restarted stream), or the log no longer
-    /// holds it. Such datagrams go to str0m instead.
+    /// the datagram is not RTP, its SSRC was not learned (RTX), or the log no longer holds it. Such
+    /// datagrams go to str0m instead. The mapping assumes the SFU keeps one sequence offset per stream:
+    /// a speaker that restarts its stream or is paused and resumed (dais-load's speakers do neither)
+    /// gets new numbers on the same SSRC, and counting viewers would then misattribute packets.
     pub fn count(&mut self, datagram: &[u8], log: &SendLog) -> Option<Stamp> {
         let (seq16, ssrc) = rtp_seq_ssrc(datagram)?;
         let l = self.by_ssrc.get_mut(&ssrc)?;
         let ext = extend(l.ext, seq16);
+        l.ext = l.ext.max(ext);
         let seq = u64::try_from((ext as i64).wrapping_add(l.offset)).ok()?;
         let sent_ns = log.sent_ns(l.speaker, l.stream, seq)?;
-        l.ext = l.ext.max(ext);
         self.counted += 1;
         Some(Stamp { speaker: l.speaker, stream: l.stream, flags: 0, seq, sent_ns })
     }
