@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::Failure;
+
 /// How long a WebSocket connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,6 +46,18 @@ pub enum Incoming {
     Message(ServerMessage),
     /// The server closed the socket (or it broke); the close code if there was one.
     Closed(Option<u16>),
+}
+
+impl Incoming {
+    /// The message to act on, or how the participant ends: a server `error` fails it with the server's
+    /// code, a closed socket with `ws_closed`.
+    pub fn into_message(self) -> Result<ServerMessage, Failure> {
+        match self {
+            Incoming::Message(ServerMessage::Error { code, message, .. }) => Err(Failure::new(code.as_str(), message)),
+            Incoming::Message(m) => Ok(m),
+            Incoming::Closed(code) => Err(Failure::new("ws_closed", format!("close code {code:?}"))),
+        }
+    }
 }
 
 impl Signal {

@@ -154,8 +154,8 @@ impl Speaker {
                     sig.leave().await;
                     return Ok(());
                 }
-                r = sig.next() => match r.map_err(Failure::with("ws_closed"))? {
-                    Incoming::Message(ServerMessage::Answer { sdp }) => {
+                r = sig.next() => match r.map_err(Failure::with("ws_closed"))?.into_message()? {
+                    ServerMessage::Answer { sdp } => {
                         let answer = SdpAnswer::from_sdp_string(&sdp).map_err(Failure::with("bad_sdp"))?;
                         let p = pending.take().ok_or_else(|| Failure::new("unexpected_answer", "no offer pending"))?;
                         peer.rtc.sdp_api().accept_answer(p, answer).map_err(Failure::with("bad_sdp"))?;
@@ -163,18 +163,12 @@ impl Speaker {
                         self.audio = self.audio.map(|(m, _)| (m, peer.negotiated_pt(m, Codec::Opus)));
                         self.video = self.video.map(|(m, _)| (m, peer.negotiated_pt(m, Codec::Vp8)));
                     }
-                    Incoming::Message(ServerMessage::Offer { sdp }) => {
+                    ServerMessage::Offer { sdp } => {
                         let answer = peer.answer_offer(&sdp)?;
                         sig.send(ClientMessage::Answer { sdp: answer })
                             .map_err(Failure::with("ws_closed"))?;
                     }
-                    Incoming::Message(ServerMessage::Error { code, message, .. }) => {
-                        return Err(Failure::new(code.as_str(), message));
-                    }
-                    Incoming::Message(_) => {}
-                    Incoming::Closed(code) => {
-                        return Err(Failure::new("ws_closed", format!("close code {code:?}")));
-                    }
+                    _ => {}
                 },
                 r = peer.readable() => {
                     r.map_err(Failure::with("socket"))?;
@@ -214,54 +208,59 @@ impl Speaker {
         let (packets, size) = plan.frame_layout();
         let rtp_time = (self.frames * 90_000 / u64::from(plan.fps.max(1))) as u32;
         for i in 0..packets {
-            let now = Instant::now();
             let mut flags = if key { FLAG_KEYFRAME } else { 0 };
             if i == 0 {
                 flags |= FLAG_FRAME_START;
             }
-            let stamp = Stamp {
-                speaker: self.index,
-                stream: Stream::Video,
-                flags,
-                seq: self.video_seq,
-                sent_ns: ctx.clock.ns(now),
-            };
-            let payload: Arc<[u8]> = stamp::payload(&stamp, size).into();
-            ctx.target.send_log.record(&stamp);
-            let mut api = peer.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else { return };
-            tx.write_rtp(
-                RtpWrite::new(pt, SeqNo::from(self.video_seq), rtp_time, now, payload)
-                    .marker(i + 1 == packets)
-                    .nackable(true),
-            );
-            self.rec.last_seq.insert(Stream::Video, self.video_seq);
-            self.video_seq += 1;
-            self.rec.packets_sent += 1;
+            if !self.send(peer, ctx, (mid, pt), Stream::Video, flags, size, rtp_time, i + 1 == packets) {
+                return;
+            }
         }
         self.frames += 1;
     }
 
     fn send_audio(&mut self, peer: &mut Peer, ctx: &Ctx) {
         let Some((mid, Some(pt))) = self.audio else { return };
+        let rtp_time = self.audio_seq.wrapping_mul(960) as u32;
+        let first = self.audio_seq == 0;
+        self.send(peer, ctx, (mid, pt), Stream::Audio, 0, AUDIO_PAYLOAD, rtp_time, first);
+    }
+
+    /// Stamp the next packet of `stream`, log it for header-counting viewers and write it on `mid`
+    /// (video is resent on NACK). False if the m-line has no send stream.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        peer: &mut Peer,
+        ctx: &Ctx,
+        (mid, pt): (Mid, Pt),
+        stream: Stream,
+        flags: u8,
+        size: usize,
+        rtp_time: u32,
+        marker: bool,
+    ) -> bool {
         let now = Instant::now();
-        let stamp = Stamp {
-            speaker: self.index,
-            stream: Stream::Audio,
-            flags: 0,
-            seq: self.audio_seq,
-            sent_ns: ctx.clock.ns(now),
+        let seq = match stream {
+            Stream::Audio => self.audio_seq,
+            Stream::Video => self.video_seq,
         };
-        let payload: Arc<[u8]> = stamp::payload(&stamp, AUDIO_PAYLOAD).into();
+        let stamp = Stamp { speaker: self.index, stream, flags, seq, sent_ns: ctx.clock.ns(now) };
+        let payload: Arc<[u8]> = stamp::payload(&stamp, size).into();
         ctx.target.send_log.record(&stamp);
         let mut api = peer.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else { return };
-        let rtp_time = self.audio_seq.wrapping_mul(960) as u32;
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else { return false };
         tx.write_rtp(
-            RtpWrite::new(pt, SeqNo::from(self.audio_seq), rtp_time, now, payload).marker(self.audio_seq == 0),
+            RtpWrite::new(pt, SeqNo::from(seq), rtp_time, now, payload)
+                .marker(marker)
+                .nackable(stream == Stream::Video),
         );
-        self.rec.last_seq.insert(Stream::Audio, self.audio_seq);
-        self.audio_seq += 1;
+        self.rec.last_seq.insert(stream, seq);
+        match stream {
+            Stream::Audio => self.audio_seq += 1,
+            Stream::Video => self.video_seq += 1,
+        }
         self.rec.packets_sent += 1;
+        true
     }
 }

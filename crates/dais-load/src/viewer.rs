@@ -16,7 +16,7 @@ use str0m::Event;
 
 use crate::peer::{Got, Peer};
 use crate::shard::Ctx;
-use crate::signal::{Incoming, Signal};
+use crate::signal::Signal;
 use crate::stamp::Stamp;
 use crate::stats::ViewerRecord;
 use crate::Failure;
@@ -139,13 +139,13 @@ impl Viewer {
                     self.rec.left_early = true;
                     return Ok(());
                 }
-                r = sig.next() => match r.map_err(Failure::with("ws_closed"))? {
-                    Incoming::Message(ServerMessage::Joined { .. }) => {
+                r = sig.next() => match r.map_err(Failure::with("ws_closed"))?.into_message()? {
+                    ServerMessage::Joined { .. } => {
                         self.rec.joined = true;
                         joined_at = Some(Instant::now());
                         self.rec.joined_after = Some(self.start.elapsed());
                     }
-                    Incoming::Message(ServerMessage::Offer { sdp }) => {
+                    ServerMessage::Offer { sdp } => {
                         let p = match peer.as_mut() {
                             Some(p) => p,
                             None => {
@@ -160,11 +160,7 @@ impl Viewer {
                         sig.send(ClientMessage::Answer { sdp: answer })
                             .map_err(Failure::with("ws_closed"))?;
                     }
-                    Incoming::Message(ServerMessage::Error { code, message, .. }) => {
-                        return Err(Failure::new(code.as_str(), message));
-                    }
-                    Incoming::Message(_) => {}
-                    Incoming::Closed(code) => return Err(Failure::new("ws_closed", format!("close code {code:?}"))),
+                    _ => {}
                 },
                 _ = watchdog.tick() => {
                     let now = Instant::now();
