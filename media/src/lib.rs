@@ -560,11 +560,6 @@ impl MediaHandle {
             let _ = tx.send(Command::SetPaused { producer, paused });
         }
     }
-
-    /// How many media workers run.
-    pub fn workers(&self) -> usize {
-        self.workers.len()
-    }
 }
 
 #[cfg(test)]

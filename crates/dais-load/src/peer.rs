@@ -298,11 +298,6 @@ impl Peer {
         self.next
     }
 
-    /// How long until [`Peer::next_tick`], from now.
-    pub fn until_next(&self) -> Duration {
-        self.next_tick().saturating_duration_since(Instant::now())
-    }
-
     /// The payload type negotiated on `mid` for `codec`, as this side numbers it.
     pub fn negotiated_pt(&self, mid: Mid, codec: Codec) -> Option<Pt> {
         let remote = self.rtc.media(mid)?.remote_pts().to_vec();

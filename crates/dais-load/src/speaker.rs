@@ -143,7 +143,7 @@ impl Speaker {
         loop {
             peer.drive(Instant::now(), &mut |e, at| self.on_event(e, at, ctx))
                 .map_err(Failure::with("media_failed"))?;
-            sleep.as_mut().reset((Instant::now() + peer.until_next()).into());
+            sleep.as_mut().reset(peer.next_tick().into());
             let live = self.connected && *ctx.sending.borrow();
             if !self.connected && Instant::now() > connect_deadline {
                 return Err(Failure::new("ice_timeout", "the session did not connect within 20 s"));
