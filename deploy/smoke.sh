@@ -217,14 +217,17 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 [ "$(status /readyz)" = 200 ] || die "/readyz did not answer 200 within 30 s"
-podman logs "$CTR" 2>/dev/null | grep -q '^dais ready http=' || die "no 'dais ready' line on stdout"
+# Capture before grepping: with pipefail, `grep -q` exiting on the first match can SIGPIPE the writer.
+ready_log=$(podman logs "$CTR" 2>/dev/null)
+grep -q '^dais ready http=' <<<"$ready_log" || die "no 'dais ready' line on stdout"
 log "/readyz 200, /healthz $(status /healthz); $(podman logs "$CTR" 2>/dev/null | grep '^dais ready')"
 
 [ "$(podman exec "$CTR" id -u)" = 10001 ] || die "the container does not run as uid 10001"
 log "runs as uid 10001"
 hc=$(podman healthcheck run "$CTR" 2>&1) || die "the image's HEALTHCHECK failed: $hc"
 log "HEALTHCHECK (dais-healthcheck /healthz) passed"
-curl -sf "$BASE/metrics" | grep -q '^dais_ready 1$' || die "/metrics has no 'dais_ready 1'"
+metrics=$(curl -sf "$BASE/metrics")
+grep -q '^dais_ready 1$' <<<"$metrics" || die "/metrics has no 'dais_ready 1'"
 
 # ---------------------------------------------------------------------------------------------------
 phase "speaker + viewer: media flows through the container"
@@ -257,6 +260,7 @@ CLIENT_PID=""
 tail -n "+$((shown + 1))" "$WORK/client.log" | sed 's/^/    /'
 [ "$rc" -eq 0 ] || die "the smoke client failed (exit $rc)"
 exit_code=$(timeout 30 podman wait "$CTR") || die "the container did not exit within 30 s of the participants leaving"
-podman logs "$CTR" 2>&1 | grep -q 'drain complete' || die "no 'drain complete' in the log"
+final_log=$(podman logs "$CTR" 2>&1)
+grep -q 'drain complete' <<<"$final_log" || die "no 'drain complete' in the log"
 [ "$exit_code" = 0 ] || die "the container exited with $exit_code"
 log "the container exited 0 after the drain"
