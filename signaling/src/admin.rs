@@ -103,7 +103,7 @@ impl Signaling {
         let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
         let (_, m) =
             r.members.iter_mut().find(|(_, m)| m.info.id == participant).ok_or(AdminError::ParticipantNotFound)?;
-        let pid = m.info.id.clone();
+        let (pid, subject) = (m.info.id.clone(), m.info.role);
         let mut changed = Vec::new();
         for (producer, media) in m.producers.iter().zip(m.info.media.iter_mut()) {
             if media.kind == kind {
@@ -122,13 +122,16 @@ impl Signaling {
         for media_id in &changed {
             let msg =
                 ServerMessage::MuteChanged { participant_id: pid.clone(), media_id: media_id.clone(), kind, muted };
-            r.broadcast(u64::MAX, &msg);
+            r.broadcast_about(subject, u64::MAX, &msg);
         }
         Ok(changed.len())
     }
 
-    /// Promote or demote a participant in place: no reconnect, the session renegotiates. Everyone gets
-    /// `role_changed`. A demoted speaker's streams end (`media_unpublished` follows).
+    /// Promote or demote a participant in place: no reconnect, the session renegotiates. It and the
+    /// room's speakers get `role_changed`; viewers, who see only speakers, get `participant_joined` for a
+    /// promoted one and `participant_left` for a demoted one; and the participant itself now sees the
+    /// room's viewers (promoted) or no longer does (demoted). A demoted speaker's streams end
+    /// (`media_unpublished` follows, to the speakers).
     pub fn admin_set_role(&self, room: &str, participant: &str, role: Role) -> Result<(), AdminError> {
         let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
         let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
@@ -138,9 +141,23 @@ impl Signaling {
             return Ok(());
         }
         m.info.role = role;
-        let session = m.session;
-        let msg = ServerMessage::RoleChanged { participant_id: m.info.id.clone(), role };
-        r.broadcast(id, &msg);
+        let (session, info, notices) = (m.session, m.info.clone(), m.notices.clone());
+        let role_changed = ServerMessage::RoleChanged { participant_id: info.id.clone(), role };
+        for (_, o) in r.members.iter().filter(|(other, _)| **other != id) {
+            let msg = match (o.info.role, role) {
+                (Role::Speaker, _) => role_changed.clone(),
+                (Role::Viewer, Role::Speaker) => ServerMessage::ParticipantJoined { participant: info.clone() },
+                (Role::Viewer, Role::Viewer) => ServerMessage::ParticipantLeft { participant_id: info.id.clone() },
+            };
+            let _ = o.notices.send(msg);
+            if o.info.role == Role::Viewer {
+                let _ = notices.send(match role {
+                    Role::Speaker => ServerMessage::ParticipantJoined { participant: o.info.clone() },
+                    Role::Viewer => ServerMessage::ParticipantLeft { participant_id: o.info.id.clone() },
+                });
+            }
+        }
+        r.count_viewer(role == Role::Viewer);
         drop(rooms);
         self.control(id, Control::SetRole(role));
         self.media.set_publisher(session, role == Role::Speaker);

@@ -16,7 +16,7 @@ use dais_proto::{
     CLOSE_MESSAGE_TOO_BIG, MAX_SDP_BYTES, PROTOCOL_VERSION,
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::admin::Control;
@@ -28,6 +28,9 @@ struct Joined {
     room: String,
     id: u64,
     role: Role,
+    /// The room's viewer count, subscribed under the join's lock so no change is missed; the
+    /// connection loop takes it.
+    audience: Option<watch::Receiver<u64>>,
 }
 
 /// Why the loop ended.
@@ -76,6 +79,11 @@ impl Signaling {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
         let mut last_seen = Instant::now();
+        // The room's viewer count once joined; after each `audience` sent, changes wait out the hold.
+        let mut audience: Option<watch::Receiver<u64>> = None;
+        let hold = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(hold);
+        let mut holding = false;
 
         let end = loop {
             tokio::select! {
@@ -91,8 +99,9 @@ impl Signaling {
                     match frame {
                         Frame::Text(text) => {
                             let step = self.handle_text(&text, &mut joined, &notice_tx, &media_tx).await;
-                            if let (false, Some(j)) = (registered, joined.as_ref()) {
+                            if let (false, Some(j)) = (registered, joined.as_mut()) {
                                 self.register_control(j.id, control_tx.clone());
+                                audience = j.audience.take();
                                 registered = true;
                             }
                             match step {
@@ -139,6 +148,16 @@ impl Signaling {
                         if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
                     }
                 }
+                viewers = audience_changed(audience.as_mut()), if !holding => match viewers {
+                    Some(viewers) => {
+                        let m = ServerMessage::Audience { viewers };
+                        if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
+                        hold.as_mut().reset((Instant::now() + self.config.audience_interval).into());
+                        holding = true;
+                    }
+                    None => audience = None,
+                },
+                () = &mut hold, if holding => holding = false,
                 _ = ping.tick() => {
                     if last_seen.elapsed() > self.config.idle_timeout {
                         let m = ServerMessage::error(ErrorCode::IdleTimeout, "no traffic from the client", None);
@@ -333,8 +352,14 @@ impl Signaling {
         }
         let me = room::member(id, name, role, notices);
         let info = me.info.clone();
-        let participants: Vec<_> = room.members.values().map(|m| m.info.clone()).collect();
-        room.broadcast(id, &ServerMessage::ParticipantJoined { participant: info.clone() });
+        let participants: Vec<_> =
+            room.members.values().filter(|m| room::sees(role, m.info.role)).map(|m| m.info.clone()).collect();
+        room.broadcast_about(role, id, &ServerMessage::ParticipantJoined { participant: info.clone() });
+        if role == Role::Viewer {
+            room.count_viewer(true);
+        }
+        let audience = room.viewers.subscribe();
+        let viewers = *audience.borrow();
         // Media session first, then subscriptions to what the room already publishes.
         self.media.open_session(id, role == Role::Speaker, media_events);
         for m in room.members.values() {
@@ -350,8 +375,9 @@ impl Signaling {
             role,
             version: PROTOCOL_VERSION,
             participants,
+            viewers,
         };
-        Ok((Joined { room: room_name, id, role }, reply))
+        Ok((Joined { room: room_name, id, role, audience: Some(audience) }, reply))
     }
 
     /// Remove the participant. Others hear `media_unpublished` and `participant_left` before the media
@@ -366,13 +392,18 @@ impl Signaling {
         let Ok(mut rooms) = self.rooms.lock() else { return };
         let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
         if let Some(me) = room.members.remove(&j.id) {
+            let role = me.info.role;
             for media in &me.info.media {
-                room.broadcast(
+                room.broadcast_about(
+                    role,
                     j.id,
                     &ServerMessage::MediaUnpublished { participant_id: me.info.id.clone(), media_id: media.id.clone() },
                 );
             }
-            room.broadcast(j.id, &ServerMessage::ParticipantLeft { participant_id: me.info.id.clone() });
+            room.broadcast_about(role, j.id, &ServerMessage::ParticipantLeft { participant_id: me.info.id.clone() });
+            if role == Role::Viewer {
+                room.count_viewer(false);
+            }
         }
         if room.members.is_empty() {
             rooms.by_name.remove(&j.room);
@@ -392,7 +423,7 @@ impl Signaling {
         let Ok(mut rooms) = self.rooms.lock() else { return };
         let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
         let Some(me) = room.members.get_mut(&j.id) else { return };
-        let pid = me.info.id.clone();
+        let (pid, role) = (me.info.id.clone(), me.info.role);
         match kind {
             MediaKind::Audio => me.audio_muted = muted,
             MediaKind::Video => me.video_muted = muted,
@@ -405,7 +436,8 @@ impl Signaling {
             }
         }
         for media_id in changed {
-            room.broadcast(j.id, &ServerMessage::MuteChanged { participant_id: pid.clone(), media_id, kind, muted });
+            let msg = ServerMessage::MuteChanged { participant_id: pid.clone(), media_id, kind, muted };
+            room.broadcast_about(role, j.id, &msg);
         }
     }
 
@@ -425,8 +457,9 @@ impl Signaling {
                 let idx = me.producers.iter().position(|p| *p == producer)?;
                 me.producers.remove(idx);
                 let media = me.info.media.remove(idx);
+                let role = me.info.role;
                 let msg = ServerMessage::MediaUnpublished { participant_id: me.info.id.clone(), media_id: media.id };
-                room.broadcast(j.id, &msg);
+                room.broadcast_about(role, j.id, &msg);
                 None
             }
             MediaEvent::Published { producer, kind, codec } => {
@@ -444,8 +477,9 @@ impl Signaling {
                 let media = MediaInfo { id: media_wire_id(producer), kind, codec, muted };
                 me.info.media.push(media.clone());
                 me.producers.push(producer);
-                let pid = me.info.id.clone();
-                room.broadcast(
+                let (pid, role) = (me.info.id.clone(), me.info.role);
+                room.broadcast_about(
+                    role,
                     j.id,
                     &ServerMessage::MediaPublished { participant_id: pid.clone(), media: media.clone() },
                 );
@@ -473,6 +507,13 @@ enum MediaStep {
 /// A client that does not read for this long (its TCP window stays full) is dropped, so a dead
 /// network cannot freeze its connection task and, with it, kicks, drains and leaves.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The room's next viewer count; `None` once the room is gone. Without a room it never resolves.
+async fn audience_changed(rx: Option<&mut watch::Receiver<u64>>) -> Option<u64> {
+    let Some(rx) = rx else { return std::future::pending().await };
+    rx.changed().await.ok()?;
+    Some(*rx.borrow_and_update())
+}
 
 async fn send_all<K>(out: &mut K, msgs: Vec<ServerMessage>) -> Result<(), ()>
 where

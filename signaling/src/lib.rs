@@ -61,6 +61,9 @@ pub struct SignalingConfig {
     pub idle_timeout: Duration,
     /// Join-token checking; `None` is open development mode (any name and role may join).
     pub tokens: Option<token::TokenVerifier>,
+    /// Shortest gap between two `audience` messages to one participant: changes of the room's
+    /// viewer count within it are announced together, with the latest count, when it ends.
+    pub audience_interval: Duration,
 }
 
 impl Default for SignalingConfig {
@@ -70,6 +73,7 @@ impl Default for SignalingConfig {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             tokens: None,
+            audience_interval: Duration::from_secs(1),
         }
     }
 }

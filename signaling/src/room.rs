@@ -1,12 +1,18 @@
-//! Room state: who is in which room, with what role and media.
+//! Room state: who is in which room, with what role and media, and who sees whom.
 //!
 //! Invariants: a participant id is in exactly one room; a room with no participants is removed; every
 //! media entry of a member names a producer the media plane announced for that member's session.
+//!
+//! Visibility: everyone sees the speakers; only speakers see the viewers. A keynote's thousands of
+//! viewers are an audience, not a roster: telling every viewer about every other viewer would cost
+//! O(N²) messages over a ramp (2 million at 2,000 viewers) and a `joined` list that grows with the
+//! room. Viewers learn how many they are from the room's viewer count instead, which each connection
+//! watches and announces as `audience`, at most once per interval.
 
 use std::collections::{BTreeMap, HashMap};
 
 use dais_proto::{MediaInfo, ParticipantInfo, Role, ServerMessage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// One participant inside a room.
 #[derive(Debug)]
@@ -26,19 +32,39 @@ pub(crate) struct Member {
 }
 
 /// One room.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Room {
     pub members: BTreeMap<u64, Member>,
+    /// Viewers among `members`. Every member's connection watches it and sends `audience`.
+    pub viewers: watch::Sender<u64>,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Room { members: BTreeMap::new(), viewers: watch::Sender::new(0) }
+    }
+}
+
+/// Whether a participant with role `watcher` sees one with role `subject`: speakers are seen by
+/// everyone, viewers only by speakers.
+pub(crate) fn sees(watcher: Role, subject: Role) -> bool {
+    subject == Role::Speaker || watcher == Role::Speaker
 }
 
 impl Room {
-    /// Send a message to every member except `except`.
-    pub fn broadcast(&self, except: u64, msg: &ServerMessage) {
+    /// Send news about a participant whose role is `subject` to every member except `except` who
+    /// sees it.
+    pub fn broadcast_about(&self, subject: Role, except: u64, msg: &ServerMessage) {
         for (id, m) in &self.members {
-            if *id != except {
+            if *id != except && sees(m.info.role, subject) {
                 let _ = m.notices.send(msg.clone());
             }
         }
+    }
+
+    /// One more viewer (`true`) or one fewer.
+    pub fn count_viewer(&self, joined: bool) {
+        self.viewers.send_modify(|n| *n = if joined { *n + 1 } else { n.saturating_sub(1) });
     }
 }
 

@@ -91,12 +91,12 @@ impl Peer {
         self.to_server.send(Frame::Text(text.to_owned())).unwrap();
     }
 
-    /// The next frame, within a second.
+    /// The next frame, within 5 s.
     async fn next(&mut self) -> OutFrame {
         loop {
-            let f = tokio::time::timeout(Duration::from_secs(1), self.from_server.recv())
+            let f = tokio::time::timeout(Duration::from_secs(5), self.from_server.recv())
                 .await
-                .expect("a frame within 1 s")
+                .expect("a frame within 5 s")
                 .expect("socket open");
             if f != OutFrame::Ping {
                 return f;
@@ -104,7 +104,17 @@ impl Peer {
         }
     }
 
+    /// The next message other than `audience` (whose timing the tests below leave alone).
     async fn msg(&mut self) -> ServerMessage {
+        loop {
+            let m = self.msg_or_audience().await;
+            if !matches!(m, ServerMessage::Audience { .. }) {
+                return m;
+            }
+        }
+    }
+
+    async fn msg_or_audience(&mut self) -> ServerMessage {
         match self.next().await {
             OutFrame::Text(t) => serde_json::from_str(&t).expect("server JSON parses"),
             other => panic!("expected a text frame, got {other:?}"),
@@ -138,8 +148,12 @@ fn connect(sig: &Arc<Signaling>) -> Peer {
 }
 
 fn setup() -> (Arc<FakeMedia>, Arc<Signaling>) {
+    setup_with(SignalingConfig { max_participants: 3, ..SignalingConfig::default() })
+}
+
+fn setup_with(config: SignalingConfig) -> (Arc<FakeMedia>, Arc<Signaling>) {
     let media = Arc::new(FakeMedia::default());
-    let sig = Signaling::new(media.clone(), SignalingConfig { max_participants: 3, ..SignalingConfig::default() });
+    let sig = Signaling::new(media.clone(), config);
     (media, sig)
 }
 
@@ -211,6 +225,7 @@ async fn publishing_fans_out_and_subscribes_everyone_else() {
     };
     let a_info = participants.iter().find(|p| p.id == a_id).expect("speaker listed");
     assert_eq!(a_info.media.len(), 1);
+    assert_eq!(participants.len(), 1, "a viewer is not shown the other viewer: {participants:?}");
     let late_session: u64 = late_id.trim_start_matches('p').parse().unwrap();
     assert!(media.calls().contains(&Call::Subscribe {
         session: late_session,
@@ -219,9 +234,8 @@ async fn publishing_fans_out_and_subscribes_everyone_else() {
         track_id: "m9".into()
     }));
 
-    // Server offers are relayed; mute reaches the others.
+    // Server offers are relayed (the viewer heard nothing of the other viewer); mute reaches the others.
     media.emit(v_session, MediaEvent::Offer { sdp: "v=0 server".into() });
-    assert!(matches!(v.msg().await, ServerMessage::ParticipantJoined { .. }));
     assert_eq!(v.msg().await, ServerMessage::Offer { sdp: "v=0 server".into() });
     a.send(r#"{"type":"mute","kind":"video","muted":true}"#);
     assert!(matches!(a.msg().await, ServerMessage::ParticipantJoined { .. }));
@@ -385,4 +399,99 @@ async fn admin_actions_reach_the_room_and_the_media_plane() {
     assert_eq!(a.next().await, OutFrame::Close(crate::CLOSE_ROOM_CLOSED, "room_closed".into()));
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(sig.rooms().is_empty());
+}
+
+/// The participant's next `audience` count, skipping other messages.
+async fn audience(p: &mut Peer) -> u64 {
+    loop {
+        if let ServerMessage::Audience { viewers } = p.msg_or_audience().await {
+            return viewers;
+        }
+    }
+}
+
+#[tokio::test]
+async fn viewers_see_only_speakers_and_hear_a_coalesced_audience_count() {
+    // The default hold of 1 s: the joins below fit in it with room to spare on a loaded machine.
+    let (_, sig) = setup_with(SignalingConfig::default());
+    let mut a = connect(&sig);
+    let ServerMessage::Joined { participant_id: a_id, viewers, .. } = a.join("aud", "A", "speaker").await else {
+        panic!()
+    };
+    assert_eq!(viewers, 0);
+    let mut v1 = connect(&sig);
+    let ServerMessage::Joined { participant_id: v1_id, participants, viewers, .. } =
+        v1.join("aud", "V1", "viewer").await
+    else {
+        panic!()
+    };
+    assert_eq!((participants.len(), participants[0].id.as_str(), viewers), (1, a_id.as_str(), 1));
+    // The speaker sees the viewer, then the count.
+    assert!(
+        matches!(a.msg_or_audience().await, ServerMessage::ParticipantJoined { participant } if participant.id == v1_id)
+    );
+    assert_eq!(a.msg_or_audience().await, ServerMessage::Audience { viewers: 1 });
+
+    // Two more viewers within the speaker's hold: one `audience` with the latest count, not two.
+    let mut v2 = connect(&sig);
+    let ServerMessage::Joined { participant_id: v2_id, participants, viewers, .. } =
+        v2.join("aud", "V2", "viewer").await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        participants.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [a_id.as_str()],
+        "no other viewer listed"
+    );
+    assert_eq!(viewers, 2);
+    let mut v3 = connect(&sig);
+    let ServerMessage::Joined { participant_id: v3_id, .. } = v3.join("aud", "V3", "viewer").await else { panic!() };
+    assert!(
+        matches!(a.msg_or_audience().await, ServerMessage::ParticipantJoined { participant } if participant.id == v2_id)
+    );
+    assert!(
+        matches!(a.msg_or_audience().await, ServerMessage::ParticipantJoined { participant } if participant.id == v3_id)
+    );
+    assert_eq!(a.msg_or_audience().await, ServerMessage::Audience { viewers: 3 }, "changes in the hold are coalesced");
+    // Viewer 1 hears no `participant_joined` for viewers 2 and 3 (room news come before the count).
+    match v1.msg_or_audience().await {
+        ServerMessage::Audience { viewers: 2 } => assert_eq!(audience(&mut v1).await, 3),
+        other => assert_eq!(other, ServerMessage::Audience { viewers: 3 }),
+    }
+    assert_eq!(v2.msg_or_audience().await, ServerMessage::Audience { viewers: 3 });
+
+    // A viewer leaves: the speaker gets `participant_left`, the other viewers only the count.
+    v3.send(r#"{"type":"leave"}"#);
+    assert_eq!(a.msg().await, ServerMessage::ParticipantLeft { participant_id: v3_id.clone() });
+    assert_eq!(audience(&mut a).await, 2);
+    assert_eq!(v2.msg_or_audience().await, ServerMessage::Audience { viewers: 2 }, "no participant_left for a viewer");
+
+    // Promoted, viewer 1 becomes visible to viewer 2 and sees viewer 2 itself.
+    sig.admin_set_role("aud", &v1_id, Role::Speaker).unwrap();
+    assert_eq!(a.msg().await, ServerMessage::RoleChanged { participant_id: v1_id.clone(), role: Role::Speaker });
+    match v2.msg().await {
+        ServerMessage::ParticipantJoined { participant } => {
+            assert_eq!((participant.id.as_str(), participant.role), (v1_id.as_str(), Role::Speaker));
+        }
+        other => panic!("expected participant_joined for the promoted viewer, got {other:?}"),
+    }
+    let mut seen = [v1.msg().await, v1.msg().await];
+    seen.sort_by_key(|m| m.to_json());
+    assert!(
+        matches!(&seen[0], ServerMessage::ParticipantJoined { participant } if participant.id == v2_id),
+        "{seen:?}"
+    );
+    assert_eq!(seen[1], ServerMessage::RoleChanged { participant_id: v1_id.clone(), role: Role::Speaker });
+    assert_eq!(audience(&mut v2).await, 1);
+
+    // Demoted again, it disappears for viewer 2 and stops seeing it.
+    sig.admin_set_role("aud", &v1_id, Role::Viewer).unwrap();
+    assert_eq!(a.msg().await, ServerMessage::RoleChanged { participant_id: v1_id.clone(), role: Role::Viewer });
+    assert_eq!(v2.msg().await, ServerMessage::ParticipantLeft { participant_id: v1_id.clone() });
+    let mut seen = [v1.msg().await, v1.msg().await];
+    seen.sort_by_key(|m| m.to_json());
+    assert_eq!(seen[0], ServerMessage::ParticipantLeft { participant_id: v2_id.clone() });
+    assert_eq!(seen[1], ServerMessage::RoleChanged { participant_id: v1_id.clone(), role: Role::Viewer });
+    assert_eq!(sig.metrics().viewers, 2);
 }

@@ -103,6 +103,24 @@ test('viewer pages show one tile per speaker, playing that speaker\'s media', { 
   }
 });
 
+test('every page shows the viewer count; viewers list only speakers, speakers list everyone', { timeout: 60_000 }, async () => {
+  const viewerIds = viewers.map((v) => v.id).sort();
+  for (const p of everyone()) {
+    const shown = await waitFor(`${p.label} shows "2 watching"`, async () => {
+      const text = await p.page.evaluate(() => document.getElementById('audience')?.textContent ?? '');
+      return text === '2 watching' ? text : null;
+    });
+    assert.equal(shown, '2 watching');
+    const roster = await p.page.evaluate(() => [...window.dais.participants.values()].map((x) => ({ id: x.id, role: x.role })));
+    const listedViewers = roster.filter((x) => x.role === 'viewer').map((x) => x.id).sort();
+    const listedSpeakers = roster.filter((x) => x.role === 'speaker').map((x) => x.id);
+    assert.deepEqual(listedSpeakers.sort(), speakers.map((s) => s.id).filter((id) => id !== p.id).sort(),
+      `${p.label} lists every other speaker`);
+    if (speakers.includes(p)) assert.deepEqual(listedViewers, viewerIds, `${p.label} (a speaker) lists the viewers`);
+    else assert.deepEqual(listedViewers, [], `${p.label} (a viewer) lists no other viewer`);
+  }
+});
+
 test('every peer connection runs on a succeeded candidate pair to the server', { timeout: 60_000 }, async () => {
   for (const p of everyone()) {
     const pair = await waitFor(`${p.label} has a succeeded candidate pair`, async () => {

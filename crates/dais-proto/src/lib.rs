@@ -139,8 +139,11 @@ pub enum ServerMessage {
         role: Role,
         /// Protocol version of the server.
         version: u32,
-        /// Everyone else already in the room, with what they publish.
+        /// The others in the room this participant can see, with what they publish: every speaker,
+        /// and, for a speaker, every viewer too (viewers do not see each other).
         participants: Vec<ParticipantInfo>,
+        /// Viewers in the room now, this participant included if it is one. `audience` updates it.
+        viewers: u64,
     },
     /// A server-initiated SDP offer (media to receive appeared or disappeared). Answer it with `answer`.
     Offer {
@@ -152,12 +155,14 @@ pub enum ServerMessage {
         /// The SDP text.
         sdp: String,
     },
-    /// Someone entered the room.
+    /// Someone this participant can see entered the room (or became visible: a viewer promoted to
+    /// speaker, as seen by other viewers).
     ParticipantJoined {
         /// Who.
         participant: ParticipantInfo,
     },
-    /// Someone left the room (or was disconnected).
+    /// Someone this participant could see left the room, was disconnected, or stopped being visible
+    /// (a speaker demoted to viewer, as seen by viewers).
     ParticipantLeft {
         /// Their id.
         participant_id: String,
@@ -195,13 +200,21 @@ pub enum ServerMessage {
         within_ms: u64,
     },
     /// An operator changed a participant's role in place (promote to speaker, demote to viewer). Sent
-    /// to everyone in the room, the participant included. A promoted participant may now offer its
-    /// media; a demoted one gets a server offer that stops the m-lines it published.
+    /// to the participant and to the room's speakers; viewers, who see only speakers, get
+    /// `participant_joined` for a promoted one and `participant_left` for a demoted one instead. A
+    /// promoted participant may now offer its media; a demoted one gets a server offer that stops the
+    /// m-lines it published.
     RoleChanged {
         /// Whose role changed.
         participant_id: String,
         /// The new role.
         role: Role,
+    },
+    /// The number of viewers in the room changed. Sent to everyone in the room, at most once per
+    /// second per participant, with the latest count.
+    Audience {
+        /// Viewers in the room now.
+        viewers: u64,
     },
     /// Answer to `ping`.
     Pong {
@@ -472,6 +485,7 @@ mod tests {
         assert_eq!(e, r#"{"type":"error","code":"viewer_cannot_publish","message":"no","request":"offer"}"#);
         let j = ServerMessage::MediaUnpublished { participant_id: "p1".into(), media_id: "m2".into() };
         assert!(j.to_json().starts_with(r#"{"type":"media_unpublished""#));
+        assert_eq!(ServerMessage::Audience { viewers: 1200 }.to_json(), r#"{"type":"audience","viewers":1200}"#);
     }
 
     #[test]

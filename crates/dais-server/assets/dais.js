@@ -134,9 +134,13 @@ export class DaisError extends Error {
  * A Dais participant.
  *
  * Events (all `CustomEvent`s; the payload is `event.detail`):
- * - `joined`             `{participantId, role, participants: Participant[]}`
- * - `participantjoined`  `{participant: Participant}`
- * - `participantleft`    `{participantId, participant?: Participant}`
+ * - `joined`             `{participantId, role, participants: Participant[], viewers}`
+ * - `participantjoined`  `{participant: Participant}`: someone this client sees joined (speakers see
+ *                        everyone; viewers see speakers only, so to a viewer this is a speaker, or a
+ *                        viewer just promoted)
+ * - `participantleft`    `{participantId, participant?: Participant}`: someone this client saw left, or
+ *                        (to a viewer) a speaker was demoted
+ * - `audience`           `{viewers}`: the room's viewer count changed (at most about once a second)
  * - `mediapublished`     `{participantId, media}`
  * - `mediaunpublished`   `{participantId, mediaId}`
  * - `mutechanged`        `{participantId, mediaId, kind, muted}`
@@ -173,8 +177,12 @@ export class DaisClient extends EventTarget {
     this.role = role;
     /** This participant's id, set by `join()`. @type {string|null} */
     this.participantId = null;
-    /** Everyone else in the room, by id. @type {Map<string, Participant>} */
+    /** Everyone else in the room this client sees, by id: every speaker, and to a speaker every
+     * viewer too. @type {Map<string, Participant>} */
     this.participants = new Map();
+    /** Viewers in the room, this client included if it is one; set by `join()`, kept current by the
+     * server's `audience` messages. */
+    this.viewers = 0;
     /** Remote media now arriving, by media id. @type {Map<string, RemoteMedia>} */
     this.remoteMedia = new Map();
     /** The peer connection, created by `join()`; use it for `getStats()`. @type {RTCPeerConnection|null} */
@@ -426,6 +434,9 @@ export class DaisClient extends EventTarget {
         return this._emit('pong', { id: msg.id, rttMs: sentAt === undefined ? NaN : performance.now() - sentAt });
       }
       case 'draining': return this._emit('draining', { withinMs: msg.within_ms });
+      case 'audience':
+        this.viewers = msg.viewers;
+        return this._emit('audience', { viewers: msg.viewers });
       case 'role_changed': {
         const p = this.participants.get(msg.participant_id);
         if (p) p.role = msg.role;
@@ -453,9 +464,13 @@ export class DaisClient extends EventTarget {
     this.room = msg.room;
     this.timing.joined = performance.now();
     for (const p of msg.participants ?? []) this.participants.set(p.id, normalizeParticipant(p));
+    this.viewers = msg.viewers ?? 0;
     this._createPeerConnection();
     if (this._pingIntervalMs > 0) this._pingTimer = setInterval(() => this._ping(), this._pingIntervalMs);
-    const detail = { participantId: this.participantId, role: this.role, participants: [...this.participants.values()] };
+    const detail = {
+      participantId: this.participantId, role: this.role, participants: [...this.participants.values()],
+      viewers: this.viewers,
+    };
     this._emit('joined', detail);
     this._onJoined?.(detail);
   }

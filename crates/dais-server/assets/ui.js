@@ -148,7 +148,8 @@ export class TileGrid {
 
 /**
  * Keep a grid in step with a client: one tile per speaker other than the client itself, tracks
- * attached as they arrive, mute badges from the roster. `onAudience` hears the number of viewers.
+ * attached as they arrive, mute badges from the roster. `onAudience` hears the number of viewers (the
+ * server's count: viewers do not see each other in the roster).
  * @param {import('./dais.js').DaisClient} client
  * @param {TileGrid} grid
  * @param {(viewers: number) => void} [onAudience]
@@ -161,26 +162,18 @@ export function bindRoom(client, grid, onAudience = () => {}) {
     // Tracks can be bound before the roster names their owner; play them now.
     for (const m of client.remoteMedia.values()) if (m.participantId === p.id) grid.attach(p, m);
   };
-  const audience = () => onAudience([...client.participants.values()].filter((p) => p.role === 'viewer').length
-    + (client.role === 'viewer' ? 1 : 0));
-  client.on('joined', ({ participants }) => {
+  client.on('joined', ({ participants, viewers }) => {
     participants.forEach(showSpeaker);
-    audience();
+    onAudience(viewers);
   });
-  client.on('participantjoined', ({ participant }) => {
-    showSpeaker(participant);
-    audience();
-  });
-  client.on('participantleft', ({ participantId }) => {
-    grid.remove(participantId);
-    audience();
-  });
+  client.on('audience', ({ viewers }) => onAudience(viewers));
+  client.on('participantjoined', ({ participant }) => showSpeaker(participant));
+  client.on('participantleft', ({ participantId }) => grid.remove(participantId));
   client.on('rolechanged', ({ participantId }) => {
     // Promoted people get a tile, demoted ones lose it; the roster already holds the new role.
     const p = client.participants.get(participantId);
     if (p?.role === 'speaker') showSpeaker(p);
     else grid.remove(participantId);
-    audience();
   });
   client.on('mediapublished', ({ participantId, media }) => grid.setMuted(participantId, media.kind, media.muted));
   client.on('mediaunpublished', ({ mediaId }) => grid.detach(mediaId));
