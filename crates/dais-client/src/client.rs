@@ -62,8 +62,11 @@ pub struct Joined {
     pub participant_id: String,
     /// The role granted.
     pub role: Role,
-    /// Everyone else already in the room.
+    /// The others already in the room that this participant sees: every speaker, and to a speaker
+    /// every viewer too.
     pub participants: Vec<ParticipantInfo>,
+    /// Viewers in the room, this participant included if it is one (`audience` messages update it).
+    pub viewers: u64,
 }
 
 /// How the signaling socket ended.
@@ -390,8 +393,8 @@ impl Client {
             )
             .await?;
         match reply {
-            ServerMessage::Joined { room, participant_id, role, participants, .. } => {
-                Ok(Joined { room, participant_id, role, participants })
+            ServerMessage::Joined { room, participant_id, role, participants, viewers, .. } => {
+                Ok(Joined { room, participant_id, role, participants, viewers })
             }
             ServerMessage::Error { code, message, .. } => Err(ClientError::Server { code, message }),
             _ => Err(ClientError::InvalidState("unexpected reply to join".into())),

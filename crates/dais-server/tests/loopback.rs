@@ -128,6 +128,25 @@ async fn two_speakers_three_viewers_receive_everything_intact() {
     for c in [&s1, &s2].into_iter().chain(viewers.iter()) {
         assert!(c.snapshot().failures.is_empty(), "client failures: {:?}", c.snapshot().failures);
     }
+    // Everyone hears the audience count; viewers are never told about each other, speakers are.
+    for (who, c) in [("s1", &s1), ("viewer 0", &viewers[0])] {
+        c.wait_for_message(0, |m| matches!(m, ServerMessage::Audience { viewers: 3 }), REPLY_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{who} hears 3 viewers: {e}"));
+    }
+    let viewer_news = |c: &Client| {
+        c.snapshot()
+            .messages
+            .iter()
+            .filter(
+                |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.role == Role::Viewer),
+            )
+            .count()
+    };
+    assert_eq!(viewer_news(&s1), 3, "a speaker sees every viewer join");
+    for (i, v) in viewers.iter().enumerate() {
+        assert_eq!(viewer_news(v), 0, "viewer {i} was told about another viewer");
+    }
 }
 
 /// `name value` lines of `/metrics` without labels.
