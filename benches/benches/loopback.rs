@@ -74,7 +74,7 @@ fn print(r: &Report, workers: usize) {
     let Some(f) = &r.fanout_us else { return };
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
-        "loopback/{:<5} workers {workers}  viewers {:>5} joined  delivered {:>8.3} %  send->last viewer p50 {:>7.3} ms p99 {:>7.3} ms p99.9 {:>7.3} ms  send->32nd viewer p50 {:>6.3} ms p99 {:>6.3} ms  ({} packets)  server CPU {}",
+        "loopback/{:<5} workers {workers}  viewers {:>5} joined  delivered {:>8.3} %  send->last viewer p50 {:>7.3} ms p99 {:>7.3} ms p99.9 {:>7.3} ms  send->32nd viewer p50 {:>6.3} ms p99 {:>6.3} ms  ({} packets)  server CPU {}  in-process ingress->last egress {}",
         r.scenario.viewers,
         r.viewers.joined,
         r.delivery.delivered_pct,
@@ -85,6 +85,13 @@ fn print(r: &Report, workers: usize) {
         ms(f.first_32_viewers.p99),
         f.last_viewer.samples,
         r.server.as_ref().map(|s| format!("{:.0} %", s.cpu_pct_steady)).unwrap_or_else(|| "-".into()),
+        r.server_forward_us.as_ref().map_or_else(
+            || "-".into(),
+            |f| {
+                let bound = |b: Option<u64>| b.map_or_else(|| ">100000".into(), |us| format!("<={us}"));
+                format!("mean {:.0} us, p50 {} us, p99 {} us", f.mean, bound(f.p50_at_most), bound(f.p99_at_most))
+            }
+        ),
     );
 }
 

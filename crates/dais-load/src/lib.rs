@@ -30,6 +30,7 @@ pub mod peer;
 pub mod procfs;
 pub mod report;
 pub mod run;
+pub mod scrape;
 pub mod sendlog;
 pub mod shard;
 pub mod signal;

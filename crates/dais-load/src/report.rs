@@ -30,6 +30,9 @@ pub struct Report {
     pub delivery: Delivery,
     /// Per ingress packet, speaker send -> its last and its 32nd viewer; `null` without `--fanout`.
     pub fanout_us: Option<Fanout>,
+    /// The server's own in-process forwarding latency over the measured phase (its
+    /// `dais_forward_latency_seconds`, see `scrape`); `null` when its `/metrics` could not be read.
+    pub server_forward_us: Option<crate::scrape::ServerForward>,
     /// What speakers sent and were asked.
     pub speakers: Speakers,
     /// The server process; `null` when not watched (no `--spawn-server` or `--server-pid`).
@@ -373,6 +376,18 @@ impl Report {
         if let Some(f) = &self.fanout_us {
             latency_line(&mut o, "fan-out: send -> last viewer", &f.last_viewer);
             latency_line(&mut o, "fan-out: send -> 32nd viewer", &f.first_32_viewers);
+        }
+        if let Some(f) = &self.server_forward_us {
+            let bound = |b: Option<u64>| b.map_or_else(|| "> 100 ms".to_owned(), |us| format!("<= {us} µs"));
+            let _ = writeln!(
+                o,
+                "{:<34} mean {:.1} µs  p50 {}  p99 {}  ({} packets; the server's own histogram)",
+                "server: ingress -> last egress",
+                f.mean,
+                bound(f.p50_at_most),
+                bound(f.p99_at_most),
+                f.packets
+            );
         }
         let d = &self.delivery;
         let _ = writeln!(

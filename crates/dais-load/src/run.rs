@@ -214,6 +214,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
     let mut last_started_at = ramp_start;
     let mut last_packets = 0u64;
     let mut last_progress = Instant::now();
+    let mut forward_start = None;
     loop {
         let now = Instant::now();
         if let Some(end) = ramp_end {
@@ -226,6 +227,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
                 ramp_end = Some(now);
                 // A sample at the start of the measured phase, however short the phase is.
                 sample(&mut server_samples, &mut self_samples);
+                forward_start = crate::scrape::read(&url).await;
             }
         }
         tokio::select! {
@@ -256,6 +258,11 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
     let measure_start = ramp_end.unwrap_or(ramp_start);
     let measure_end = Instant::now();
     sample(&mut server_samples, &mut self_samples);
+    let forward_end = crate::scrape::read(&url).await;
+    let server_forward_us = match (&forward_start, &forward_end) {
+        (Some(a), Some(b)) => crate::scrape::between(a, b),
+        _ => None,
+    };
 
     // 4. Stop.
     let _ = send_tx.send(false);
@@ -350,6 +357,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         },
         latency_us: report::latency(&latency),
         fanout_us: cfg.fanout.then(|| report::fanout(&spreads, present)),
+        server_forward_us,
         delivery: report::delivery(&viewers, &speakers),
         speakers: report::speakers(&speakers),
         server: server_usage,

@@ -19,7 +19,8 @@ fn dais_bin() -> PathBuf {
     dais
 }
 
-/// Every key path the JSON report must have (values may be null only where documented: `server`).
+/// Every key path the JSON report must have (values may be null only where documented: `server`; the
+/// `server_forward_us` percentiles beyond the server's last bucket).
 const FIELDS: &[&str] = &[
     "scenario.preset",
     "scenario.url",
@@ -74,6 +75,10 @@ const FIELDS: &[&str] = &[
     "fanout_us.last_viewer.p999",
     "fanout_us.last_viewer.samples",
     "fanout_us.first_32_viewers.p50",
+    "server_forward_us.packets",
+    "server_forward_us.mean",
+    "server_forward_us.p50_at_most",
+    "server_forward_us.p99_at_most",
     "speakers.failed",
     "speakers.packets_sent",
     "speakers.keyframe_requests",
