@@ -4,7 +4,8 @@
 //! (stream, sequence number, send time); synthetic viewers join over WebSocket, complete ICE and DTLS with
 //! the SFU, decrypt every SRTP packet and measure latency, loss, duplicates, reordering and join times from
 //! those stamps. The run loop ([`run`]) ramps viewers, samples the server's and its own CPU and memory from
-//! /proc, and builds a [`report::Report`], printed as a table and optionally written as JSON.
+//! /proc, reads the server's own forwarding-latency histogram from its `/metrics` ([`scrape`]), and builds a
+//! [`report::Report`], printed as a table and optionally written as JSON.
 //!
 //! # Why str0m clients
 //! Every participant is a str0m `Rtc` in RTP mode (full ICE agent, DTLS client) on its own UDP socket, run
@@ -23,7 +24,7 @@
 //! - [`signal`]: the WebSocket side of docs/protocol.md.
 //! - [`speaker`], [`viewer`]: the two participant tasks.
 //! - [`shard`]: threads running participant tasks.
-//! - [`stats`], [`report`], [`procfs`]: measurement and reporting.
+//! - [`stats`], [`report`], [`procfs`], [`scrape`]: measurement and reporting.
 //! - [`run`]: the run loop.
 
 pub mod peer;
