@@ -284,12 +284,12 @@ impl Peer {
     }
 
     /// Whether str0m may be given the time at `now`: always, except for an armed counting peer within
-    /// [`COUNTING_TICK`] of its last tick.
+    /// `COUNTING_TICK` of its last tick.
     fn may_tick(&self, now: Instant) -> bool {
         !self.counting.as_ref().is_some_and(|c| c.armed) || now >= self.last_tick + COUNTING_TICK
     }
 
-    /// When str0m wants time next; for an armed counting peer, no sooner than [`COUNTING_TICK`] after
+    /// When str0m wants time next; for an armed counting peer, no sooner than `COUNTING_TICK` after
     /// the last tick.
     pub fn next_tick(&self) -> Instant {
         if self.counting.as_ref().is_some_and(|c| c.armed) {
