@@ -9,7 +9,8 @@
 # itself once inside a private network namespace holding only `lo`, so every ICE candidate pair is
 # 127.0.0.1 <-> 127.0.0.1. Where unshare is refused it runs in the default namespace.
 # Environment: DAIS_BIN (server binary), DAIS_NO_NETNS=1 (skip the namespace),
-# DAIS_TEST_LOG_DIR (where the server's output goes; default a temp dir).
+# DAIS_TEST_LOG_DIR (where the server's output goes; default a temp dir), DAIS_BROWSER_TESTS (test files
+# to run instead of all of tests/browser/, e.g. tests/browser/mlines.test.mjs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -107,4 +108,5 @@ export DAIS_MEDIA_ADDR="${READY##* media=}"
 log "server pid $SERVER_PID at $DAIS_URL, media $DAIS_MEDIA_ADDR, namespace: $DAIS_BROWSER_TEST_NETNS, logs in $LOG_DIR"
 
 # One test file at a time: they share the server, and loss.test.mjs drops some of its packets.
-node --test --test-concurrency=1 tests/browser/
+# shellcheck disable=SC2086 # DAIS_BROWSER_TESTS is a list of paths
+node --test --test-concurrency=1 ${DAIS_BROWSER_TESTS:-tests/browser/}

@@ -42,6 +42,9 @@ pub(crate) struct Session {
     pub negotiation: Option<Negotiation>,
     pub queued_adds: Vec<PendingConsumer>,
     pub queued_stops: Vec<Mid>,
+    /// The first mid of the BUNDLE group in the last SDP this session produced: the m-line whose
+    /// transport the whole bundle uses. It is never stopped (see `Worker::negotiate`).
+    pub bundle_tag: Option<Mid>,
     pub producers_by_mid: HashMap<Mid, ProducerId>,
     pub producers_by_ssrc: HashMap<Ssrc, ProducerId>,
     pub consumers_by_mid: HashMap<Mid, ConsumerId>,
@@ -69,6 +72,12 @@ pub(crate) struct Session {
     pub opened_at: Instant,
 }
 
+/// The first mid of an SDP's `a=group:BUNDLE` line.
+pub(crate) fn bundle_tag(sdp: &str) -> Option<Mid> {
+    let group = sdp.lines().find_map(|l| l.strip_prefix("a=group:BUNDLE"))?;
+    group.split_whitespace().next().map(Mid::from)
+}
+
 impl Session {
     pub fn new(rtc: Rtc, publisher: bool, events: EventSink) -> Self {
         Session {
@@ -79,6 +88,7 @@ impl Session {
             negotiation: None,
             queued_adds: Vec::new(),
             queued_stops: Vec::new(),
+            bundle_tag: None,
             producers_by_mid: HashMap::new(),
             producers_by_ssrc: HashMap::new(),
             consumers_by_mid: HashMap::new(),
@@ -96,5 +106,18 @@ impl Session {
             remote_candidates: 0,
             opened_at: Instant::now(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_tag_is_the_first_mid_of_the_group() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE a1 b2 c3\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
+        assert_eq!(bundle_tag(sdp), Some(Mid::from("a1")));
+        assert_eq!(bundle_tag("v=0\r\na=group:BUNDLE\r\n"), None, "an empty group has no tag");
+        assert_eq!(bundle_tag("v=0\r\n"), None);
     }
 }

@@ -554,8 +554,10 @@ impl Worker {
         s.client_offered = true;
         s.wants_negotiation = true;
         s.negotiated_at.get_or_insert(now);
+        let answer = answer.to_sdp_string();
+        s.bundle_tag = crate::session::bundle_tag(&answer).or(s.bundle_tag);
         self.mark(id);
-        Ok(answer.to_sdp_string())
+        Ok(answer)
     }
 
     fn client_answer(&mut self, now: Instant, id: SessionId, sdp: &str) -> Result<(), AnswerError> {
@@ -666,7 +668,13 @@ impl Worker {
             return;
         }
         let adds = std::mem::take(&mut s.queued_adds);
-        let stops = std::mem::take(&mut s.queued_stops);
+        let mut stops = std::mem::take(&mut s.queued_stops);
+        // The bundle's first m-line (its tag) is never stopped, only made inactive. A stopped m-line
+        // leaves the BUNDLE group, and Chromium both refuses an offer whose group is empty ("max-bundle
+        // configured but session description has no BUNDLE group": the only speaker left) and, when the
+        // tag leaves a group that goes on, tears down the bundle's DTLS transport (close_notify: the
+        // first speaker left). So the tag stays, inactive, for the rest of the session.
+        let keep = stops.iter().position(|m| Some(*m) == s.bundle_tag).map(|i| stops.swap_remove(i));
         let mut api = s.rtc.sdp_api();
         let mut planned = Vec::with_capacity(adds.len());
         for a in adds {
@@ -681,9 +689,14 @@ impl Worker {
         for mid in stops {
             api.stop_media(mid);
         }
+        if let Some(mid) = keep {
+            api.set_direction(mid, Direction::Inactive);
+        }
         if let Some((offer, pending)) = api.apply() {
+            let sdp = offer.to_sdp_string();
+            s.bundle_tag = crate::session::bundle_tag(&sdp).or(s.bundle_tag);
             s.negotiation = Some(Negotiation { offer: pending, adds: planned });
-            (s.events)(SessionEvent::Offer { sdp: offer.to_sdp_string() });
+            (s.events)(SessionEvent::Offer { sdp });
         }
     }
 

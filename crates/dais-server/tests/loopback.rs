@@ -206,6 +206,50 @@ async fn a_viewer_on_another_worker_starts_on_a_requested_keyframe() {
     );
 }
 
+/// Every server offer must keep a BUNDLE group that starts with the same mid (its tag): Chromium
+/// refuses an offer whose group is empty, and tears down the bundle's DTLS transport when the tag
+/// leaves a group that goes on.
+fn assert_bundles(who: &str, s: &Snapshot) {
+    let mut tag: Option<String> = None;
+    for m in &s.messages {
+        if let ServerMessage::Offer { sdp } = m {
+            let group = sdp.lines().find_map(|l| l.strip_prefix("a=group:BUNDLE")).unwrap_or("");
+            let first = group.split_whitespace().next();
+            assert!(first.is_some(), "{who} got an offer with an empty BUNDLE group:\n{sdp}");
+            let first = first.map(str::to_owned);
+            assert!(tag.is_none() || tag == first, "{who}: the bundle tag moved from {tag:?} to {first:?}:\n{sdp}");
+            tag = first;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_viewer_receives_the_next_speaker_after_the_only_one_left() {
+    let server = Server::start();
+    let room = "loop-alone";
+    let (v, _) = viewer(&server, room, "v").await;
+    let (first, first_id, _) = speaker(&server, room, "first").await;
+    v.wait_until(MEDIA_TIMEOUT, "the viewer receives the first speaker", |s| has_media_from(s, &first_id, 10, 10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let offers = v.snapshot().offers_received;
+    first.leave().await.expect("leave");
+    // The offer that ends the first speaker's streams is answered.
+    v.wait_until(REPLY_TIMEOUT, "the viewer answers the offer that ends them", |s| {
+        s.offers_received > offers && s.answers_sent == s.offers_received
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; messages: {:#?}", v.snapshot().messages));
+    let (_second, second_id, tag) = speaker(&server, room, "second").await;
+    let s = v
+        .wait_until(MEDIA_TIMEOUT, "the viewer receives the next speaker", |s| has_media_from(s, &second_id, 30, 20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; messages: {:#?}", v.snapshot().messages));
+    assert_intact("the viewer", &s, &second_id, tag);
+    assert_bundles("the viewer", &s);
+    assert!(s.failures.is_empty(), "{:?}", s.failures);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn speaker_leaving_unpublishes_and_renegotiates() {
     // Two workers: leaver and v1 on worker 0, stayer and v2 on worker 1, so v2 loses a mirror.
@@ -252,7 +296,11 @@ async fn speaker_leaving_unpublishes_and_renegotiates() {
             .unwrap_or_else(|e| panic!("{e}; messages: {:#?}", v.snapshot().messages));
         assert!(s.failures.is_empty(), "{who}: {:?}", s.failures);
     }
-    // The renegotiation must not disturb the remaining speaker's streams.
+    // The renegotiation must not disturb the remaining speaker's streams, nor move the bundle tag
+    // (the leaver's m-lines came first in both viewers' bundles).
+    for (who, v) in viewers {
+        assert_bundles(who, &v.snapshot());
+    }
     assert_flowing(&viewers, &stays, 50, "the renegotiation").await;
     for (who, v) in viewers {
         let s = v.snapshot();

@@ -1,0 +1,61 @@
+// A long panel in a real browser: speakers come and go while one viewer stays. A speaker who leaves
+// (or reconnects, which is a new participant) ends two streams, and the server stops their m-lines
+// (port 0) without recycling them (docs/architecture.md, Known limits), so the viewer's SDP grows
+// with every speaker it has seen. This checks that the viewer still decodes each new speaker, and
+// logs the growth: m-sections, the server's offer and the viewer's answer (limited to 32 KiB).
+// It also proves the bundle tag stays: the first speaker's first m-line carries the viewer's one
+// transport, and before the server kept it (inactive) Chromium answered its removal by closing DTLS.
+// DAIS_MLINE_CYCLES sets how many speakers come and go (default 6).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { BASE, launchBrowser, join as joinIn, waitFor, inbound, fromSpeaker } from './lib.mjs';
+
+const ROOM = `mlines-${process.pid}-${Date.now().toString(36)}`;
+const CYCLES = Number(process.env.DAIS_MLINE_CYCLES ?? 6);
+/** The server refuses a client SDP larger than this (dais-proto MAX_SDP_BYTES). */
+const MAX_SDP_BYTES = 32 * 1024;
+
+let browser;
+const pages = [];
+
+before(async () => {
+  assert.ok(BASE, 'DAIS_URL is set (scripts/browser-test.sh starts a server)');
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+test(`a viewer decodes every one of ${CYCLES + 1} speakers who come and go`, { timeout: 60_000 + CYCLES * 15_000 }, async () => {
+  const viewer = await joinIn(browser, 'viewer', `/watch?room=${ROOM}`);
+  pages.push(viewer);
+  let last = null;
+  for (let i = 0; i <= CYCLES; i += 1) {
+    const speaker = await joinIn(browser, `speaker-${i}`, `/speak?room=${ROOM}&name=S${i}`);
+    pages.push(speaker);
+    await waitFor(`the viewer decodes speaker ${i}`, async () => {
+      const video = fromSpeaker(await inbound(viewer.page), speaker.id, 'video');
+      return video.length === 1 && video[0].framesDecoded > 10 ? video : null;
+    });
+    const size = await viewer.page.evaluate(() => ({
+      sections: (window.dais.pc.remoteDescription?.sdp.match(/^m=/gm) ?? []).length,
+      offer: window.dais.pc.remoteDescription?.sdp.length ?? 0,
+      answer: window.dais.pc.localDescription?.sdp.length ?? 0,
+    }));
+    console.log(`# after speaker ${i}: ${size.sections} m-sections, server offer ${size.offer} B, viewer answer ${size.answer} B`);
+    assert.ok(size.answer < MAX_SDP_BYTES, `the viewer's answer (${size.answer} B) fits the server's limit`);
+    if (last) assert.ok(size.sections > last.sections, 'each speaker adds m-sections (none are recycled yet)');
+    assert.equal(await viewer.page.evaluate(() => window.dais.pc.connectionState), 'connected');
+    last = size;
+    if (i < CYCLES) {
+      await speaker.page.click('#leave');
+      await waitFor(`the viewer drops speaker ${i}'s streams`, async () =>
+        fromSpeaker(await inbound(viewer.page), speaker.id, 'video').length === 0);
+      await speaker.context.close();
+    }
+  }
+  const problems = pages.flatMap((p) => p.problems.map((x) => `${p.label}: ${x}`));
+  assert.deepEqual(problems, [], 'no page threw or logged an error');
+});
