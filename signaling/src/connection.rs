@@ -275,7 +275,7 @@ impl Signaling {
         match msg {
             ClientMessage::Offer { sdp } => {
                 if sdp.len() > MAX_SDP_BYTES {
-                    return err(ErrorCode::BadSdp, "SDP larger than 32 KiB");
+                    return err(ErrorCode::BadSdp, "SDP larger than 128 KiB");
                 }
                 match self.media.client_offer(j.id, sdp).await {
                     Ok(answer) => Step::Reply(vec![ServerMessage::Answer { sdp: answer }]),
@@ -294,7 +294,7 @@ impl Signaling {
             }
             ClientMessage::Answer { sdp } => {
                 if sdp.len() > MAX_SDP_BYTES {
-                    return err(ErrorCode::BadSdp, "SDP larger than 32 KiB");
+                    return err(ErrorCode::BadSdp, "SDP larger than 128 KiB");
                 }
                 match self.media.client_answer(j.id, sdp).await {
                     Ok(()) => Step::Reply(vec![]),

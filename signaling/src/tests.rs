@@ -272,7 +272,7 @@ async fn media_rejections_map_to_codes_and_keep_the_socket() {
     assert_eq!(v.error_code().await, ErrorCode::OfferCollision);
     v.send(r#"{"type":"answer","sdp":"v=0"}"#);
     assert_eq!(v.error_code().await, ErrorCode::UnexpectedAnswer);
-    let big = "a".repeat(40 * 1024);
+    let big = "a".repeat(dais_proto::MAX_SDP_BYTES + 1);
     v.send(&format!(r#"{{"type":"offer","sdp":"{big}"}}"#));
     assert_eq!(v.error_code().await, ErrorCode::BadSdp);
     v.to_server.send(Frame::Binary).unwrap();

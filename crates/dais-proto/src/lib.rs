@@ -12,13 +12,16 @@ use std::fmt;
 /// The protocol version this crate speaks. A `join` with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest text frame the server reads; a larger one closes the socket with [`CLOSE_MESSAGE_TOO_BIG`].
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Room for a [`MAX_SDP_BYTES`] SDP after JSON escaping (each `\r\n` becomes four characters).
+pub const MAX_MESSAGE_BYTES: usize = 192 * 1024;
 /// Largest room name, in bytes.
 pub const MAX_ROOM_BYTES: usize = 64;
 /// Largest display name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
-/// Largest SDP the server accepts, in bytes.
-pub const MAX_SDP_BYTES: usize = 32 * 1024;
+/// Largest SDP the server accepts, in bytes. Browsers keep every stopped m-section in their answers
+/// (about 3.7 KB per speaker who came and went, see docs/architecture.md), so this bounds how many
+/// speakers one viewer can see come and go: about 35.
+pub const MAX_SDP_BYTES: usize = 128 * 1024;
 /// WebSocket close code sent when a frame exceeds [`MAX_MESSAGE_BYTES`] (RFC 6455 "message too big").
 pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
 
