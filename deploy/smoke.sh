@@ -218,15 +218,15 @@ for _ in $(seq 300); do
 done
 [ "$(status /readyz)" = 200 ] || die "/readyz did not answer 200 within 30 s"
 # Capture before grepping: with pipefail, `grep -q` exiting on the first match can SIGPIPE the writer.
-ready_log=$(podman logs "$CTR" 2>/dev/null)
+ready_log=$(podman logs "$CTR" 2>/dev/null) || die "podman logs failed"
 grep -q '^dais ready http=' <<<"$ready_log" || die "no 'dais ready' line on stdout"
-log "/readyz 200, /healthz $(status /healthz); $(podman logs "$CTR" 2>/dev/null | grep '^dais ready')"
+log "/readyz 200, /healthz $(status /healthz); $(grep '^dais ready' <<<"$ready_log")"
 
 [ "$(podman exec "$CTR" id -u)" = 10001 ] || die "the container does not run as uid 10001"
 log "runs as uid 10001"
 hc=$(podman healthcheck run "$CTR" 2>&1) || die "the image's HEALTHCHECK failed: $hc"
 log "HEALTHCHECK (dais-healthcheck /healthz) passed"
-metrics=$(curl -sf "$BASE/metrics")
+metrics=$(curl -sf "$BASE/metrics") || die "GET /metrics failed"
 grep -q '^dais_ready 1$' <<<"$metrics" || die "/metrics has no 'dais_ready 1'"
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ CLIENT_PID=""
 tail -n "+$((shown + 1))" "$WORK/client.log" | sed 's/^/    /'
 [ "$rc" -eq 0 ] || die "the smoke client failed (exit $rc)"
 exit_code=$(timeout 30 podman wait "$CTR") || die "the container did not exit within 30 s of the participants leaving"
-final_log=$(podman logs "$CTR" 2>&1)
+final_log=$(podman logs "$CTR" 2>&1) || die "podman logs failed"
 grep -q 'drain complete' <<<"$final_log" || die "no 'drain complete' in the log"
 [ "$exit_code" = 0 ] || die "the container exited with $exit_code"
 log "the container exited 0 after the drain"

@@ -674,7 +674,8 @@ impl Worker {
         // configured but session description has no BUNDLE group": the only speaker left) and, when the
         // tag leaves a group that goes on, tears down the bundle's DTLS transport (close_notify: the
         // first speaker left). So the tag stays, inactive, for the rest of the session.
-        let keep = stops.iter().position(|m| Some(*m) == s.bundle_tag).map(|i| stops.swap_remove(i));
+        let keep = s.bundle_tag.filter(|t| stops.contains(t));
+        stops.retain(|m| Some(*m) != s.bundle_tag);
         let mut api = s.rtc.sdp_api();
         let mut planned = Vec::with_capacity(adds.len());
         for a in adds {

@@ -81,6 +81,8 @@ impl Signaling {
         let mut last_seen = Instant::now();
         // The room's viewer count once joined; after each `audience` sent, changes wait out the hold.
         let mut audience: Option<watch::Receiver<u64>> = None;
+        // The count this client last heard (in `joined`, then in `audience`).
+        let mut heard = 0u64;
         let hold = tokio::time::sleep(std::time::Duration::ZERO);
         tokio::pin!(hold);
         let mut holding = false;
@@ -102,6 +104,7 @@ impl Signaling {
                             if let (false, Some(j)) = (registered, joined.as_mut()) {
                                 self.register_control(j.id, control_tx.clone());
                                 audience = j.audience.take();
+                                heard = audience.as_ref().map_or(0, |a| *a.borrow());
                                 registered = true;
                             }
                             match step {
@@ -149,10 +152,13 @@ impl Signaling {
                     }
                 }
                 viewers = audience_changed(audience.as_mut()), if !holding => match viewers {
+                    // A change undone within the hold (3 -> 4 -> 3) is no news.
+                    Some(viewers) if viewers == heard => {}
                     Some(viewers) => {
                         let m = ServerMessage::Audience { viewers };
                         if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
-                        hold.as_mut().reset((Instant::now() + self.config.audience_interval).into());
+                        heard = viewers;
+                        hold.as_mut().reset(tokio::time::Instant::now() + self.config.audience_interval);
                         holding = true;
                     }
                     None => audience = None,

@@ -12,7 +12,9 @@ use std::fmt;
 /// The protocol version this crate speaks. A `join` with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest text frame the server reads; a larger one closes the socket with [`CLOSE_MESSAGE_TOO_BIG`].
-/// Room for a [`MAX_SDP_BYTES`] SDP after JSON escaping (each `\r\n` becomes four characters).
+/// Room for a browser's [`MAX_SDP_BYTES`] SDP after JSON escaping (each `\r\n` becomes four
+/// characters, about 6 % more); an SDP of pathological characters may escape past it and close the
+/// socket with 1009 instead of getting `bad_sdp`.
 pub const MAX_MESSAGE_BYTES: usize = 192 * 1024;
 /// Largest room name, in bytes.
 pub const MAX_ROOM_BYTES: usize = 64;
@@ -146,6 +148,8 @@ pub enum ServerMessage {
         /// and, for a speaker, every viewer too (viewers do not see each other).
         participants: Vec<ParticipantInfo>,
         /// Viewers in the room now, this participant included if it is one. `audience` updates it.
+        /// Absent from servers before it existed, hence the default.
+        #[serde(default)]
         viewers: u64,
     },
     /// A server-initiated SDP offer (media to receive appeared or disappeared). Answer it with `answer`.
