@@ -2,8 +2,9 @@
 //!
 //! States: *connected* (only `join`, `ping` and `leave` are meaningful), *joined* (everything), and
 //! *closed*. Every failure of a client message is answered with an `error` and the connection stays
-//! open, except an oversized frame (close 1009), `leave` (1000), shutdown (1001), idle timeout (1001) and a
-//! failed media connection (`media_failed`, 1011). When the task ends
+//! open, except an oversized frame (close 1009), `leave` (1000), shutdown (1001), idle timeout (1001), a
+//! failed media connection (`media_failed`, 1011) and a server offer unanswered for
+//! `negotiation_timeout` (1008). When the task ends
 //! for any reason the participant leaves its room: others get `media_unpublished` for each of its
 //! streams and `participant_left`, and its media session is closed.
 
@@ -86,6 +87,10 @@ impl Signaling {
         let hold = tokio::time::sleep(std::time::Duration::ZERO);
         tokio::pin!(hold);
         let mut holding = false;
+        // A server offer awaits the client's answer until `answer_due`.
+        let answer_due = tokio::time::sleep(std::time::Duration::ZERO);
+        tokio::pin!(answer_due);
+        let mut awaiting_answer = false;
 
         let end = loop {
             tokio::select! {
@@ -111,6 +116,7 @@ impl Signaling {
                                 Step::Reply(msgs) => {
                                     if send_all(&mut outgoing, msgs).await.is_err() { break End::Close(None); }
                                 }
+                                Step::Answered => awaiting_answer = false,
                                 Step::Leave => break End::Close(Some((1000, "bye".into()))),
                             }
                         }
@@ -148,6 +154,10 @@ impl Signaling {
                         break End::Close(Some((1011, "media failed".into())));
                     }
                     if let Some(MediaStep::Send(m)) = step {
+                        if matches!(m, ServerMessage::Offer { .. }) {
+                            awaiting_answer = true;
+                            answer_due.as_mut().reset(tokio::time::Instant::now() + self.config.negotiation_timeout);
+                        }
                         if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
                     }
                 }
@@ -164,6 +174,16 @@ impl Signaling {
                     None => audience = None,
                 },
                 () = &mut hold, if holding => holding = false,
+                () = &mut answer_due, if awaiting_answer => {
+                    warn!("the server offer was not answered in time, closing");
+                    let m = ServerMessage::error(
+                        ErrorCode::NegotiationTimeout,
+                        "the server's offer was not answered in time; join again",
+                        None,
+                    );
+                    let _ = send_all(&mut outgoing, vec![m]).await;
+                    break End::Close(Some((CLOSE_NEGOTIATION_TIMEOUT, "negotiation_timeout".into())));
+                }
                 _ = ping.tick() => {
                     if last_seen.elapsed() > self.config.idle_timeout {
                         let m = ServerMessage::error(ErrorCode::IdleTimeout, "no traffic from the client", None);
@@ -303,7 +323,7 @@ impl Signaling {
                     return err(ErrorCode::BadSdp, "SDP larger than 128 KiB");
                 }
                 match self.media.client_answer(j.id, sdp).await {
-                    Ok(()) => Step::Reply(vec![]),
+                    Ok(()) => Step::Answered,
                     Err(AnswerRejection::BadSdp(detail)) => {
                         info!(%detail, "client answer refused");
                         err(ErrorCode::BadSdp, "the answer could not be parsed or does not match the offer")
@@ -502,8 +522,14 @@ impl Signaling {
 
 enum Step {
     Reply(Vec<ServerMessage>),
+    /// The outstanding server offer was answered (nothing to reply).
+    Answered,
     Leave,
 }
+
+/// Close code after `negotiation_timeout` (RFC 6455 1008, policy violation: the client broke the
+/// offer/answer contract).
+const CLOSE_NEGOTIATION_TIMEOUT: u16 = 1008;
 
 enum MediaStep {
     Send(ServerMessage),

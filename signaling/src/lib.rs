@@ -64,6 +64,10 @@ pub struct SignalingConfig {
     /// Shortest gap between two `audience` messages to one participant: changes of the room's
     /// viewer count within it are announced together, with the latest count, when it ends.
     pub audience_interval: Duration,
+    /// Longest wait for the answer to a server `offer`; then the participant is ended with
+    /// `negotiation_timeout`. A client that failed to apply an offer would otherwise wait forever,
+    /// because the server sends no new offer until the outstanding one is answered.
+    pub negotiation_timeout: Duration,
 }
 
 impl Default for SignalingConfig {
@@ -74,6 +78,7 @@ impl Default for SignalingConfig {
             idle_timeout: Duration::from_secs(45),
             tokens: None,
             audience_interval: Duration::from_secs(1),
+            negotiation_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -56,9 +56,10 @@ impl MediaPlane for FakeMedia {
         };
         async move { r }.boxed()
     }
-    fn client_answer(&self, session: u64, _sdp: String) -> BoxFuture<'static, Result<(), AnswerRejection>> {
+    fn client_answer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<(), AnswerRejection>> {
         self.calls.lock().unwrap().push(Call::Answer(session));
-        async move { Err(AnswerRejection::Unexpected) }.boxed()
+        let r = if sdp == "v=0 good" { Ok(()) } else { Err(AnswerRejection::Unexpected) };
+        async move { r }.boxed()
     }
     fn add_candidate(&self, session: u64, candidate: String) {
         self.calls.lock().unwrap().push(Call::Candidate(session, candidate));
@@ -505,4 +506,37 @@ async fn viewers_see_only_speakers_and_hear_a_coalesced_audience_count() {
     assert_eq!(seen[0], ServerMessage::ParticipantLeft { participant_id: v2_id.clone() });
     assert_eq!(seen[1], ServerMessage::RoleChanged { participant_id: v1_id.clone(), role: Role::Viewer });
     assert_eq!(sig.metrics().viewers, 2);
+}
+
+// Paused time: the runtime jumps to the next timer whenever every task waits.
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_server_offer_ends_the_participant() {
+    let (media, sig) = setup_with(SignalingConfig::default());
+    let mut v = connect(&sig);
+    let ServerMessage::Joined { participant_id, .. } = v.join("neg", "V", "viewer").await else { panic!() };
+    let session: u64 = participant_id.trim_start_matches('p').parse().unwrap();
+
+    // Answered within the 20 s: nothing happens, however long the client then stays.
+    media.emit(session, MediaEvent::Offer { sdp: "v=0 first".into() });
+    assert_eq!(v.msg().await, ServerMessage::Offer { sdp: "v=0 first".into() });
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    v.send(r#"{"type":"answer","sdp":"v=0 good"}"#);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    v.send(r#"{"type":"ping","id":1}"#);
+    assert_eq!(v.msg().await, ServerMessage::Pong { id: Some(1) });
+
+    // The next offer is never answered (a refused answer does not count): error and close 1008.
+    media.emit(session, MediaEvent::Offer { sdp: "v=0 second".into() });
+    assert_eq!(v.msg().await, ServerMessage::Offer { sdp: "v=0 second".into() });
+    let sent = tokio::time::Instant::now();
+    v.send(r#"{"type":"answer","sdp":"v=0 refused"}"#);
+    assert_eq!(v.error_code().await, ErrorCode::UnexpectedAnswer);
+    tokio::time::sleep(Duration::from_secs(19)).await;
+    v.send(r#"{"type":"ping","id":2}"#);
+    assert_eq!(v.msg().await, ServerMessage::Pong { id: Some(2) }, "still open after 19 s");
+    assert_eq!(v.error_code().await, ErrorCode::NegotiationTimeout);
+    assert!(sent.elapsed() >= Duration::from_secs(20), "not before the timeout: {:?}", sent.elapsed());
+    assert_eq!(v.next().await, OutFrame::Close(1008, "negotiation_timeout".into()));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(media.calls().contains(&Call::Close(session)), "the participant left");
 }

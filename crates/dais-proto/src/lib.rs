@@ -280,6 +280,9 @@ pub enum ErrorCode {
     MediaFailed,
     /// The participant sent nothing (not even a WebSocket pong) for too long; the socket is closed.
     IdleTimeout,
+    /// A server `offer` went unanswered for too long (the client could not apply it); the socket is
+    /// closed (1008) so the client can join again with a fresh peer connection.
+    NegotiationTimeout,
     /// An operator muted this kind of media; the participant cannot unmute it.
     MutedByOperator,
     /// An operator removed this participant; the socket is closed (4001).
@@ -319,6 +322,7 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::MediaFailed => "media_failed",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::NegotiationTimeout => "negotiation_timeout",
             ErrorCode::MutedByOperator => "muted_by_operator",
             ErrorCode::Kicked => "kicked",
             ErrorCode::RoomClosed => "room_closed",
@@ -562,6 +566,7 @@ mod tests {
             ErrorCode::TokenExpired,
             ErrorCode::TokenInvalid,
             ErrorCode::TokenWrongRoom,
+            ErrorCode::NegotiationTimeout,
         ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));
         }
