@@ -79,6 +79,11 @@ pub(crate) fn bundle_tag(sdp: &str) -> Option<Mid> {
 }
 
 impl Session {
+    /// Remember the bundle tag of an SDP this session just produced (offer or answer).
+    pub fn produced(&mut self, sdp: &str) {
+        self.bundle_tag = bundle_tag(sdp).or(self.bundle_tag);
+    }
+
     pub fn new(rtc: Rtc, publisher: bool, events: EventSink) -> Self {
         Session {
             rtc,

@@ -555,7 +555,7 @@ impl Worker {
         s.wants_negotiation = true;
         s.negotiated_at.get_or_insert(now);
         let answer = answer.to_sdp_string();
-        s.bundle_tag = crate::session::bundle_tag(&answer).or(s.bundle_tag);
+        s.produced(&answer);
         self.mark(id);
         Ok(answer)
     }
@@ -695,7 +695,7 @@ impl Worker {
         }
         if let Some((offer, pending)) = api.apply() {
             let sdp = offer.to_sdp_string();
-            s.bundle_tag = crate::session::bundle_tag(&sdp).or(s.bundle_tag);
+            s.produced(&sdp);
             s.negotiation = Some(Negotiation { offer: pending, adds: planned });
             (s.events)(SessionEvent::Offer { sdp });
         }

@@ -378,16 +378,7 @@ impl Report {
             latency_line(&mut o, "fan-out: send -> 32nd viewer", &f.first_32_viewers);
         }
         if let Some(f) = &self.server_forward_us {
-            let bound = |b: Option<u64>| b.map_or_else(|| "> 100 ms".to_owned(), |us| format!("<= {us} µs"));
-            let _ = writeln!(
-                o,
-                "{:<34} mean {:.1} µs  p50 {}  p99 {}  ({} packets; the server's own histogram)",
-                "server: ingress -> last egress",
-                f.mean,
-                bound(f.p50_at_most),
-                bound(f.p99_at_most),
-                f.packets
-            );
+            let _ = writeln!(o, "{:<34} {f}; the server's own histogram", "server: ingress -> last egress");
         }
         let d = &self.delivery;
         let _ = writeln!(

@@ -40,6 +40,21 @@ pub struct ServerForward {
     pub p99_at_most: Option<u64>,
 }
 
+impl std::fmt::Display for ServerForward {
+    /// `mean 785.0 µs, p50 <= 1000 µs, p99 <= 2500 µs (1601 packets)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bound = |b: Option<u64>| b.map_or_else(|| "> 100 ms".to_owned(), |us| format!("<= {us} µs"));
+        write!(
+            f,
+            "mean {:.1} µs, p50 {}, p99 {} ({} packets)",
+            self.mean,
+            bound(self.p50_at_most),
+            bound(self.p99_at_most),
+            self.packets
+        )
+    }
+}
+
 /// `host:port` of the HTTP server behind a `ws://host:port/path` signaling URL.
 pub fn http_authority(ws_url: &str) -> Option<&str> {
     let rest = ws_url.strip_prefix("ws://")?;
@@ -144,6 +159,7 @@ dais_rtp_packets_forwarded_total 99
         assert_eq!(f.mean, 300.0);
         assert_eq!(f.p50_at_most, Some(250));
         assert_eq!(f.p99_at_most, None, "the 99th percentile lies beyond the last bound");
+        assert_eq!(f.to_string(), "mean 300.0 µs, p50 <= 250 µs, p99 > 100 ms (100 packets)");
         assert_eq!(between(&start, &start), None, "no packets, no figures");
     }
 
