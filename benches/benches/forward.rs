@@ -9,10 +9,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dais_benches::Kind;
-use dais_forward::{Codec, ConsumerSpec, MediaKind, Output, ProducerId, ProducerSpec, Router, RouterConfig, RtpIn};
+use dais_forward::{
+    ConsumerSpec, LayerId, MediaExt, Output, Payload, ProducerId, ProducerSpec, Router, RouterConfig, RtpIn,
+};
 
 const VIEWERS: [u64; 4] = [1, 10, 100, 1000];
 
@@ -20,7 +21,7 @@ struct Fanout {
     kind: Kind,
     router: Router,
     producer: ProducerId,
-    payload: Bytes,
+    payload: Payload,
     sent: u64,
     now: Instant,
 }
@@ -28,21 +29,20 @@ struct Fanout {
 impl Fanout {
     fn new(kind: Kind, viewers: u64) -> Self {
         let now = Instant::now();
-        let (codec, media) = match kind {
-            Kind::Video => (Codec::Vp8, MediaKind::Video),
-            Kind::Audio => (Codec::Opus, MediaKind::Audio),
-        };
+        let codec = kind.codec();
         let mut router = Router::new(RouterConfig::default());
         let producer = router.add_producer(
             now,
             ProducerSpec {
-                kind: media,
+                kind: kind.into(),
                 clock_rate: kind.clock_rate(),
                 payload_types: vec![(kind.publisher_pt(), codec)],
+                layers: 1,
             },
         );
         for i in 0..viewers {
             let spec = ConsumerSpec {
+                sink: i,
                 ssrc: 10_000 + i as u32,
                 payload_types: vec![(codec, 100 + (i % 20) as u8)],
                 initial_seq: (i * 7) as u16,
@@ -50,24 +50,27 @@ impl Fanout {
             router.add_consumer(now, producer, spec).expect("the consumer negotiated the producer's codec");
         }
         while router.poll_output().is_some() {}
-        let mut f = Fanout { kind, router, producer, payload: Bytes::from(kind.payload(false)), sent: 0, now };
-        let key = Bytes::from(kind.payload(true));
+        let mut f = Fanout { kind, router, producer, payload: kind.payload(false).into(), sent: 0, now };
+        let key: Payload = kind.payload(true).into();
         assert_eq!(f.send(key), viewers, "every consumer starts on the first packet");
         f
     }
 
     /// One ingress packet through the router; returns the egress packets drained.
-    fn send(&mut self, payload: Bytes) -> u64 {
+    fn send(&mut self, payload: Payload) -> u64 {
         let i = self.sent;
         self.sent += 1;
         self.now += Duration::from_millis(1);
         let packet = RtpIn {
+            layer: LayerId(0),
             ssrc: 0x5eed,
             seq: i as u16,
             timestamp: self.kind.timestamp(i),
             payload_type: self.kind.publisher_pt(),
             marker: self.kind.marker(i),
             payload,
+            ext: MediaExt::default(),
+            wallclock: self.now,
         };
         self.router.handle_rtp(self.now, self.producer, packet);
         let mut out = 0;

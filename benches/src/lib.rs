@@ -2,7 +2,7 @@
 //! were handshaken in memory.
 //!
 //! Everything here is set up once, outside the timed region; the benches in `benches/` time only the
-//! per-packet work. Payloads are built once and shared ([`bytes::Bytes`] into the router, `Arc<[u8]>` into
+//! per-packet work. Payloads are built once and shared (the same `Arc<[u8]>` into the router and into
 //! str0m), as the media worker does, so no bench times a payload copy that the server does not make.
 
 pub mod session;
@@ -21,9 +21,26 @@ pub enum Kind {
     Audio,
 }
 
+impl From<Kind> for dais_forward::MediaKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Video => dais_forward::MediaKind::Video,
+            Kind::Audio => dais_forward::MediaKind::Audio,
+        }
+    }
+}
+
 impl Kind {
     /// Both kinds, video first.
     pub const ALL: [Kind; 2] = [Kind::Video, Kind::Audio];
+
+    /// The forwarding core's codec of the synthetic stream.
+    pub fn codec(self) -> dais_forward::Codec {
+        match self {
+            Kind::Video => dais_forward::Codec::Vp8,
+            Kind::Audio => dais_forward::Codec::Opus,
+        }
+    }
 
     /// Short name for benchmark ids.
     pub fn name(self) -> &'static str {

@@ -5,10 +5,11 @@
 //! server offer one sendonly m-line, as the worker does for a consumer, and shuttles datagrams between the
 //! two in memory until ICE and DTLS are up on both sides; then it attaches one router consumer per viewer.
 //!
-//! [`Fanout::send`] does for one ingress packet what the worker's `forward` and `drain_router` do:
-//! `Router::handle_rtp`, then per consumer one `StreamTx::write_rtp` with the shared `Arc<[u8]>` payload,
-//! then polling each session (with the `Input::Timeout` str0m asks for) until it has handed over its
-//! SRTP-protected `Transmit`. No socket is touched: transmits are counted and dropped.
+//! [`Fanout::send`] does for one ingress packet what the media worker does: `Router::handle_rtp`, then
+//! per consumer one `StreamTx::write_rtp` of the `RtpOut` (the shared `Arc<[u8]>` payload, not nackable:
+//! retransmissions come from the router's packet cache, and each send stream reports NACKs instead of
+//! caching), then polling each session (with the `Input::Timeout` str0m asks for) until it has handed
+//! over its SRTP-protected `Transmit`. No socket is touched: transmits are counted and dropped.
 //!
 //! Time is simulated: it advances [`PACKET_INTERVAL`] per ingress packet. [`Fanout::maintain`], which the
 //! benches call outside the timed region, lets every pair exchange its keep-alives and reports so that the
@@ -22,10 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
 use dais_forward::{
-    Codec, ConsumerId, ConsumerSpec, MediaKind as FwdKind, Output as FwdOutput, ProducerId, ProducerSpec, Router,
-    RouterConfig, RtpIn,
+    ConsumerId, ConsumerSpec, LayerId, MediaExt, Output as FwdOutput, ProducerId, ProducerSpec, Router, RouterConfig,
+    RtpIn,
 };
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::format::Codec as SCodec;
@@ -196,26 +196,25 @@ impl Fanout {
         }
 
         let mut router = Router::new(RouterConfig::default());
-        let codec = match kind {
-            Kind::Video => Codec::Vp8,
-            Kind::Audio => Codec::Opus,
-        };
-        let fkind = match kind {
-            Kind::Video => FwdKind::Video,
-            Kind::Audio => FwdKind::Audio,
-        };
+        let codec = kind.codec();
         let producer = router.add_producer(
             now,
             ProducerSpec {
-                kind: fkind,
+                kind: kind.into(),
                 clock_rate: kind.clock_rate(),
                 payload_types: vec![(kind.publisher_pt(), codec)],
+                layers: 1,
             },
         );
         let mut consumers = HashMap::new();
         for (i, v) in pairs.iter_mut().enumerate() {
             let (ssrc, pt) = send_stream(&mut v.server.rtc, v.mid, kind)?;
-            let spec = ConsumerSpec { ssrc: *ssrc, payload_types: vec![(codec, *pt)], initial_seq: (i as u16) * 7 };
+            let spec = ConsumerSpec {
+                sink: i as u64,
+                ssrc: *ssrc,
+                payload_types: vec![(codec, *pt)],
+                initial_seq: (i as u16) * 7,
+            };
             let id = router.add_consumer(now, producer, spec).map_err(|e| anyhow!("consumer {i}: {e}"))?;
             consumers.insert(id, Egress { viewer: i, ssrc });
         }
@@ -266,18 +265,20 @@ impl Fanout {
         let now = self.now;
         let i = self.sent;
         self.sent += 1;
-        let video = self.kind == Kind::Video;
+        let ext = match self.kind {
+            Kind::Video => MediaExt::default(),
+            Kind::Audio => MediaExt { audio_level: Some(-30), voice_activity: Some(true), ..MediaExt::default() },
+        };
         let input = RtpIn {
+            layer: LayerId(0),
             ssrc: 0x5eed,
             seq: i as u16,
             timestamp: self.kind.timestamp(i),
             payload_type: self.kind.publisher_pt(),
             marker: self.kind.marker(i),
-            payload: Bytes::from_owner(payload.clone()),
-        };
-        let ext = match self.kind {
-            Kind::Video => ExtensionValues::default(),
-            Kind::Audio => ExtensionValues { audio_level: Some(-30), voice_activity: Some(true), ..Default::default() },
+            payload,
+            ext,
+            wallclock: now,
         };
         self.router.handle_rtp(now, self.producer, input);
         while let Some(out) = self.router.poll_output() {
@@ -289,10 +290,15 @@ impl Fanout {
                 self.errors += 1;
                 continue;
             };
-            let write = RtpWrite::new(Pt::from(o.payload_type), SeqNo::from(o.seq), o.timestamp, now, payload.clone())
-                .marker(o.marker)
-                .ext_vals(ext.clone())
-                .nackable(video);
+            let ext_vals = ExtensionValues {
+                audio_level: o.ext.audio_level,
+                voice_activity: o.ext.voice_activity,
+                ..ExtensionValues::default()
+            };
+            let write =
+                RtpWrite::new(Pt::from(o.payload_type), SeqNo::from(o.seq), o.timestamp, o.wallclock, o.payload)
+                    .marker(o.marker)
+                    .ext_vals(ext_vals);
             tx.write_rtp(write);
             self.dirty.push(c.viewer);
         }
@@ -398,7 +404,15 @@ fn send_stream(rtc: &mut Rtc, mid: Mid, kind: Kind) -> anyhow::Result<(Ssrc, Pt)
         Kind::Video => SCodec::Vp8,
         Kind::Audio => SCodec::Opus,
     };
-    let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None).map(|tx| tx.ssrc()).context("no send stream")?;
+    let ssrc = rtc
+        .direct_api()
+        .stream_tx_by_mid(mid, None)
+        .map(|tx| {
+            // As the media worker sets up a consumer: NACKs are answered from the router's cache.
+            tx.set_nack_events(true);
+            tx.ssrc()
+        })
+        .context("no send stream")?;
     let remote = rtc.media(mid).map(|m| m.remote_pts().to_vec()).unwrap_or_default();
     let pt = rtc
         .codec_config()

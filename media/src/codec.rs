@@ -1,12 +1,62 @@
-//! Mapping between str0m's negotiated payload parameters and the forwarding core's codec table.
+//! Mapping between str0m's vocabulary and the forwarding core's: codecs, payload parameters, media kinds
+//! and the header-extension values that travel with the media.
 //!
 //! A producer's payload types come from what its publisher negotiated; a consumer's from what its own
 //! session negotiated. H.264 and VP9 variants only match when their packetization mode, profile and
-//! profile id agree, so a viewer never gets a bitstream it did not accept.
+//! profile id agree, so a viewer never gets a bitstream it did not accept. The orphan rule keeps these
+//! conversions functions rather than `From` impls (both sides are foreign to this crate).
 
-use dais_forward::Codec;
+use dais_forward::{Codec, MediaExt, MediaKind};
 use str0m::format::{Codec as SCodec, CodecSpec, PayloadParams};
-use str0m::media::Pt;
+use str0m::media::{MediaKind as SKind, Pt};
+use str0m::rtp::{ExtensionValues, VideoOrientation};
+
+/// The core's kind of a str0m media kind.
+pub fn kind_of(k: SKind) -> MediaKind {
+    if k.is_audio() {
+        MediaKind::Audio
+    } else {
+        MediaKind::Video
+    }
+}
+
+/// str0m's kind of the core's media kind.
+pub fn str0m_kind(k: MediaKind) -> SKind {
+    match k {
+        MediaKind::Audio => SKind::Audio,
+        MediaKind::Video => SKind::Video,
+    }
+}
+
+/// The values of an ingress packet's header extensions that describe the media and so travel with it.
+/// Transport extensions (mid, rid, transport-cc, abs-send-time) belong to each leg and are written by
+/// str0m with the ids that leg negotiated.
+pub fn media_ext(ext: &ExtensionValues) -> MediaExt {
+    MediaExt {
+        audio_level: ext.audio_level,
+        voice_activity: ext.voice_activity,
+        video_orientation: ext.video_orientation.map(|o| o as u8),
+        video_content_type: ext.video_content_type,
+    }
+}
+
+/// The header-extension values of an egress packet carrying `ext`.
+pub fn ext_values(ext: MediaExt) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: ext.audio_level,
+        voice_activity: ext.voice_activity,
+        video_orientation: ext.video_orientation.map(VideoOrientation::from),
+        video_content_type: ext.video_content_type,
+        ..ExtensionValues::default()
+    }
+}
+
+/// The payload types of `params` (a session's codec configuration) to offer on an m-line that carries
+/// a producer whose publisher negotiated `specs`: each PT compatible with one of them, in the
+/// session's order. RTX comes with each PT.
+pub fn offer_pts(params: &[PayloadParams], specs: &[CodecSpec]) -> Vec<Pt> {
+    params.iter().filter(|p| specs.iter().any(|s| compatible(s, &p.spec()))).map(|p| p.pt()).collect()
+}
 
 /// The forwarding core's codec for a str0m codec.
 pub fn core_codec(c: SCodec) -> Codec {

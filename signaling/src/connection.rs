@@ -154,7 +154,9 @@ impl Signaling {
                         break End::Close(Some((1011, "media failed".into())));
                     }
                     if let Some(MediaStep::Send(m)) = step {
-                        if matches!(m, ServerMessage::Offer { .. }) {
+                        // The clock starts at the first offer after an accepted answer: the same
+                        // offer sent again after a refused answer does not extend it.
+                        if matches!(m, ServerMessage::Offer { .. }) && !awaiting_answer {
                             awaiting_answer = true;
                             answer_due.as_mut().reset(tokio::time::Instant::now() + self.config.negotiation_timeout);
                         }

@@ -540,3 +540,30 @@ async fn an_unanswered_server_offer_ends_the_participant() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(media.calls().contains(&Call::Close(session)), "the participant left");
 }
+
+/// The media plane sends a refused offer again: that does not restart the 20 s.
+#[tokio::test(start_paused = true)]
+async fn an_offer_sent_again_after_a_refused_answer_keeps_its_deadline() {
+    let (media, sig) = setup_with(SignalingConfig::default());
+    let mut v = connect(&sig);
+    let ServerMessage::Joined { participant_id, .. } = v.join("neg2", "V", "viewer").await else { panic!() };
+    let session: u64 = participant_id.trim_start_matches('p').parse().unwrap();
+    media.emit(session, MediaEvent::Offer { sdp: "v=0 first".into() });
+    assert_eq!(v.msg().await, ServerMessage::Offer { sdp: "v=0 first".into() });
+    let sent = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    v.send(r#"{"type":"answer","sdp":"v=0 refused"}"#);
+    assert_eq!(v.error_code().await, ErrorCode::UnexpectedAnswer);
+    media.emit(session, MediaEvent::Offer { sdp: "v=0 first again".into() });
+    assert_eq!(v.msg().await, ServerMessage::Offer { sdp: "v=0 first again".into() });
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    v.send(r#"{"type":"ping","id":3}"#);
+    assert_eq!(v.msg().await, ServerMessage::Pong { id: Some(3) }, "still open 19 s after the first offer");
+    assert_eq!(v.error_code().await, ErrorCode::NegotiationTimeout);
+    let after = sent.elapsed();
+    assert!(
+        after >= Duration::from_secs(20) && after < Duration::from_secs(21),
+        "20 s after the first offer: {after:?}"
+    );
+    assert_eq!(v.next().await, OutFrame::Close(1008, "negotiation_timeout".into()));
+}

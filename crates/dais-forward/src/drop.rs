@@ -28,11 +28,13 @@ pub enum DropReason {
     StaleSsrc,
     /// The producer is paused (muted by an operator); counted once per packet.
     Paused,
+    /// The packet names a simulcast layer the producer does not have.
+    UnknownLayer,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::UnknownProducer,
         DropReason::UnknownPayloadType,
         DropReason::CodecNotNegotiated,
@@ -42,6 +44,7 @@ impl DropReason {
         DropReason::UnknownConsumer,
         DropReason::StaleSsrc,
         DropReason::Paused,
+        DropReason::UnknownLayer,
     ];
 
     /// Stable snake_case name, suitable as a metrics label.
@@ -56,6 +59,7 @@ impl DropReason {
             DropReason::UnknownConsumer => "unknown_consumer",
             DropReason::StaleSsrc => "stale_ssrc",
             DropReason::Paused => "paused",
+            DropReason::UnknownLayer => "unknown_layer",
         }
     }
 

@@ -1,13 +1,18 @@
 //! Sans-IO forwarding core of the Dais SFU.
 //!
-//! A [`Router`] owns producers (incoming streams) and consumers (one outgoing copy of a producer for one
-//! participant). The caller pushes RTP in with [`Router::handle_rtp`], viewer feedback with
-//! [`Router::handle_keyframe_request`] and time with [`Router::handle_timeout`], then drains
-//! [`Router::poll_output`]. The core never reads a clock, never touches a socket and never allocates per
-//! consumer per packet once warm: payloads are shared [`bytes::Bytes`] and the output queue is reused.
-//! Bytes from the network never panic and never become an `Err`; a packet that cannot be forwarded becomes a
-//! counted drop with a [`DropReason`].
+//! A [`Router`] owns producers (incoming streams, each a set of simulcast layers) and consumers (one
+//! outgoing copy of a producer for one participant). The caller pushes RTP in with
+//! [`Router::handle_rtp`], viewer feedback with [`Router::handle_keyframe_request`] and
+//! [`Router::handle_nack`], and time with [`Router::handle_timeout`], then drains [`Router::poll_output`].
+//! Each [`RtpOut`] carries everything egress needs (the caller's sink for the consumer, the rewritten
+//! header, the shared payload, the media's header-extension values and capture time), so the caller
+//! looks nothing up. The core never reads a clock, never touches a socket and never allocates per
+//! consumer per packet once warm: payloads are shared [`Payload`]s and the output queue is reused.
+//! Retransmissions come from one [packet cache](cache) per producer layer, whatever the number of
+//! consumers. Bytes from the network never panic and never become an `Err`; a packet that cannot be
+//! forwarded becomes a counted drop with a [`DropReason`].
 
+pub mod cache;
 mod drop;
 mod hash;
 pub mod keyframe;
@@ -18,7 +23,11 @@ pub use drop::{DropCounters, DropReason};
 pub use keyframe::is_keyframe_start;
 pub use router::{ConsumeError, Router, RouterConfig, RouterStats};
 
-use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// An RTP payload, shared by every consumer that forwards it and by the packet cache.
+pub type Payload = Arc<[u8]>;
 
 /// Identifies one producer of a [`Router`]. Ids are never reused by the router that handed them out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,7 +37,10 @@ pub struct ProducerId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConsumerId(pub u32);
 
-/// Whether a producer carries audio or video; only video is gated on keyframes.
+/// Whether a producer carries audio or video; only video is gated on keyframes and retransmitted.
+///
+/// This is the one media kind of the media plane (`dais-media` uses it as it is); the wire protocol
+/// has its own serializable twin, converted with `From` (see `dais-proto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MediaKind {
     /// Audio: forwarded from the first packet, never gated, no keyframe requests.
@@ -73,6 +85,14 @@ pub enum KeyframeKind {
     Fir,
 }
 
+/// A simulcast layer of a producer: 0 is the only layer of a producer without simulcast, and the
+/// lowest quality of one with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct LayerId(pub u8);
+
+/// Most layers a producer may have.
+pub const MAX_LAYERS: usize = 4;
+
 /// What was negotiated with the publisher of a producer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerSpec {
@@ -82,11 +102,18 @@ pub struct ProducerSpec {
     pub clock_rate: u32,
     /// Payload type to codec, as negotiated with the publisher. PTs above 127 are ignored.
     pub payload_types: Vec<(u8, Codec)>,
+    /// Number of simulcast layers, 1 to [`MAX_LAYERS`] (values outside are clamped). Each layer is its
+    /// own RTP stream with its own SSRC, sequence numbers and packet cache: a packet of another layer
+    /// is never taken for a restart of this one.
+    pub layers: u8,
 }
 
 /// What was negotiated with the participant a consumer sends to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerSpec {
+    /// The caller's handle of where this consumer's packets go (for the media plane: its session).
+    /// Opaque to the router and returned in every [`RtpOut`].
+    pub sink: u64,
     /// The consumer's own outgoing SSRC.
     pub ssrc: u32,
     /// Codec to payload type, as negotiated with this participant; the first entry for a codec wins.
@@ -95,10 +122,26 @@ pub struct ConsumerSpec {
     pub initial_seq: u16,
 }
 
+/// Header-extension values that describe the media itself, and so travel with each packet to every
+/// consumer (transport extensions such as abs-send-time belong to each leg and are not here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaExt {
+    /// RFC 6464 audio level, -127 to 0 dBov.
+    pub audio_level: Option<i8>,
+    /// RFC 6464 voice activity flag.
+    pub voice_activity: Option<bool>,
+    /// Coordination of video orientation (the CVO byte's rotation bits).
+    pub video_orientation: Option<u8>,
+    /// Video content type (0 unspecified, 1 screenshare).
+    pub video_content_type: Option<u8>,
+}
+
 /// One RTP packet from a publisher, already parsed and decrypted by the media layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtpIn {
-    /// SSRC the publisher sent it with; a change means the publisher restarted the stream.
+    /// The simulcast layer it belongs to ([`LayerId(0)`](LayerId) without simulcast).
+    pub layer: LayerId,
+    /// SSRC the publisher sent it with; a change within a layer means the publisher restarted it.
     pub ssrc: u32,
     /// Wire sequence number.
     pub seq: u16,
@@ -109,7 +152,11 @@ pub struct RtpIn {
     /// RTP marker bit.
     pub marker: bool,
     /// RTP payload (without header and padding).
-    pub payload: Bytes,
+    pub payload: Payload,
+    /// Header-extension values that travel with the media.
+    pub ext: MediaExt,
+    /// The publisher's capture time of the packet on the caller's clock (for sender reports).
+    pub wallclock: Instant,
 }
 
 /// One RTP packet for one consumer, with the header fields rewritten for that consumer.
@@ -117,6 +164,8 @@ pub struct RtpIn {
 pub struct RtpOut {
     /// The consumer that sends it.
     pub consumer: ConsumerId,
+    /// The consumer's [`ConsumerSpec::sink`].
+    pub sink: u64,
     /// The consumer's SSRC.
     pub ssrc: u32,
     /// Extended sequence number, monotonic per consumer; the wire value is `seq as u16`.
@@ -129,8 +178,15 @@ pub struct RtpOut {
     pub marker: bool,
     /// The packet starts a keyframe.
     pub keyframe: bool,
+    /// A retransmission, answering the consumer's NACK, of a packet it was sent before with the same
+    /// `seq`; send it as RTX where that was negotiated.
+    pub resend: bool,
     /// Shared clone of the input payload, never copied.
-    pub payload: Bytes,
+    pub payload: Payload,
+    /// Copied from the input.
+    pub ext: MediaExt,
+    /// Copied from the input.
+    pub wallclock: Instant,
 }
 
 /// Work for the media layer, drained with [`Router::poll_output`].
@@ -138,10 +194,12 @@ pub struct RtpOut {
 pub enum Output {
     /// Send this packet on the consumer's session.
     Rtp(RtpOut),
-    /// Send a PLI or FIR to the publisher of this producer.
+    /// Send a PLI or FIR to the publisher of this producer layer.
     KeyframeRequest {
         /// The producer whose publisher should send a keyframe.
         producer: ProducerId,
+        /// The layer that needs it.
+        layer: LayerId,
         /// PLI or FIR.
         kind: KeyframeKind,
     },

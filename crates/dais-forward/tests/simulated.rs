@@ -20,10 +20,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use dais_forward::{
-    is_keyframe_start, Codec, ConsumerId, ConsumerSpec, DropReason, KeyframeKind, MediaKind, Output, ProducerId,
-    ProducerSpec, Router, RouterConfig, RtpIn, RtpOut,
+    is_keyframe_start, Codec, ConsumerId, ConsumerSpec, DropReason, KeyframeKind, LayerId, MediaExt, MediaKind, Output,
+    Payload, ProducerId, ProducerSpec, Router, RouterConfig, RtpIn, RtpOut,
 };
 
 const MS: u64 = 1_000;
@@ -129,7 +128,7 @@ struct Published {
     ts: u32,
     marker: bool,
     key_start: bool,
-    payload: Bytes,
+    payload: Payload,
     sent: u64,
     lost: bool,
     /// Extra reorder delay of the first copy (0: not held).
@@ -301,6 +300,7 @@ impl Sim {
                 kind: MediaKind::Video,
                 clock_rate: VIDEO_CLOCK,
                 payload_types: vec![(VIDEO_PT, Codec::Vp8)],
+                layers: 1,
             },
         );
         let audio = router.add_producer(
@@ -309,6 +309,7 @@ impl Sim {
                 kind: MediaKind::Audio,
                 clock_rate: AUDIO_CLOCK,
                 payload_types: vec![(AUDIO_PT, Codec::Opus)],
+                layers: 1,
             },
         );
         let streams =
@@ -499,7 +500,7 @@ impl Sim {
             ts,
             marker,
             key_start,
-            payload: Bytes::from(std::mem::take(payload)),
+            payload: Payload::from(std::mem::take(payload)),
             sent,
             lost: false,
             hold: 0,
@@ -538,6 +539,7 @@ impl Sim {
                 (Codec::Opus, self.rng.range(96, 127) as u8)
             };
             let spec = ConsumerSpec {
+                sink: self.tracks.len() as u64,
                 ssrc: self.rng.next() as u32,
                 payload_types: vec![(codec, pt)],
                 initial_seq: self.rng.next() as u16,
@@ -597,12 +599,15 @@ impl Sim {
             self.key_arrivals.push((step, id));
         }
         let packet = RtpIn {
+            layer: LayerId(0),
             ssrc: p.ssrc,
             seq: p.ext as u16,
             timestamp: p.ts,
             payload_type: if m == VIDEO { VIDEO_PT } else { AUDIO_PT },
             marker: p.marker,
-            payload: Bytes::clone(&p.payload),
+            payload: Payload::clone(&p.payload),
+            ext: MediaExt::default(),
+            wallclock: self.at(now),
         };
         let before = self.router.drops().clone();
         self.router.handle_rtp(self.at(now), self.producers[m], packet);
@@ -645,7 +650,7 @@ impl Sim {
                     forwarded += 1;
                     self.record(o);
                 }
-                Output::KeyframeRequest { producer, kind } => {
+                Output::KeyframeRequest { producer, kind, .. } => {
                     assert_eq!(producer, self.producers[VIDEO], "keyframe request for audio");
                     assert_eq!(kind, KeyframeKind::Pli, "nobody asked for a FIR");
                     self.requests.push((self.step, self.now));

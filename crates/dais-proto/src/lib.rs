@@ -37,7 +37,8 @@ pub enum Role {
     Viewer,
 }
 
-/// Kind of a published media stream.
+/// Kind of a published media stream, as the wire spells it (`"audio"`, `"video"`). The media plane's
+/// own kind is `dais_forward::MediaKind`; with the `forward` feature the two convert with `From`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MediaKind {
@@ -45,6 +46,26 @@ pub enum MediaKind {
     Audio,
     /// A video stream (VP8, VP9, H.264 or AV1).
     Video,
+}
+
+#[cfg(feature = "forward")]
+impl From<dais_forward::MediaKind> for MediaKind {
+    fn from(k: dais_forward::MediaKind) -> Self {
+        match k {
+            dais_forward::MediaKind::Audio => MediaKind::Audio,
+            dais_forward::MediaKind::Video => MediaKind::Video,
+        }
+    }
+}
+
+#[cfg(feature = "forward")]
+impl From<MediaKind> for dais_forward::MediaKind {
+    fn from(k: MediaKind) -> Self {
+        match k {
+            MediaKind::Audio => dais_forward::MediaKind::Audio,
+            MediaKind::Video => dais_forward::MediaKind::Video,
+        }
+    }
 }
 
 /// One published stream as seen by other participants.

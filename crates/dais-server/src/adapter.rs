@@ -2,8 +2,7 @@
 //!
 //! This is the only place where the two meet; ids and events are translated one to one.
 
-use dais_media::{AnswerError, Kind, MediaHandle, OfferError, ProducerKey, SessionEvent, SessionId};
-use dais_proto::MediaKind;
+use dais_media::{AnswerError, MediaHandle, OfferError, ProducerKey, SessionEvent, SessionId};
 use dais_signaling::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -27,14 +26,9 @@ impl MediaPlane for MediaAdapter {
         let sink = Box::new(move |ev: SessionEvent| {
             let ev = match ev {
                 SessionEvent::Offer { sdp } => MediaEvent::Offer { sdp },
-                SessionEvent::ProducerAdded { producer, kind, codec } => MediaEvent::Published {
-                    producer: producer.0,
-                    kind: match kind {
-                        Kind::Audio => MediaKind::Audio,
-                        Kind::Video => MediaKind::Video,
-                    },
-                    codec,
-                },
+                SessionEvent::ProducerAdded { producer, kind, codec } => {
+                    MediaEvent::Published { producer: producer.0, kind: kind.into(), codec }
+                }
                 SessionEvent::ProducerRemoved { producer } => MediaEvent::Unpublished { producer: producer.0 },
                 SessionEvent::Connected { .. } => MediaEvent::Connected,
                 SessionEvent::Disconnected => MediaEvent::Disconnected,

@@ -73,6 +73,7 @@ pub fn render(sig: &Signaling, media: &MediaStats) -> String {
     for (reason, c) in [
         ("unparseable", &media.dropped_unparseable),
         ("unknown_source", &media.dropped_unknown_source),
+        ("stun_auth", &media.dropped_stun_auth),
         ("send_error", &media.send_errors),
     ] {
         let _ = writeln!(out, "dais_datagrams_dropped_total{{reason=\"{reason}\"}} {}", get(c));
@@ -104,8 +105,22 @@ pub fn render(sig: &Signaling, media: &MediaStats) -> String {
         &mut out,
         "dais_nacks_received_total",
         "counter",
-        "NACKs from viewers, answered from the SFU's send buffers.",
+        "Packets viewers reported missing (NACK), answered from the producers' packet caches.",
         get(&media.nacks_received),
+    );
+    single(
+        &mut out,
+        "dais_retransmissions_total",
+        "counter",
+        "Packets resent to viewers (as RTX) from the producers' packet caches.",
+        get(&media.retransmissions),
+    );
+    single(
+        &mut out,
+        "dais_retransmission_misses_total",
+        "counter",
+        "NACKed packets that could not be resent: older than the cache's 1 s, or never sent to that viewer.",
+        get(&media.retransmission_misses),
     );
     single(
         &mut out,

@@ -1,17 +1,17 @@
 //! Interprets the input as a sequence of operations on a router with one video and one audio producer:
 //! mostly RTP packets (header fields and payload taken from the input), plus consumer joins and leaves,
-//! keyframe requests and timeouts. Nothing may panic, and every output must name a live consumer whose
+//! keyframe requests, NACKs and timeouts. Nothing may panic, and every output must name a live consumer whose
 //! sequence numbers never go below its initial value.
 
 #![no_main]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use dais_forward::{
-    Codec, ConsumerId, ConsumerSpec, KeyframeKind, MediaKind, Output, ProducerSpec, Router,
-    RouterConfig, RtpIn,
+    Codec, ConsumerId, ConsumerSpec, KeyframeKind, LayerId, MediaExt, MediaKind, Output,
+    ProducerSpec, Router, RouterConfig, RtpIn,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -62,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
                 (45, Codec::Av1),
                 (97, Codec::Other),
             ],
+            layers: 2,
         },
     );
     let audio = router.add_producer(
@@ -70,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
             kind: MediaKind::Audio,
             clock_rate: 48_000,
             payload_types: vec![(111, Codec::Opus)],
+            layers: 1,
         },
     );
     let producers = [video, audio];
@@ -98,6 +100,7 @@ fuzz_target!(|data: &[u8]| {
                 .map(|(i, c)| (c, 100 + i as u8))
                 .collect();
                 let spec = ConsumerSpec {
+                    sink: 0,
                     ssrc: input.u32(),
                     payload_types,
                     initial_seq,
@@ -122,15 +125,23 @@ fuzz_target!(|data: &[u8]| {
                 router.handle_keyframe_request(now, c, kind);
             }
             3 => router.handle_timeout(now),
+            4 if !order.is_empty() => {
+                let c = order[usize::from(input.u8()) % order.len()];
+                let seqs = [u64::from(input.u32()), u64::from(input.u16())];
+                router.handle_nack(now, c, &seqs);
+            }
             _ => {
                 let producer = producers[usize::from(op >> 7)];
                 let packet = RtpIn {
+                    layer: LayerId((op & 0x20) >> 5),
                     ssrc: u32::from(input.u8() & 3),
                     seq: input.u16(),
                     timestamp: input.u32(),
                     payload_type: input.u8(),
                     marker: op & 0x40 != 0,
-                    payload: Bytes::copy_from_slice(input.bytes(64)),
+                    payload: Arc::from(input.bytes(64)),
+                    ext: MediaExt::default(),
+                    wallclock: now,
                 };
                 router.handle_rtp(now, producer, packet);
             }

@@ -1,7 +1,9 @@
 //! Unit tests for the router, driven with explicit time (a base `Instant` plus offsets, never sleeping).
 
+use std::sync::{Arc, OnceLock};
+
 use super::*;
-use crate::{Codec, ConsumerSpec, KeyframeKind, MediaKind, Output, ProducerSpec, RtpIn, RtpOut};
+use crate::{Codec, ConsumerSpec, KeyframeKind, MediaExt, MediaKind, Output, Payload, ProducerSpec, RtpIn, RtpOut};
 
 const VP8_KEY: &[u8] = &[0x10, 0x00, 0x9d, 0x01, 0x2a];
 const VP8_DELTA: &[u8] = &[0x10, 0x01, 0xaa];
@@ -17,19 +19,40 @@ fn video_spec() -> ProducerSpec {
         kind: MediaKind::Video,
         clock_rate: 90_000,
         payload_types: vec![(96, Codec::Vp8), (102, Codec::H264)],
+        layers: 1,
     }
 }
 
 fn audio_spec() -> ProducerSpec {
-    ProducerSpec { kind: MediaKind::Audio, clock_rate: 48_000, payload_types: vec![(111, Codec::Opus)] }
+    ProducerSpec { kind: MediaKind::Audio, clock_rate: 48_000, payload_types: vec![(111, Codec::Opus)], layers: 1 }
 }
 
 fn consumer(ssrc: u32, payload_types: &[(Codec, u8)], initial_seq: u16) -> ConsumerSpec {
-    ConsumerSpec { ssrc, payload_types: payload_types.to_vec(), initial_seq }
+    ConsumerSpec { sink: u64::from(ssrc) + 1000, ssrc, payload_types: payload_types.to_vec(), initial_seq }
 }
 
-fn pkt(ssrc: u32, seq: u16, timestamp: u32, payload_type: u8, payload: &'static [u8]) -> RtpIn {
-    RtpIn { ssrc, seq, timestamp, payload_type, marker: false, payload: Bytes::from_static(payload) }
+/// One capture time for every test packet: the tests look at it only to see that it is carried.
+fn wallclock() -> Instant {
+    static AT: OnceLock<Instant> = OnceLock::new();
+    *AT.get_or_init(Instant::now)
+}
+
+fn payload(bytes: &[u8]) -> Payload {
+    Arc::from(bytes)
+}
+
+fn pkt(ssrc: u32, seq: u16, timestamp: u32, payload_type: u8, bytes: &'static [u8]) -> RtpIn {
+    RtpIn {
+        layer: LayerId(0),
+        ssrc,
+        seq,
+        timestamp,
+        payload_type,
+        marker: false,
+        payload: payload(bytes),
+        ext: MediaExt::default(),
+        wallclock: wallclock(),
+    }
 }
 
 fn drain(r: &mut Router) -> Vec<Output> {
@@ -48,7 +71,7 @@ fn rtp(outs: &[Output]) -> Vec<RtpOut> {
 fn requests(outs: &[Output]) -> Vec<(ProducerId, KeyframeKind)> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::KeyframeRequest { producer, kind } => Some((*producer, *kind)),
+            Output::KeyframeRequest { producer, kind, .. } => Some((*producer, *kind)),
             Output::Rtp(_) => None,
         })
         .collect()
@@ -216,7 +239,7 @@ fn keyframe_gating_vp8() {
     assert!(outs.iter().all(|o| o.consumer == early));
     assert_eq!(r.drops().get(DropReason::WaitingForKeyframe), 2);
 
-    let key = Bytes::from_static(VP8_KEY);
+    let key = payload(VP8_KEY);
     let mut packet = pkt(5, 4, 6000, 96, VP8_KEY);
     packet.payload = key.clone();
     r.handle_rtp(at(base, 40), p, packet);
@@ -315,6 +338,7 @@ fn consume_errors() {
             kind: MediaKind::Video,
             clock_rate: 90_000,
             payload_types: vec![(96, Codec::Vp8), (97, Codec::Other)],
+            layers: 1,
         },
     );
     assert_eq!(
@@ -387,18 +411,18 @@ fn requests_from_elsewhere_share_the_throttle() {
     r.handle_rtp(base, p, pkt(1, 1, 0, 96, VP8_KEY));
     assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Pli)]);
     // Another worker's consumers and a local one ask inside the window: one merged request at its end.
-    r.request_keyframe(at(base, 100), p, KeyframeKind::Fir);
+    r.request_keyframe(at(base, 100), p, LayerId(0), KeyframeKind::Fir);
     r.handle_keyframe_request(at(base, 200), c, KeyframeKind::Pli);
     assert!(drain(&mut r).is_empty());
     r.handle_timeout(at(base, 500));
     assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Fir)]);
     // Outside the window it goes out at once; audio and unknown producers are ignored.
-    r.request_keyframe(at(base, 1100), p, KeyframeKind::Pli);
+    r.request_keyframe(at(base, 1100), p, LayerId(0), KeyframeKind::Pli);
     assert_eq!(requests(&drain(&mut r)), vec![(p, KeyframeKind::Pli)]);
     let a = r.add_producer(base, audio_spec());
-    r.request_keyframe(at(base, 2000), a, KeyframeKind::Pli);
+    r.request_keyframe(at(base, 2000), a, LayerId(0), KeyframeKind::Pli);
     r.remove_producer(p);
-    r.request_keyframe(at(base, 2000), p, KeyframeKind::Pli);
+    r.request_keyframe(at(base, 2000), p, LayerId(0), KeyframeKind::Pli);
     assert!(drain(&mut r).is_empty());
     assert_eq!(r.stats().keyframe_requests_sent, 3);
 }
@@ -446,7 +470,10 @@ fn removing_a_waiting_consumer_stops_retries() {
     r.handle_rtp(base, p, pkt(1, 1, 0, 96, VP8_DELTA));
     r.remove_consumer(c);
     // The producer's keyframe request stays queued; nothing is left for the removed consumer.
-    assert_eq!(drain(&mut r), vec![Output::KeyframeRequest { producer: p, kind: KeyframeKind::Pli }]);
+    assert_eq!(
+        drain(&mut r),
+        vec![Output::KeyframeRequest { producer: p, layer: LayerId(0), kind: KeyframeKind::Pli }]
+    );
     assert_eq!(r.poll_timeout(), None);
     assert_eq!(r.consumer_producer(c), None);
     r.remove_consumer(c);
@@ -539,6 +566,7 @@ fn drop_counters_and_stats() {
             packets_out: 3,
             bytes_out: 15,
             keyframe_requests_sent: 1,
+            ..RouterStats::default()
         }
     );
 }
@@ -591,6 +619,11 @@ fn random_traffic_never_panics() {
                 );
             }
             3 => r.handle_timeout(now),
+            4 if !live.is_empty() => {
+                let c = live[(next() % live.len() as u64) as usize];
+                let seqs = [next() % 70_000, next() % 70_000, u64::MAX];
+                r.handle_nack(now, c, &seqs);
+            }
             _ => {
                 let v = next();
                 let packet = pkt(
@@ -683,4 +716,114 @@ fn admits_tells_packet_level_drops_without_counting_them() {
     assert_eq!(r.drops().total(), 0);
     r.handle_rtp(at(base, 40), p, pkt(2, 11, 0, 96, VP8_CONT));
     assert_eq!(r.drops().get(DropReason::Paused), 1);
+}
+
+/// A video router with two consumers (initial seqs 100 and 5000) that both received a keyframe and
+/// `n - 1` more packets (publisher seqs 10 ..= 9 + n).
+fn two_viewers(base: Instant, n: u16) -> (Router, ProducerId, [ConsumerId; 2]) {
+    let mut r = router();
+    let p = r.add_producer(base, video_spec());
+    let a = r.add_consumer(base, p, consumer(1, &[(Codec::Vp8, 100)], 100)).expect("vp8");
+    let b = r.add_consumer(base, p, consumer(2, &[(Codec::Vp8, 120)], 5000)).expect("vp8");
+    for i in 0..n {
+        let payload = if i == 0 { VP8_KEY } else { VP8_DELTA };
+        r.handle_rtp(at(base, u64::from(i)), p, pkt(5, 10 + i, 3000 * u32::from(i), 96, payload));
+    }
+    drain(&mut r);
+    (r, p, [a, b])
+}
+
+#[test]
+fn a_nack_is_answered_from_the_producer_cache_through_each_consumers_mapping() {
+    let base = Instant::now();
+    let (mut r, _, [a, b]) = two_viewers(base, 5);
+    // Both lost publisher seq 12: consumer a sent it as 102, consumer b as 5002.
+    r.handle_nack(at(base, 50), a, &[102]);
+    r.handle_nack(at(base, 50), b, &[5002]);
+    let outs = rtp(&drain(&mut r));
+    assert_eq!(outs.len(), 2);
+    let (ra, rb) = (&outs[0], &outs[1]);
+    assert_eq!((ra.consumer, ra.seq, ra.payload_type, ra.ssrc, ra.sink), (a, 102, 100, 1, 1001));
+    assert_eq!((rb.consumer, rb.seq, rb.payload_type, rb.ssrc, rb.sink), (b, 5002, 120, 2, 1002));
+    for o in &outs {
+        assert!(o.resend);
+        assert_eq!(o.timestamp, 6000, "the timestamp the consumer first gave it");
+        assert_eq!(&o.payload[..], VP8_DELTA);
+    }
+    assert!(Arc::ptr_eq(&ra.payload, &rb.payload), "one cached payload serves both");
+    assert_eq!((r.stats().resend_requests, r.stats().resends, r.stats().resend_misses), (2, 2, 0));
+}
+
+#[test]
+fn nacks_for_packets_never_sent_or_gone_are_misses() {
+    let base = Instant::now();
+    let (mut r, p, [a, _]) = two_viewers(base, 5);
+    // 99: before the consumer's first packet; 105: not sent yet; 104: sent, but asked for too late.
+    r.handle_nack(at(base, 50), a, &[99, 105]);
+    r.handle_nack(at(base, 1005), a, &[104]);
+    assert!(rtp(&drain(&mut r)).is_empty());
+    assert_eq!((r.stats().resends, r.stats().resend_misses), (0, 3));
+    // After a publisher restart the old mapping is gone: the packet it named cannot be found again.
+    r.handle_rtp(at(base, 60), p, pkt(6, 900, 0, 96, VP8_KEY));
+    drain(&mut r);
+    r.handle_nack(at(base, 61), a, &[103]);
+    assert!(rtp(&drain(&mut r)).is_empty());
+    assert_eq!(r.stats().resend_misses, 4);
+    // The restart's first packet continues the consumer's numbering (105) and can be resent.
+    r.handle_nack(at(base, 61), a, &[105]);
+    let outs = rtp(&drain(&mut r));
+    assert_eq!((outs.len(), outs[0].seq, outs[0].keyframe), (1, 105, true));
+    r.handle_nack(at(base, 61), ConsumerId(77), &[1]);
+    assert_eq!(r.drops().get(DropReason::UnknownConsumer), 1);
+}
+
+#[test]
+fn audio_is_never_cached_or_resent() {
+    let base = Instant::now();
+    let (mut r, p, c) = audio_router(base, 0);
+    r.handle_rtp(base, p, pkt(1, 1, 0, 111, OPUS));
+    drain(&mut r);
+    r.handle_nack(base, c, &[0]);
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(r.stats().resend_misses, 1);
+}
+
+#[test]
+fn outputs_carry_the_sink_extensions_and_capture_time() {
+    let base = Instant::now();
+    let (mut r, p, c) = audio_router(base, 0);
+    let mut packet = pkt(1, 1, 0, 111, OPUS);
+    packet.ext = MediaExt { audio_level: Some(-30), voice_activity: Some(true), ..MediaExt::default() };
+    packet.wallclock = at(base, 7);
+    r.handle_rtp(base, p, packet);
+    let outs = rtp(&drain(&mut r));
+    assert_eq!(outs.len(), 1);
+    assert_eq!((outs[0].consumer, outs[0].sink, outs[0].resend), (c, 1007, false));
+    assert_eq!(outs[0].ext.audio_level, Some(-30));
+    assert_eq!(outs[0].wallclock, at(base, 7));
+}
+
+#[test]
+fn layers_are_separate_streams() {
+    let base = Instant::now();
+    let mut r = router();
+    let p = r.add_producer(base, ProducerSpec { layers: 2, ..video_spec() });
+    let c = r.add_consumer(base, p, consumer(1, &[(Codec::Vp8, 96)], 0)).expect("vp8");
+    drain(&mut r);
+    let on = |layer: u8, ssrc: u32, seq: u16, payload: &'static [u8]| {
+        let mut packet = pkt(ssrc, seq, u32::from(seq) * 3000, 96, payload);
+        packet.layer = LayerId(layer);
+        packet
+    };
+    r.handle_rtp(base, p, on(0, 10, 1, VP8_KEY));
+    r.handle_rtp(base, p, on(1, 20, 500, VP8_KEY)); // another SSRC on another layer: no restart
+    r.handle_rtp(base, p, on(0, 10, 2, VP8_DELTA));
+    r.handle_rtp(base, p, on(2, 30, 1, VP8_KEY)); // no such layer
+    let outs = drain(&mut r);
+    assert!(requests(&outs).is_empty(), "a second layer is not a restart of the first");
+    let seqs: Vec<u64> = rtp(&outs).iter().map(|o| o.seq).collect();
+    assert_eq!(seqs, vec![0, 1], "the consumer forwards its one layer, without a gap");
+    assert_eq!(rtp(&outs).iter().filter(|o| o.consumer == c).count(), 2);
+    assert_eq!(r.drops().get(DropReason::UnknownLayer), 1);
+    assert_eq!(r.drops().get(DropReason::StaleSsrc), 0);
 }

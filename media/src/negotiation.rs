@@ -1,0 +1,240 @@
+//! The offer/answer state machine of one session: server offers, client offers, glare, the bundle tag,
+//! queued adds and stops, refused answers and SDP versions.
+//!
+//! Invariants kept here, each behind a method:
+//! - At most one server offer is outstanding. A client offer meanwhile is a collision, refused with
+//!   [`OfferError::Collision`]; the server's offer stands.
+//! - A publisher gets no server offer before its first client offer was accepted, or until
+//!   [`PUBLISHER_OFFER_GRACE`] after the session opened (it may have no camera).
+//! - The bundle tag, the first mid of the BUNDLE group in the last SDP produced, is never stopped: it
+//!   carries the bundle's one transport, so it is made `inactive` instead (Chromium refuses an offer
+//!   whose group is empty, and tears down DTLS when the tag leaves a group that goes on).
+//! - An answer that does not parse leaves the offer outstanding, to be answered again. An answer that
+//!   parses but is refused changes nothing in the `Rtc` (str0m's `check_answer` runs before
+//!   `accept_answer`), and the same offer, with the same mids, is sent again.
+//! - Every SDP the session produces, offer or answer, carries a higher `o=` version than the one before
+//!   (RFC 3264 §8); str0m itself always writes 2.
+//! - A consumer m-line offers only the payload types compatible with its producer's codecs (plus RTX).
+
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::CodecSpec;
+use str0m::media::{Direction, Mid, Pt};
+use str0m::Rtc;
+
+use crate::sdp_check;
+use crate::{codec, AnswerError, Kind, OfferError, ProducerKey};
+
+/// A publisher normally offers first (so its first offer never collides with ours); one that has not
+/// offered this long after joining (no camera, denied permission) gets server offers anyway.
+pub(crate) const PUBLISHER_OFFER_GRACE: Duration = Duration::from_secs(5);
+
+/// A consumer m-line to put in the next server offer.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingConsumer {
+    /// The producer it will carry.
+    pub producer: ProducerKey,
+    /// Its kind.
+    pub kind: Kind,
+    /// msid stream id (the publishing participant).
+    pub stream_id: String,
+    /// msid track id (the producer's media id).
+    pub track_id: String,
+    /// The codecs the producer's publisher negotiated; the m-line offers only what matches them.
+    pub specs: Vec<CodecSpec>,
+}
+
+/// The server offer that awaits the client's answer.
+struct Outstanding {
+    pending: SdpPendingOffer,
+    /// The offer as last sent.
+    sdp: String,
+    adds: Vec<(Mid, PendingConsumer)>,
+    stops: Vec<Mid>,
+    /// Its last answer was refused: send it again.
+    resend: bool,
+}
+
+/// One session's negotiation. See the module docs.
+pub(crate) struct Negotiation {
+    publisher: bool,
+    client_offered: bool,
+    opened_at: Instant,
+    negotiated_at: Option<Instant>,
+    outstanding: Option<Outstanding>,
+    queued_adds: Vec<PendingConsumer>,
+    queued_stops: Vec<Mid>,
+    bundle_tag: Option<Mid>,
+    version: u64,
+}
+
+impl Negotiation {
+    pub fn new(now: Instant, publisher: bool) -> Self {
+        Negotiation {
+            publisher,
+            client_offered: false,
+            opened_at: now,
+            negotiated_at: None,
+            outstanding: None,
+            queued_adds: Vec::new(),
+            queued_stops: Vec::new(),
+            bundle_tag: None,
+            version: 0,
+        }
+    }
+
+    /// Whether the session may publish.
+    pub fn publisher(&self) -> bool {
+        self.publisher
+    }
+
+    /// Allow or forbid publishing (promote or demote in place). A promoted session already negotiated,
+    /// so its server offers need not wait for its next client offer (a collision is resolved by the
+    /// collision rule).
+    pub fn set_publisher(&mut self, publisher: bool) {
+        self.publisher = publisher;
+        if publisher {
+            self.client_offered = true;
+        }
+    }
+
+    /// Whether no client offer was accepted yet (the `Rtc` may still be rebuilt).
+    pub fn fresh(&self) -> bool {
+        !self.client_offered && self.negotiated_at.is_none()
+    }
+
+    /// When the first SDP exchange completed; the connect timeout runs from here.
+    pub fn negotiated_at(&self) -> Option<Instant> {
+        self.negotiated_at
+    }
+
+    /// Whether a server offer awaits its answer.
+    #[cfg(test)]
+    pub fn outstanding(&self) -> bool {
+        self.outstanding.is_some()
+    }
+
+    /// Offer `consumer` in the next server offer.
+    pub fn add(&mut self, consumer: PendingConsumer) {
+        self.queued_adds.push(consumer);
+    }
+
+    /// Stop `mid` (its stream ended) in the next server offer.
+    pub fn stop(&mut self, mid: Mid) {
+        if !self.queued_stops.contains(&mid) {
+            self.queued_stops.push(mid);
+        }
+    }
+
+    /// When a publisher's wait for its own first offer ends, if it is waiting with something to offer.
+    pub fn grace_deadline(&self) -> Option<Instant> {
+        let waiting = self.publisher && !self.client_offered && !self.queued_adds.is_empty();
+        waiting.then(|| self.opened_at + PUBLISHER_OFFER_GRACE)
+    }
+
+    /// The next server offer, if one is due: the refused offer again, or one with the queued adds
+    /// (those whose producer is still `live`) and stops.
+    pub fn poll_offer(&mut self, rtc: &mut Rtc, now: Instant, live: &dyn Fn(ProducerKey) -> bool) -> Option<String> {
+        if let Some(o) = &mut self.outstanding {
+            if !o.resend {
+                return None;
+            }
+            o.resend = false;
+            self.version += 1;
+            o.sdp = sdp_check::with_version(&o.sdp, self.version);
+            return Some(o.sdp.clone());
+        }
+        if self.grace_deadline().is_some_and(|t| now < t) {
+            return None;
+        }
+        self.queued_adds.retain(|a| live(a.producer));
+        if self.queued_adds.is_empty() && self.queued_stops.is_empty() {
+            return None;
+        }
+        let adds = std::mem::take(&mut self.queued_adds);
+        let mut stops = std::mem::take(&mut self.queued_stops);
+        let keep = self.bundle_tag.filter(|t| stops.contains(t));
+        stops.retain(|m| Some(*m) != self.bundle_tag);
+        let pts: Vec<Vec<Pt>> = adds.iter().map(|a| codec::offer_pts(rtc.codec_config().params(), &a.specs)).collect();
+        let mut api = rtc.sdp_api();
+        let mut planned = Vec::with_capacity(adds.len());
+        for (a, pts) in adds.into_iter().zip(pts) {
+            let kind = codec::str0m_kind(a.kind);
+            let mid =
+                api.add_media(kind, Direction::SendOnly, Some(a.stream_id.clone()), Some(a.track_id.clone()), None);
+            if !pts.is_empty() {
+                api.restrict_media_pts(mid, &pts);
+            }
+            planned.push((mid, a));
+        }
+        for mid in &stops {
+            api.stop_media(*mid);
+        }
+        if let Some(mid) = keep {
+            api.set_direction(mid, Direction::Inactive);
+        }
+        let (offer, pending) = api.apply()?;
+        let sdp = self.produced(offer.to_sdp_string());
+        self.outstanding = Some(Outstanding { pending, sdp: sdp.clone(), adds: planned, stops, resend: false });
+        Some(sdp)
+    }
+
+    /// The checks of a client offer that need no parsing by str0m: a non-publisher that sends media,
+    /// a collision, and an offer without an audio or video m-line Dais can forward.
+    pub fn check_client_offer(&self, sdp: &str) -> Result<(), OfferError> {
+        if !self.publisher && sdp_check::offers_to_send(sdp) {
+            return Err(OfferError::NotAPublisher);
+        }
+        if self.outstanding.is_some() {
+            return Err(OfferError::Collision);
+        }
+        if !sdp_check::has_usable_media(sdp) {
+            return Err(OfferError::BadSdp("no audio or video m-line with a codec Dais forwards".into()));
+        }
+        Ok(())
+    }
+
+    /// Apply a client offer that passed [`Negotiation::check_client_offer`]; returns the answer.
+    pub fn accept_client_offer(&mut self, rtc: &mut Rtc, now: Instant, offer: SdpOffer) -> Result<String, OfferError> {
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::BadSdp(e.to_string()))?;
+        let answer = answer.to_sdp_string();
+        if sdp_check::bundle_tag(&answer).is_none() {
+            return Err(OfferError::BadSdp("nothing in the offer could be accepted".into()));
+        }
+        self.client_offered = true;
+        self.negotiated_at.get_or_insert(now);
+        Ok(self.produced(answer))
+    }
+
+    /// Apply the client's answer to the outstanding offer; returns the consumer m-lines it accepted.
+    pub fn client_answer(
+        &mut self,
+        rtc: &mut Rtc,
+        now: Instant,
+        sdp: &str,
+    ) -> Result<Vec<(Mid, PendingConsumer)>, AnswerError> {
+        let Some(o) = &mut self.outstanding else { return Err(AnswerError::Unexpected) };
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| AnswerError::BadSdp(e.to_string()))?;
+        if let Err(e) = rtc.sdp_api().check_answer(&o.pending, &answer) {
+            o.resend = true;
+            return Err(AnswerError::BadSdp(e.to_string()));
+        }
+        let Some(o) = self.outstanding.take() else { return Err(AnswerError::Unexpected) };
+        if let Err(e) = rtc.sdp_api().accept_answer(o.pending, answer) {
+            // Checked above, so this is str0m's SCTP path only; offer everything again.
+            self.queued_adds.extend(o.adds.into_iter().map(|(_, a)| a));
+            self.queued_stops.extend(o.stops);
+            return Err(AnswerError::BadSdp(e.to_string()));
+        }
+        self.negotiated_at.get_or_insert(now);
+        Ok(o.adds)
+    }
+
+    /// Stamp a produced SDP with the next version and remember its bundle tag.
+    fn produced(&mut self, sdp: String) -> String {
+        self.version += 1;
+        self.bundle_tag = sdp_check::bundle_tag(&sdp).or(self.bundle_tag);
+        sdp_check::with_version(&sdp, self.version)
+    }
+}
