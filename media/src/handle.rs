@@ -1,14 +1,6 @@
 //! The running media plane ([`MediaServer`]) and the cheap handle its callers hold ([`MediaHandle`]):
-//! the socket, the worker threads, where each session lives, and the messages that reach a worker.
-//!
-//! Every worker has two queues. The **control** queue carries commands from handles and the other
-//! workers' control messages (mirrors, keyframe requests, endpoint routes). It is unbounded: handles
-//! send at the pace of their participants' signaling (offers and answers wait for their reply, so each
-//! participant has at most one of those in flight; subscriptions and candidates are a few per
-//! participant and stream), and workers send a few messages per producer and per throttled keyframe
-//! request. The **media** queue carries relayed packets and handed-over datagrams and holds at most
-//! [`MEDIA_QUEUE`]; past that a message is dropped and counted (`backlog_drops`). The worker drains
-//! control first, so control never waits behind media.
+//! the socket, the worker threads, and where each session lives. Commands reach a worker on its control
+//! queue (see `queues`).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -21,10 +13,10 @@ use str0m::ice::IceCreds;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-use crate::endpoint::Addr;
-use crate::hub::{PeerMessage, Relayed, Shared};
+use crate::hub::Shared;
+use crate::queues::{Control, Links, MEDIA_QUEUE};
 use crate::session::SessionConfig;
-use crate::worker::{Links, Start};
+use crate::worker::Start;
 use crate::{
     send, worker, AnswerError, EventSink, MediaConfig, MediaStats, OfferError, ProducerKey, SessionId, StartError,
 };
@@ -32,93 +24,8 @@ use crate::{
 /// Kernel receive and send buffer asked for on the media socket, bytes.
 const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
-/// Most messages in one worker's media queue.
-pub(crate) const MEDIA_QUEUE: usize = 8192;
-
 /// Most media workers [`MediaServer::start`] runs.
 pub const MAX_WORKERS: usize = 64;
-
-/// A message on a worker's control queue.
-pub(crate) enum Control {
-    Open {
-        session: SessionId,
-        publisher: bool,
-        creds: IceCreds,
-        events: EventSink,
-    },
-    ClientOffer {
-        session: SessionId,
-        sdp: String,
-        reply: oneshot::Sender<Result<String, OfferError>>,
-    },
-    ClientAnswer {
-        session: SessionId,
-        sdp: String,
-        reply: oneshot::Sender<Result<(), AnswerError>>,
-    },
-    Candidate {
-        session: SessionId,
-        candidate: String,
-    },
-    Subscribe {
-        session: SessionId,
-        producer: ProducerKey,
-        stream_id: String,
-        track_id: String,
-    },
-    Close {
-        session: SessionId,
-    },
-    SetPublisher {
-        session: SessionId,
-        publisher: bool,
-    },
-    SetPaused {
-        producer: ProducerKey,
-        paused: bool,
-    },
-    /// To worker 0: datagrams for `session`, whose ICE credentials are `creds`, go to `worker`.
-    Route {
-        session: SessionId,
-        worker: usize,
-        creds: IceCreds,
-    },
-    /// To worker 0: the session is gone.
-    Unroute {
-        session: SessionId,
-    },
-    /// From another worker's hub.
-    Peer(PeerMessage),
-    Shutdown,
-}
-
-impl std::fmt::Debug for Control {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Control::Open { .. } => "Open",
-            Control::ClientOffer { .. } => "ClientOffer",
-            Control::ClientAnswer { .. } => "ClientAnswer",
-            Control::Candidate { .. } => "Candidate",
-            Control::Subscribe { .. } => "Subscribe",
-            Control::Close { .. } => "Close",
-            Control::SetPublisher { .. } => "SetPublisher",
-            Control::SetPaused { .. } => "SetPaused",
-            Control::Route { .. } => "Route",
-            Control::Unroute { .. } => "Unroute",
-            Control::Peer(_) => "Peer",
-            Control::Shutdown => "Shutdown",
-        })
-    }
-}
-
-/// A message on a worker's media queue.
-#[derive(Debug)]
-pub(crate) enum Media {
-    /// One packet of a producer homed on another worker.
-    Relay(Arc<Relayed>),
-    /// A datagram worker 0 read for a session of this worker, at `at`.
-    Datagram { session: SessionId, from: Addr, to: SocketAddr, data: Vec<u8>, at: Instant },
-}
 
 /// Which worker owns each session, and how many each owns.
 #[derive(Debug, Default)]

@@ -240,7 +240,10 @@ impl Hub {
             debug!(?id, ?producer, "subscribe to a producer that is gone");
             return;
         };
-        let pending = PendingConsumer { producer, kind: rec.kind, stream_id, track_id, specs: rec.specs.clone() };
+        // The m-line offers the codec the publisher sends with (the first it negotiated, as browsers
+        // send with the answer's first codec), not every codec it could switch to.
+        let specs = rec.specs.iter().take(1).cloned().collect();
+        let pending = PendingConsumer { producer, kind: rec.kind, stream_id, track_id, specs };
         if let Some(slot) = self.sessions.get_mut(&id) {
             slot.session.subscribe(pending);
             self.mark(id);

@@ -25,6 +25,7 @@ mod endpoint;
 mod handle;
 mod hub;
 mod negotiation;
+mod queues;
 mod sdp_check;
 mod send;
 mod session;

@@ -41,7 +41,8 @@ pub(crate) struct PendingConsumer {
     pub stream_id: String,
     /// msid track id (the producer's media id).
     pub track_id: String,
-    /// The codecs the producer's publisher negotiated; the m-line offers only what matches them.
+    /// The producer's codec (the one its publisher sends with); the m-line offers only the payload
+    /// types compatible with it, each with its RTX.
     pub specs: Vec<CodecSpec>,
 }
 

@@ -21,8 +21,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::{debug, info, warn};
 
 use crate::endpoint::{self, Addr, Demux, DemuxDrop, Endpoint, Route};
-use crate::handle::{Control, Media};
 use crate::hub::{Hub, HubOutput, PeerMessage, Shared};
+use crate::queues::{Control, Links, Media};
 use crate::send::SendBatch;
 use crate::{EventSink, MediaStats, SessionId};
 
@@ -37,13 +37,6 @@ const RECV_BATCH: usize = 64;
 
 /// The receive buffer; a larger datagram is truncated (and then fails to parse or decrypt).
 const RECV_BUFFER: usize = 2048;
-
-/// How a worker reaches every worker (itself included).
-#[derive(Debug)]
-pub(crate) struct Links {
-    pub control: Vec<mpsc::UnboundedSender<Control>>,
-    pub media: Vec<mpsc::Sender<Media>>,
-}
 
 /// What one worker thread starts with.
 pub(crate) struct Start {
@@ -319,8 +312,8 @@ mod tests {
     #[test]
     fn a_full_media_queue_drops_and_counts() {
         let stats = MediaStats::default();
-        let (tx, mut rx) = mpsc::channel(crate::handle::MEDIA_QUEUE);
-        for _ in 0..crate::handle::MEDIA_QUEUE {
+        let (tx, mut rx) = mpsc::channel(crate::queues::MEDIA_QUEUE);
+        for _ in 0..crate::queues::MEDIA_QUEUE {
             assert!(queue_media(Some(&tx), datagram(), &stats));
         }
         assert!(!queue_media(Some(&tx), datagram(), &stats), "the 8,193rd message is refused");
