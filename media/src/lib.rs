@@ -35,6 +35,47 @@ mod worker;
 use std::net::{IpAddr, SocketAddr};
 
 pub use dais_forward::DropReason;
+
+/// Entry points for the cargo-fuzz targets in `media/fuzz` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use crate::endpoint::{Addr, Demux, Endpoint, Route};
+    use crate::{sdp_check, SessionId};
+
+    /// Every text check of client SDP.
+    pub fn sdp_text(sdp: &str) {
+        let _ = sdp_check::offers_to_send(sdp);
+        let _ = sdp_check::has_usable_media(sdp);
+        let _ = sdp_check::bundle_tag(sdp);
+        let _ = sdp_check::with_version(sdp, 7);
+    }
+
+    /// Datagrams cut from `data` (a length byte, an address byte, the bytes), fed to an endpoint with
+    /// two registered sessions. Panics if one of them latches an address (no input can carry a valid
+    /// MESSAGE-INTEGRITY for the random passwords).
+    pub fn endpoint(mut data: &[u8]) {
+        let mut e = Endpoint::new();
+        for s in 0..2u64 {
+            let creds = str0m::ice::IceCreds::new();
+            e.register(Route { worker: s as usize, session: SessionId(s) }, &creds);
+        }
+        let mut now = Instant::now();
+        while let [len, who, rest @ ..] = data {
+            let n = usize::from(*len).min(rest.len());
+            let (datagram, tail) = rest.split_at(n);
+            let from = Addr::udp(SocketAddr::from(([10, 0, 0, *who], 5000)));
+            if let Demux::Session(route) = e.handle(now, from, datagram) {
+                panic!("random bytes latched an address to {route:?}");
+            }
+            now += Duration::from_millis(u64::from(*who));
+            e.handle_timeout(now);
+            data = tail;
+        }
+    }
+}
 pub use handle::{worker_count, MediaHandle, MediaServer, MAX_WORKERS};
 pub use sdp_check::offers_to_send;
 pub use stats::{Histogram, MediaStats, LATENCY_BOUNDS_US};

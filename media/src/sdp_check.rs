@@ -152,6 +152,42 @@ mod tests {
         assert_eq!(with_version("v=0\r\no=broken\r\n", 3), "v=0\r\no=broken\r\n");
     }
 
+    /// Pseudo-random SDP-like text through every check: none may panic, and a version stamp never
+    /// changes anything but the `o=` line.
+    #[test]
+    fn random_text_never_panics() {
+        const PARTS: [&str; 14] = [
+            "m=",
+            "audio ",
+            "video ",
+            "0 ",
+            "9 ",
+            "a=rtpmap:",
+            "111 ",
+            "opus/48000",
+            "VP8/90000",
+            "o=- 1 2 IN IP4 x",
+            "a=group:BUNDLE ",
+            "a=sendonly",
+            "\r\n",
+            "\u{e9}",
+        ];
+        let mut state: u64 = 0x0bad_5eed_1234_5678;
+        for _ in 0..5_000 {
+            let mut sdp = String::new();
+            for _ in 0..(state % 40) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                sdp.push_str(PARTS[(state % PARTS.len() as u64) as usize]);
+            }
+            let _ = (offers_to_send(&sdp), has_usable_media(&sdp), bundle_tag(&sdp));
+            let stamped = with_version(&sdp, 9);
+            let strip = |s: &str| s.lines().filter(|l| !l.starts_with("o=")).collect::<Vec<_>>().join("\n");
+            assert_eq!(strip(&stamped), strip(&sdp));
+        }
+    }
+
     #[test]
     fn directions() {
         let recv =
