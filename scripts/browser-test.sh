@@ -88,7 +88,7 @@ SERVER_PID=$!
 
 READY=""
 for _ in $(seq 300); do   # 30 s
-  READY="$(grep -m1 -E '^dais ready http=[0-9.]+:[0-9]+ media=[0-9.]+:[0-9]+$' "$SERVER_OUT" || true)"
+  READY="$(grep -m1 -E '^dais ready http=[0-9.]+:[0-9]+ media=[0-9.]+:[0-9]+ tcp=([0-9.]+:[0-9]+|off)$' "$SERVER_OUT" || true)"
   [[ -n "$READY" ]] && break
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     log "the server exited before it was ready"
@@ -104,8 +104,10 @@ fi
 HTTP_ADDR="${READY#dais ready http=}"
 HTTP_ADDR="${HTTP_ADDR%% *}"
 export DAIS_URL="http://$HTTP_ADDR"
-export DAIS_MEDIA_ADDR="${READY##* media=}"
-log "server pid $SERVER_PID at $DAIS_URL, media $DAIS_MEDIA_ADDR, namespace: $DAIS_BROWSER_TEST_NETNS, logs in $LOG_DIR"
+DAIS_MEDIA_ADDR="${READY##* media=}"
+export DAIS_MEDIA_ADDR="${DAIS_MEDIA_ADDR%% *}"
+export DAIS_MEDIA_TCP_ADDR="${READY##* tcp=}"
+log "server pid $SERVER_PID at $DAIS_URL, media $DAIS_MEDIA_ADDR, tcp $DAIS_MEDIA_TCP_ADDR, namespace: $DAIS_BROWSER_TEST_NETNS, logs in $LOG_DIR"
 
 # One test file at a time: they share the server, and loss.test.mjs drops some of its packets.
 # shellcheck disable=SC2086 # DAIS_BROWSER_TESTS is a list of paths

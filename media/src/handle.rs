@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
 use crate::hub::Shared;
-use crate::queues::{Control, Links, MEDIA_QUEUE};
+use crate::queues::{Control, Links, Media, MEDIA_QUEUE};
 use crate::session::SessionConfig;
+use crate::tcp::{TcpConns, TcpServer};
 use crate::worker::Start;
 use crate::{
     send, worker, AnswerError, EventSink, MediaConfig, MediaStats, OfferError, ProducerKey, SessionId, StartError,
@@ -64,15 +65,33 @@ pub struct MediaHandle {
     links: Arc<Links>,
     placement: Arc<Mutex<Placement>>,
     local_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
     candidates: Arc<[SocketAddr]>,
     stats: Arc<MediaStats>,
 }
 
-/// The running media plane: a handle plus the worker threads to join at shutdown.
+/// The running media plane: a handle plus the worker threads (and the TCP thread) to join at shutdown.
 #[derive(Debug)]
 pub struct MediaServer {
     handle: MediaHandle,
     threads: Vec<JoinHandle<()>>,
+    tcp: Option<TcpServer>,
+}
+
+/// The UDP media socket, non-blocking, with large kernel buffers.
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, StartError> {
+    let socket = UdpSocket::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    socket.set_nonblocking(true)?;
+    // One socket carries every participant: at 1,000 viewers the default buffers (about 200 KB) hold
+    // well under a millisecond of traffic. Linux caps the request at net.core.rmem_max / wmem_max.
+    let (rcv, snd) = send::size_buffers(&socket, SOCKET_BUFFER_BYTES);
+    info!(receive = rcv, send = snd, "media socket buffers");
+    Ok(socket)
+}
+
+/// The TCP media listener.
+fn bind_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    std::net::TcpListener::bind(addr).map_err(|source| StartError::BindTcp { addr, source })
 }
 
 /// How many workers `configured` asks for: 0 is one per available core; at most [`MAX_WORKERS`].
@@ -83,39 +102,60 @@ pub fn worker_count(configured: usize) -> usize {
 }
 
 impl MediaServer {
-    /// Bind the socket and start the worker threads.
+    /// Bind the sockets and start the worker threads (and the TCP thread when TCP is on).
     pub fn start(config: MediaConfig) -> Result<MediaServer, StartError> {
-        let socket = UdpSocket::bind(config.bind).map_err(|source| StartError::Bind { addr: config.bind, source })?;
-        socket.set_nonblocking(true)?;
-        // One socket carries every participant: at 1,000 viewers the default buffers (about 200 KB) hold
-        // well under a millisecond of traffic. Linux caps the request at net.core.rmem_max / wmem_max.
-        let (rcv, snd) = send::size_buffers(&socket, SOCKET_BUFFER_BYTES);
-        info!(receive = rcv, send = snd, "media socket buffers");
+        let socket = bind_udp(config.bind)?;
         let local_addr = socket.local_addr()?;
         let candidates: Arc<[SocketAddr]> = crate::candidate_addrs(local_addr, &config.advertise).into();
         if candidates.is_empty() {
             return Err(StartError::NoCandidate(local_addr));
         }
-        info!(%local_addr, candidates = ?candidates, "media plane listening");
+        let listener = config.tcp_bind.map(bind_tcp).transpose()?;
+        let tcp_addr = listener.as_ref().map(std::net::TcpListener::local_addr).transpose()?;
+        let tcp_candidates: Arc<[SocketAddr]> = match tcp_addr {
+            Some(tcp) => candidates.iter().map(|c| SocketAddr::new(c.ip(), tcp.port())).collect(),
+            None => Arc::from(Vec::new()),
+        };
+        info!(%local_addr, ?candidates, ?tcp_candidates, "media plane listening");
         let stats = Arc::new(MediaStats::default());
         let count = worker_count(config.workers);
         let (control_tx, control_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
         let (media_tx, media_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::channel(MEDIA_QUEUE)).unzip();
-        let links = Arc::new(Links { control: control_tx, media: media_tx });
-        let session =
-            SessionConfig { candidates: candidates.clone(), wall_anchor: (Instant::now(), SystemTime::now()) };
+        let tcp = Arc::new(TcpConns::default());
+        let links = Arc::new(Links { control: control_tx, media: media_tx, tcp: tcp.clone() });
+        let wall_anchor = (Instant::now(), SystemTime::now());
+        let session = SessionConfig { candidates: candidates.clone(), tcp_candidates, wall_anchor };
         let shared = Arc::new(Shared { stats: stats.clone(), next_key: 1.into(), session });
+        let placement = Placement { by_session: HashMap::new(), load: vec![0; count] };
         let handle = MediaHandle {
             links: links.clone(),
-            placement: Arc::new(Mutex::new(Placement { by_session: HashMap::new(), load: vec![0; count] })),
+            placement: Arc::new(Mutex::new(placement)),
             local_addr,
+            tcp_addr,
             candidates,
             stats: stats.clone(),
         };
-        let mut server = MediaServer { handle, threads: Vec::with_capacity(count) };
-        // Worker 0 reads the socket; every worker sends on its own handle to it.
+        let mut server = MediaServer { handle, threads: Vec::with_capacity(count), tcp: None };
+        server.spawn_workers(&socket, control_rx, media_rx, &links, &shared)?;
+        if let (Some(listener), Some(worker0)) = (listener, links.media.first()) {
+            server.tcp = Some(TcpServer::start(listener, tcp, worker0.clone(), stats.clone())?);
+        }
+        stats.workers.store(count as u64, Ordering::Relaxed);
+        info!(workers = count, "media workers started");
+        Ok(server)
+    }
+
+    /// One thread per worker. Worker 0 reads the socket; every worker sends on its own handle to it.
+    fn spawn_workers(
+        &mut self,
+        socket: &UdpSocket,
+        control: Vec<mpsc::UnboundedReceiver<Control>>,
+        media: Vec<mpsc::Receiver<Media>>,
+        links: &Arc<Links>,
+        shared: &Arc<Shared>,
+    ) -> Result<(), StartError> {
         let mut recv = Some(socket.try_clone()?);
-        for (index, (control, media)) in control_rx.into_iter().zip(media_rx).enumerate() {
+        for (index, (control, media)) in control.into_iter().zip(media).enumerate() {
             let start = Start {
                 index,
                 recv: recv.take(),
@@ -127,11 +167,9 @@ impl MediaServer {
             };
             let thread =
                 std::thread::Builder::new().name(format!("dais-media-{index}")).spawn(move || worker::run(start))?;
-            server.threads.push(thread);
+            self.threads.push(thread);
         }
-        stats.workers.store(count as u64, Ordering::Relaxed);
-        info!(workers = count, "media workers started");
-        Ok(server)
+        Ok(())
     }
 
     /// A handle for sending commands.
@@ -145,6 +183,9 @@ impl MediaServer {
     }
 
     fn stop(&mut self) {
+        if let Some(mut tcp) = self.tcp.take() {
+            tcp.stop();
+        }
         for tx in &self.handle.links.control {
             let _ = tx.send(Control::Shutdown);
         }
@@ -168,7 +209,12 @@ impl MediaHandle {
         self.local_addr
     }
 
-    /// The host candidates advertised in every SDP.
+    /// The bound TCP media address, when ICE over TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The UDP host candidates advertised in every SDP.
     pub fn candidates(&self) -> &[SocketAddr] {
         &self.candidates
     }

@@ -22,6 +22,7 @@
 
 mod codec;
 mod endpoint;
+mod framing;
 mod handle;
 mod hub;
 mod negotiation;
@@ -30,6 +31,7 @@ mod sdp_check;
 mod send;
 mod session;
 mod stats;
+mod tcp;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -174,6 +176,14 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Binding the TCP media listener failed.
+    #[error("cannot bind TCP {addr}: {source}")]
+    BindTcp {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Another socket or thread operation failed.
     #[error("media plane start-up failed: {0}")]
     Io(#[from] std::io::Error),
@@ -192,6 +202,9 @@ pub struct MediaConfig {
     pub advertise: Vec<IpAddr>,
     /// Media worker threads; 0 means one per available CPU core.
     pub workers: usize,
+    /// TCP address for ICE over TCP (passive candidates, RFC 4571 framing); `None` offers UDP only.
+    /// Port 0 picks a free one. Its candidates advertise the same IPs as the UDP ones.
+    pub tcp_bind: Option<SocketAddr>,
 }
 
 /// Host candidate addresses for a socket bound to `local`: the advertised IPs with the bound port; else

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::endpoint::Addr;
 use crate::hub::{PeerMessage, Relayed};
+use crate::tcp::TcpConns;
 use crate::{AnswerError, EventSink, OfferError, ProducerKey, SessionId};
 
 /// Most messages in one worker's media queue.
@@ -103,6 +104,8 @@ pub(crate) enum Media {
     Relay(Arc<Relayed>),
     /// A datagram worker 0 read for a session of this worker, at `at`.
     Datagram { session: SessionId, from: Addr, to: SocketAddr, data: Vec<u8>, at: Instant },
+    /// To worker 0: a frame read from a TCP media connection, not yet demultiplexed.
+    Received { from: Addr, to: SocketAddr, data: Vec<u8>, at: Instant },
 }
 
 /// How a worker reaches every worker (itself included).
@@ -110,4 +113,6 @@ pub(crate) enum Media {
 pub(crate) struct Links {
     pub control: Vec<mpsc::UnboundedSender<Control>>,
     pub media: Vec<mpsc::Sender<Media>>,
+    /// The outgoing queues of the TCP media connections.
+    pub tcp: Arc<TcpConns>,
 }

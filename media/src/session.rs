@@ -31,7 +31,7 @@ use str0m::change::SdpOffer;
 use str0m::format::{CodecSpec, PayloadParams};
 use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt};
-use str0m::net::{DatagramRecv, Receive, Transmit};
+use str0m::net::{DatagramRecv, Receive, TcpType, Transmit};
 use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
@@ -101,8 +101,11 @@ pub(crate) struct ReadyConsumer {
 /// What every session of a media plane is built with.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
-    /// Host candidates advertised in every SDP.
+    /// UDP host candidates advertised in every SDP.
     pub candidates: Arc<[SocketAddr]>,
+    /// TCP passive host candidates (RFC 6544), empty when ICE over TCP is off. Their type preference
+    /// is below UDP's, so clients use TCP only where UDP does not get through.
+    pub tcp_candidates: Arc<[SocketAddr]>,
     /// One reading of both clocks, taken by the driver: the session maps publishers' NTP capture times
     /// onto its monotonic time through it, and reads no clock itself.
     pub wall_anchor: (Instant, SystemTime),
@@ -151,7 +154,7 @@ pub(crate) struct Session {
 impl Session {
     /// A new session; `creds` are its local ICE credentials (the endpoint routes by their ufrag).
     pub fn new(now: Instant, id: SessionId, publisher: bool, creds: IceCreds, config: SessionConfig) -> Self {
-        let rtc = build_rtc(now, &creds, &config.candidates, None, publisher);
+        let rtc = build_rtc(now, &creds, &config, None, publisher);
         Session {
             id,
             rtc,
@@ -480,7 +483,7 @@ impl Session {
             let preferred = codec::preferred_video_codec(sdp);
             if preferred.is_some_and(|c| Some(&c) != codec::VIDEO_CODECS.first()) {
                 let publisher = self.negotiation.publisher();
-                self.rtc = build_rtc(now, &self.creds, &self.config.candidates, preferred, publisher);
+                self.rtc = build_rtc(now, &self.creds, &self.config, preferred, publisher);
             }
         }
         let answer = self.negotiation.accept_client_offer(&mut self.rtc, now, offer)?;
@@ -652,7 +655,7 @@ fn viewer_extensions() -> ExtensionMap {
 pub(crate) fn build_rtc(
     now: Instant,
     creds: &IceCreds,
-    candidates: &[SocketAddr],
+    config: &SessionConfig,
     first: Option<str0m::format::Codec>,
     publisher: bool,
 ) -> Rtc {
@@ -675,8 +678,13 @@ pub(crate) fn build_rtc(
         };
     }
     let mut rtc = cfg.build(now);
-    for addr in candidates {
-        match Candidate::host(*addr, "udp") {
+    let udp = config.candidates.iter().map(|a| (*a, Candidate::host(*a, "udp")));
+    let tcp = config
+        .tcp_candidates
+        .iter()
+        .map(|a| (*a, Candidate::builder().tcp().host(*a).tcptype(TcpType::Passive).build()));
+    for (addr, candidate) in udp.chain(tcp) {
+        match candidate {
             Ok(c) => {
                 rtc.add_local_candidate(c);
             }

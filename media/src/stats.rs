@@ -41,6 +41,19 @@ pub struct MediaStats {
     pub retransmission_misses: AtomicU64,
     /// STUN binding requests from unknown addresses whose MESSAGE-INTEGRITY did not verify.
     pub dropped_stun_auth: AtomicU64,
+    /// TCP media connections open now.
+    pub tcp_connections: AtomicU64,
+    /// Packets for TCP viewers dropped because their connection's outgoing queue was full (or the
+    /// connection had closed).
+    pub tcp_send_drops: AtomicU64,
+    /// TCP media connections closed for a framing error (a length above the frame limit).
+    pub tcp_closed_framing: AtomicU64,
+    /// TCP media connections closed because their first frame was not STUN.
+    pub tcp_closed_not_stun: AtomicU64,
+    /// TCP media connections closed because they sent nothing within 10 s.
+    pub tcp_closed_silent: AtomicU64,
+    /// TCP media connections refused because the connection limit was reached.
+    pub tcp_refused_limit: AtomicU64,
     /// Router drops by reason, in the order of [`dais_forward::DropReason::ALL`]; refreshed about once a second.
     pub drops_by_reason: [AtomicU64; dais_forward::DropReason::ALL.len()],
     /// Forwarding latency: ingress datagram received -> last egress copy handed to the kernel, per worker

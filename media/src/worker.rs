@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use str0m::net::Protocol;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::{debug, info, warn};
@@ -208,16 +209,24 @@ impl Worker {
             Media::Datagram { session, from, to, data, at } => {
                 self.hub.handle_datagram(now, session, from, to, &data, at);
             }
+            Media::Received { from, to, data, at } => self.demux(from, to, &data, at),
         }
     }
 
-    /// A datagram read from the socket (worker 0): to its session, here or on its worker.
+    /// A datagram read from the UDP socket (worker 0).
     fn datagram(&mut self, src: SocketAddr, bytes: &[u8]) {
-        let now = Instant::now();
         let stats = &self.shared.stats;
         stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
         stats.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let from = Addr::udp(src);
+        let to = endpoint::destination(&self.shared.session.candidates, src);
+        self.demux(Addr::udp(src), to, bytes, Instant::now());
+    }
+
+    /// A datagram (or TCP frame) that arrived at `to` from `from`: to its session, here or on its
+    /// worker (worker 0, which holds the endpoint).
+    fn demux(&mut self, from: Addr, to: SocketAddr, bytes: &[u8], at: Instant) {
+        let now = Instant::now();
+        let stats = &self.shared.stats;
         let Some(endpoint) = &mut self.endpoint else { return };
         let route = match endpoint.handle(now, from, bytes) {
             Demux::Session(route) => route,
@@ -231,12 +240,11 @@ impl Worker {
                 return;
             }
         };
-        let to = endpoint::destination(&self.shared.session.candidates, src);
         if route.worker == self.index {
-            self.hub.handle_datagram(now, route.session, from, to, bytes, now);
+            self.hub.handle_datagram(now, route.session, from, to, bytes, at);
             return;
         }
-        let m = Media::Datagram { session: route.session, from, to, data: bytes.to_vec(), at: now };
+        let m = Media::Datagram { session: route.session, from, to, data: bytes.to_vec(), at };
         if self.send_media(route.worker, m) {
             self.stats().datagrams_handed_over.fetch_add(1, Ordering::Relaxed);
         }
@@ -252,6 +260,9 @@ impl Worker {
         self.hub.flush(Instant::now());
         while let Some(out) = self.hub.poll_output() {
             match out {
+                HubOutput::Transmit(t) if t.proto == Protocol::Tcp => {
+                    self.links.tcp.send(t.destination, &t.contents, &self.shared.stats);
+                }
                 HubOutput::Transmit(t) => self.batch.push(t, &self.send, &self.shared.stats),
                 HubOutput::Event(id, e) => {
                     if let Some(sink) = self.sinks.get_mut(&id) {

@@ -8,6 +8,7 @@ import { chromium } from 'playwright-core';
 
 export const BASE = process.env.DAIS_URL;
 export const MEDIA_ADDR = process.env.DAIS_MEDIA_ADDR; // "127.0.0.1:PORT", when the runner knows it
+export const MEDIA_TCP_ADDR = process.env.DAIS_MEDIA_TCP_ADDR; // "127.0.0.1:PORT", or "off"
 export const EXECUTABLE = process.env.CHROMIUM ?? '/usr/bin/chromium';
 export const WAIT_MS = 30_000;
 
@@ -276,7 +277,7 @@ export async function outboundBytes(page) {
   return out;
 }
 
-/** The page's selected candidate pair: its state and the remote (server) address. */
+/** The page's selected candidate pair: its state, the remote (server) address and the protocol. */
 export async function selectedPair(page) {
   return page.evaluate(async () => {
     const stats = await window.dais.pc.getStats();
@@ -286,6 +287,10 @@ export async function selectedPair(page) {
     });
     if (!pair) return null;
     const remote = stats.get(pair.remoteCandidateId) ?? {};
-    return { state: pair.state, remoteAddress: remote.address ?? remote.ip, remotePort: remote.port };
+    const local = stats.get(pair.localCandidateId) ?? {};
+    return {
+      state: pair.state, remoteAddress: remote.address ?? remote.ip, remotePort: remote.port,
+      protocol: local.protocol ?? remote.protocol,
+    };
   });
 }

@@ -62,6 +62,70 @@ pub struct MediaConfig {
     pub public_ips: Vec<IpAddr>,
     /// `media.workers`: media worker threads, 0 for one per CPU core, at most [`MAX_MEDIA_WORKERS`].
     pub workers: usize,
+    /// `media.tcp_addr`: where ICE over TCP listens (`auto`, `off` or an address).
+    pub tcp_addr: TcpAddr,
+}
+
+/// `media.tcp_addr`: the TCP media listener (ICE over TCP, for clients whose UDP is blocked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcpAddr {
+    /// The IP of `media.addr` with port [`DEFAULT_TCP_PORT`], or port 0 when `media.addr` has port 0.
+    #[default]
+    Auto,
+    /// No TCP listener and no TCP candidates: UDP only.
+    Off,
+    /// This address (port 0 picks a free one).
+    At(SocketAddr),
+}
+
+/// The TCP media port `media.tcp_addr = "auto"` takes (beside UDP 7882, as LiveKit's 7881).
+pub const DEFAULT_TCP_PORT: u16 = 7881;
+
+impl TcpAddr {
+    /// The address to bind for a UDP media address `media`, or `None` for UDP only.
+    pub fn resolve(self, media: SocketAddr) -> Option<SocketAddr> {
+        match self {
+            TcpAddr::Auto => Some(SocketAddr::new(media.ip(), if media.port() == 0 { 0 } else { DEFAULT_TCP_PORT })),
+            TcpAddr::Off => None,
+            TcpAddr::At(a) => Some(a),
+        }
+    }
+}
+
+impl std::str::FromStr for TcpAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(TcpAddr::Auto),
+            "off" => Ok(TcpAddr::Off),
+            other => {
+                other.parse().map(TcpAddr::At).map_err(|_| format!("`{s}` is not `auto`, `off` or an IP:PORT address"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for TcpAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TcpAddr::Auto => f.write_str("auto"),
+            TcpAddr::Off => f.write_str("off"),
+            TcpAddr::At(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl Serialize for TcpAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TcpAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Highest accepted `media.workers`.
@@ -69,7 +133,12 @@ pub const MAX_MEDIA_WORKERS: usize = dais_media::MAX_WORKERS;
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        MediaConfig { addr: SocketAddr::from(([127, 0, 0, 1], 7882)), public_ips: Vec::new(), workers: 0 }
+        MediaConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
+            public_ips: Vec::new(),
+            workers: 0,
+            tcp_addr: TcpAddr::Auto,
+        }
     }
 }
 
@@ -151,6 +220,8 @@ pub struct Overrides {
     pub public_ips: Option<Vec<IpAddr>>,
     /// `media.workers`.
     pub media_workers: Option<usize>,
+    /// `media.tcp_addr`.
+    pub tcp_addr: Option<TcpAddr>,
     /// `rooms.max_participants`.
     pub max_participants: Option<usize>,
     /// `drain.timeout_secs`.
@@ -238,6 +309,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DAIS_MEDIA_ADDR", "media.addr"),
     ("DAIS_PUBLIC_IP", "media.public_ips"),
     ("DAIS_MEDIA_WORKERS", "media.workers"),
+    ("DAIS_MEDIA_TCP_ADDR", "media.tcp_addr"),
     ("DAIS_MAX_PARTICIPANTS", "rooms.max_participants"),
     ("DAIS_DRAIN_TIMEOUT", "drain.timeout_secs"),
     ("DAIS_LOG", "log.level"),
@@ -311,6 +383,9 @@ impl Config {
         }
         if let Some(v) = o.media_workers {
             self.media.workers = v;
+        }
+        if let Some(v) = o.tcp_addr {
+            self.media.tcp_addr = v;
         }
         if let Some(v) = o.max_participants {
             self.rooms.max_participants = v;
@@ -394,6 +469,7 @@ impl Overrides {
             match var.as_str() {
                 "DAIS_HTTP_ADDR" => o.http_addr = Some(parse_addr(&value).map_err(bad)?),
                 "DAIS_MEDIA_ADDR" => o.media_addr = Some(parse_addr(&value).map_err(bad)?),
+                "DAIS_MEDIA_TCP_ADDR" => o.tcp_addr = Some(value.parse().map_err(bad)?),
                 "DAIS_PUBLIC_IP" => {
                     let ips = value
                         .split(',')

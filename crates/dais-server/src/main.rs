@@ -4,7 +4,7 @@
 //! [`config`]) becomes a [`dais_media::MediaConfig`] and a [`dais_signaling::SignalingConfig`],
 //! the media plane is adapted to signaling's [`dais_signaling::MediaPlane`] trait, and axum serves the
 //! embedded pages and upgrades `/ws`. When both listeners are bound it prints one line,
-//! `dais ready http=ADDR media=ADDR`, which scripts and tests wait for. SIGTERM drains: `/readyz`
+//! `dais ready http=ADDR media=ADDR tcp=ADDR|off`, which scripts and tests wait for. SIGTERM drains: `/readyz`
 //! turns 503, new joins get `draining`, connected clients get a `draining` notice, media keeps
 //! flowing until everyone has left or `--drain-timeout` passes; then every WebSocket is closed
 //! (`1001 going away`), the media worker stops and the process exits 0. Ctrl-C (SIGINT), or a second
@@ -33,7 +33,7 @@ use dais_signaling::{Frame, OutFrame, Signaling, SignalingConfig};
 use futures_util::{SinkExt, StreamExt};
 use tracing::{info, warn};
 
-use crate::config::{Config, LogFormat, Overrides};
+use crate::config::{Config, LogFormat, Overrides, TcpAddr};
 
 /// Dais: a real-time video SFU for live panels.
 ///
@@ -62,6 +62,12 @@ struct Args {
     /// [default: 127.0.0.1:7882] [env: DAIS_MEDIA_ADDR] [file: media.addr]
     #[arg(long, value_name = "IP:PORT")]
     media_addr: Option<SocketAddr>,
+
+    /// TCP address for ICE over TCP, for clients whose UDP is blocked: `auto` (the --media-addr IP with
+    /// port 7881, or a free port when --media-addr has port 0), `off` (UDP only), or IP:PORT.
+    /// [default: auto] [env: DAIS_MEDIA_TCP_ADDR] [file: media.tcp_addr]
+    #[arg(long, value_name = "auto|off|IP:PORT")]
+    media_tcp_addr: Option<TcpAddr>,
 
     /// IP to advertise in ICE candidates instead of the bound one, e.g. the public IP of a host behind
     /// 1:1 NAT. Repeat for several addresses. [env: DAIS_PUBLIC_IP, comma-separated] [file: media.public_ips]
@@ -102,6 +108,7 @@ impl Args {
             media_addr: self.media_addr,
             public_ips: (!self.public_ip.is_empty()).then(|| self.public_ip.clone()),
             media_workers: self.media_workers,
+            tcp_addr: self.media_tcp_addr,
             max_participants: self.max_participants,
             drain_timeout_secs: self.drain_timeout,
             log_level: self.log.clone(),
@@ -238,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
         bind: config.media.addr,
         advertise: config.media.public_ips.clone(),
         workers: config.media.workers,
+        tcp_bind: config.media.tcp_addr.resolve(config.media.addr),
     })
     .context("starting the media plane")?;
     let tokens = match config.auth.token_secret.as_deref() {
@@ -267,7 +275,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP {}", config.http.addr))?;
     let http_local = listener.local_addr()?;
     info!(http = %http_local, media = %handle.local_addr(), candidates = ?handle.candidates(), "dais started");
-    println!("dais ready http={} media={}", http_local, handle.local_addr());
+    let tcp = handle.tcp_addr().map_or_else(|| "off".to_owned(), |a| a.to_string());
+    println!("dais ready http={} media={} tcp={tcp}", http_local, handle.local_addr());
 
     let sig = signaling.clone();
     let drain_timeout = Duration::from_secs(config.drain.timeout_secs);

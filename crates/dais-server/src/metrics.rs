@@ -80,6 +80,29 @@ pub fn render(sig: &Signaling, media: &MediaStats) -> String {
     }
     single(
         &mut out,
+        "dais_tcp_media_connections",
+        "gauge",
+        "TCP media connections (ICE over TCP) open now.",
+        get(&media.tcp_connections),
+    );
+    header(&mut out, "dais_tcp_media_closed_total", "counter", "TCP media connections the server closed, by reason.");
+    for (reason, c) in [
+        ("framing", &media.tcp_closed_framing),
+        ("not_stun", &media.tcp_closed_not_stun),
+        ("silent", &media.tcp_closed_silent),
+        ("limit", &media.tcp_refused_limit),
+    ] {
+        let _ = writeln!(out, "dais_tcp_media_closed_total{{reason=\"{reason}\"}} {}", get(c));
+    }
+    single(
+        &mut out,
+        "dais_tcp_send_drops_total",
+        "counter",
+        "Packets for TCP viewers dropped because their connection's outgoing queue was full.",
+        get(&media.tcp_send_drops),
+    );
+    single(
+        &mut out,
         "dais_rtp_packets_received_total",
         "counter",
         "RTP packets from publishers handed to the router.",

@@ -43,7 +43,11 @@ fn client_rtc(now: Instant, addr: SocketAddr) -> Rtc {
 }
 
 fn config(now: Instant) -> SessionConfig {
-    SessionConfig { candidates: Arc::from(vec![server_addr()]), wall_anchor: (now, SystemTime::now()) }
+    SessionConfig {
+        candidates: Arc::from(vec![server_addr()]),
+        tcp_candidates: Arc::from(Vec::new()),
+        wall_anchor: (now, SystemTime::now()),
+    }
 }
 
 fn vp8_spec() -> CodecSpec {

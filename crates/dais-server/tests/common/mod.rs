@@ -18,6 +18,8 @@ pub struct Server {
     pub child: Child,
     pub http: SocketAddr,
     pub media: SocketAddr,
+    /// The TCP media address (ICE over TCP), when on.
+    pub tcp: Option<SocketAddr>,
 }
 
 impl Server {
@@ -52,19 +54,20 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addrs) = parse_ready(&line) {
-                    let _ = tx.send(addrs);
+                if let Some((http, media)) = parse_ready(&line) {
+                    let _ = tx.send((http, media, parse_ready_tcp(&line)));
                 } else {
                     println!("dais: {line}");
                 }
             }
         });
-        let mut server =
-            Server { child, http: SocketAddr::from(([0, 0, 0, 0], 0)), media: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut server = Server { child, http: unset, media: unset, tcp: None };
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((http, media)) => {
+            Ok((http, media, tcp)) => {
                 server.http = http;
                 server.media = media;
+                server.tcp = tcp;
                 server
             }
             Err(_) => panic!("dais did not print `dais ready http=... media=...` within 60 s"),
@@ -83,11 +86,17 @@ impl Drop for Server {
     }
 }
 
-/// Parse `dais ready http=127.0.0.1:PORT media=127.0.0.1:PORT`.
+/// Parse `dais ready http=127.0.0.1:PORT media=127.0.0.1:PORT` (and whatever follows, e.g. ` tcp=...`).
 pub fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let rest = line.trim().strip_prefix("dais ready http=")?;
-    let (http, media) = rest.split_once(" media=")?;
+    let (http, rest) = rest.split_once(" media=")?;
+    let media = rest.split_whitespace().next()?;
     Some((http.parse().ok()?, media.parse().ok()?))
+}
+
+/// The `tcp=` address of a ready line, when TCP is on.
+pub fn parse_ready_tcp(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace().find_map(|w| w.strip_prefix("tcp="))?.parse().ok()
 }
 
 /// A joined speaker that publishes synthetic audio and video; returns the client, its participant
