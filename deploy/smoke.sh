@@ -194,11 +194,12 @@ CLIENT=$TARGET_DIR/debug/examples/smoke
 
 # ---------------------------------------------------------------------------------------------------
 phase "start the container and wait for /readyz"
-read -r HTTP_PORT MEDIA_PORT < <(python3 -c '
+read -r HTTP_PORT MEDIA_PORT TCP_PORT < <(python3 -c '
 import socket
 t = socket.socket(); t.bind(("127.0.0.1", 0))
 u = socket.socket(type=socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
-print(t.getsockname()[1], u.getsockname()[1])')
+m = socket.socket(); m.bind(("127.0.0.1", 0))
+print(t.getsockname()[1], u.getsockname()[1], m.getsockname()[1])')
 BASE=http://127.0.0.1:$HTTP_PORT
 status() { curl -s -o /dev/null -m 5 -w '%{http_code}' "$BASE$1" || true; }
 CTR=dais-smoke-$$
@@ -207,10 +208,10 @@ CTR=dais-smoke-$$
 # below runs the check itself, so that complaint is only shown if the start fails.
 "${PODMAN[@]}" run -d --name "$CTR" --network host "${LIMITS[@]}" \
   -e "DAIS_HTTP_ADDR=0.0.0.0:$HTTP_PORT" -e "DAIS_MEDIA_ADDR=0.0.0.0:$MEDIA_PORT" \
-  "$IMAGE" --http-addr "0.0.0.0:$HTTP_PORT" --media-addr "0.0.0.0:$MEDIA_PORT" \
+  "$IMAGE" --http-addr "0.0.0.0:$HTTP_PORT" --media-addr "0.0.0.0:$MEDIA_PORT" --media-tcp-addr "0.0.0.0:$TCP_PORT" \
   --public-ip 127.0.0.1 --drain-timeout "$DRAIN_TIMEOUT" >/dev/null 2>"$WORK/run.err" ||
   { cat "$WORK/run.err"; die "podman run"; }
-log "container $CTR: http 0.0.0.0:$HTTP_PORT, media 0.0.0.0:$MEDIA_PORT/udp advertised as 127.0.0.1"
+log "container $CTR: http 0.0.0.0:$HTTP_PORT, media 0.0.0.0:$MEDIA_PORT/udp and $TCP_PORT/tcp advertised as 127.0.0.1"
 for _ in $(seq 300); do
   [ "$(status /readyz)" = 200 ] && break
   [ "$(podman inspect --format '{{.State.Running}}' "$CTR")" = true ] || die "the container stopped"
@@ -220,6 +221,7 @@ done
 # Capture before grepping: with pipefail, `grep -q` exiting on the first match can SIGPIPE the writer.
 ready_log=$(podman logs "$CTR" 2>/dev/null) || die "podman logs failed"
 grep -q '^dais ready http=' <<<"$ready_log" || die "no 'dais ready' line on stdout"
+grep -q "^dais ready .* tcp=0.0.0.0:$TCP_PORT\$" <<<"$ready_log" || die "the 'dais ready' line does not name the TCP media port $TCP_PORT"
 log "/readyz 200, /healthz $(status /healthz); $(grep '^dais ready' <<<"$ready_log")"
 
 [ "$(podman exec "$CTR" id -u)" = 10001 ] || die "the container does not run as uid 10001"
