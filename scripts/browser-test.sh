@@ -25,6 +25,7 @@ install_missing() {
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium chromium-driver)
   command -v ip >/dev/null || pkgs+=(iproute2)
   [[ -x /usr/sbin/iptables ]] || command -v iptables >/dev/null || pkgs+=(iptables)   # tests/browser/loss.test.mjs drops packets with it
+  command -v turnserver >/dev/null || pkgs+=(coturn)   # tests/browser/turn.test.mjs relays through a real TURN server
   if (( ${#pkgs[@]} )); then
     log "installing ${pkgs[*]}"
     $sudo apt-get update

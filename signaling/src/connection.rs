@@ -404,6 +404,7 @@ impl Signaling {
             version: PROTOCOL_VERSION,
             participants,
             viewers,
+            ice_servers: self.config.ice.for_participant(&participant_wire_id(id), std::time::SystemTime::now()),
         };
         Ok((Joined { room: room_name, id, role, audience: Some(audience) }, reply))
     }

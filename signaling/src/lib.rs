@@ -10,6 +10,7 @@
 
 mod admin;
 mod connection;
+pub mod ice;
 mod media_api;
 mod room;
 pub mod token;
@@ -68,6 +69,8 @@ pub struct SignalingConfig {
     /// `negotiation_timeout`. A client that failed to apply an offer would otherwise wait forever,
     /// because the server sends no new offer until the outstanding one is answered.
     pub negotiation_timeout: Duration,
+    /// STUN and TURN servers handed to participants in `joined`.
+    pub ice: ice::IceServers,
 }
 
 impl Default for SignalingConfig {
@@ -79,6 +82,7 @@ impl Default for SignalingConfig {
             tokens: None,
             audience_interval: Duration::from_secs(1),
             negotiation_timeout: Duration::from_secs(20),
+            ice: ice::IceServers::default(),
         }
     }
 }

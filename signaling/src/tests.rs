@@ -567,3 +567,30 @@ async fn an_offer_sent_again_after_a_refused_answer_keeps_its_deadline() {
     );
     assert_eq!(v.next().await, OutFrame::Close(1008, "negotiation_timeout".into()));
 }
+
+#[tokio::test]
+async fn joined_carries_the_ice_servers_with_credentials_minted_for_the_participant() {
+    let turn =
+        crate::ice::TurnRest::new(vec!["turn:t:3478?transport=tcp".into()], "shh".into(), Duration::from_secs(60));
+    let stun = dais_proto::IceServer { urls: vec!["stun:s:3478".into()], username: None, credential: None };
+    let ice = crate::ice::IceServers { servers: vec![stun.clone()], turn: Some(turn) };
+    let (_media, sig) = setup_with(SignalingConfig { ice, ..SignalingConfig::default() });
+    let mut v = connect(&sig);
+    let ServerMessage::Joined { participant_id, ice_servers, .. } = v.join("ice", "V", "viewer").await else {
+        panic!()
+    };
+    assert_eq!(ice_servers.len(), 2);
+    assert_eq!(ice_servers[0], stun);
+    let user = ice_servers[1].username.clone().expect("a user name");
+    assert!(user.ends_with(&format!(":{participant_id}")), "{user}");
+    let expiry: u64 = user.split(':').next().and_then(|e| e.parse().ok()).expect("an expiry");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    assert!(expiry > now && expiry <= now + 61, "valid for the TTL: {expiry} vs {now}");
+    assert!(ice_servers[1].credential.as_ref().is_some_and(|c| !c.is_empty()));
+    // Without ICE servers, `joined` has no such field at all.
+    let (_media, sig) = setup_with(SignalingConfig::default());
+    let mut w = connect(&sig);
+    w.send(r#"{"type":"join","room":"ice","name":"W","role":"viewer","version":1}"#);
+    let OutFrame::Text(text) = w.next().await else { panic!("a text frame") };
+    assert!(text.contains(r#""type":"joined""#) && !text.contains("ice_servers"), "{text}");
+}

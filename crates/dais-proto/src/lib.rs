@@ -151,6 +151,19 @@ pub enum ClientMessage {
     Leave,
 }
 
+/// One entry of `joined.ice_servers`, shaped as WebRTC's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:`, `turn:` or `turns:` URLs, e.g. `turn:turn.example.org:3478?transport=tcp`.
+    pub urls: Vec<String>,
+    /// TURN user name (for minted credentials: `<expiry unix seconds>:<participant id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// A message from the server to a participant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -172,6 +185,10 @@ pub enum ServerMessage {
         /// Absent from servers before it existed, hence the default.
         #[serde(default)]
         viewers: u64,
+        /// STUN and TURN servers for this participant's peer connection (`RTCConfiguration.iceServers`),
+        /// TURN credentials minted for it; absent when the operator configured none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// A server-initiated SDP offer (media to receive appeared or disappeared). Answer it with `answer`.
     Offer {

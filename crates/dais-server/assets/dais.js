@@ -106,7 +106,8 @@ export function tokenClaims(token) {
  * @property {'speaker'|'viewer'} role
  * @property {string} [token]  Join token (`dais token`), sent in `join`. Required when the server has a
  *   token secret; then the token's name and role replace `name` and `role`.
- * @property {RTCConfiguration} [rtcConfig]  Merged over `{bundlePolicy: 'max-bundle'}`.
+ * @property {RTCConfiguration} [rtcConfig]  Merged over `{bundlePolicy: 'max-bundle'}`. Without its own
+ *   `iceServers`, the STUN/TURN servers the server hands out in `joined` (`ice_servers`) are used.
  * @property {number} [pingIntervalMs=10000] Keep-alive period; 0 disables pings.
  * @property {number} [joinTimeoutMs=10000]  How long `join()` waits for `joined`.
  */
@@ -465,6 +466,11 @@ export class DaisClient extends EventTarget {
     this.timing.joined = performance.now();
     for (const p of msg.participants ?? []) this.participants.set(p.id, normalizeParticipant(p));
     this.viewers = msg.viewers ?? 0;
+    // The server's STUN/TURN servers (TURN credentials minted for this participant), unless the
+    // application brought its own. Their fields are RTCIceServer's.
+    if (Array.isArray(msg.ice_servers) && msg.ice_servers.length && !this._rtcConfig.iceServers) {
+      this._rtcConfig = { ...this._rtcConfig, iceServers: msg.ice_servers };
+    }
     this._createPeerConnection();
     if (this._pingIntervalMs > 0) this._pingTimer = setInterval(() => this._ping(), this._pingIntervalMs);
     const detail = {

@@ -36,6 +36,45 @@ pub struct Config {
     pub log: LogConfig,
     /// `[auth]`: join tokens and the admin API.
     pub auth: AuthConfig,
+    /// `[ice]`: STUN and TURN servers handed to clients.
+    pub ice: IceConfig,
+}
+
+/// `[ice]`: STUN and TURN servers handed to every participant in `joined` (`ice_servers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IceConfig {
+    /// `ice.servers`: entries handed to clients as they are (`urls`, optional `username` and
+    /// `credential`), e.g. a public STUN server or a TURN server with fixed credentials.
+    pub servers: Vec<IceServerConfig>,
+    /// `ice.turn_urls`: TURN servers whose credentials are minted per participant (coturn
+    /// `use-auth-secret`); needs `ice.turn_secret`.
+    pub turn_urls: Vec<String>,
+    /// `ice.turn_secret`: the secret shared with those TURN servers (`static-auth-secret`). A secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_secret: Option<String>,
+    /// `ice.turn_ttl_secs`: how long a minted TURN credential is valid.
+    pub turn_ttl_secs: u64,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        IceConfig { servers: Vec::new(), turn_urls: Vec::new(), turn_secret: None, turn_ttl_secs: 86_400 }
+    }
+}
+
+/// One `ice.servers` entry, shaped as WebRTC's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServerConfig {
+    /// `stun:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// `[http]`.
@@ -234,6 +273,12 @@ pub struct Overrides {
     pub token_secret: Option<String>,
     /// `auth.admin_key`.
     pub admin_key: Option<String>,
+    /// `ice.turn_urls` (replaces the whole list).
+    pub turn_urls: Option<Vec<String>>,
+    /// `ice.turn_secret`.
+    pub turn_secret: Option<String>,
+    /// `ice.turn_ttl_secs`.
+    pub turn_ttl_secs: Option<u64>,
 }
 
 /// Where a value came from, for error messages.
@@ -316,6 +361,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DAIS_LOG_FORMAT", "log.format"),
     ("DAIS_TOKEN_SECRET", "auth.token_secret"),
     ("DAIS_ADMIN_KEY", "auth.admin_key"),
+    ("DAIS_TURN_URLS", "ice.turn_urls"),
+    ("DAIS_TURN_SECRET", "ice.turn_secret"),
+    ("DAIS_TURN_TTL", "ice.turn_ttl_secs"),
 ];
 
 /// The variable naming the config file when `--config` is absent.
@@ -359,6 +407,11 @@ impl Config {
         check_log_level(&config.log.level, &source)?;
         check_secret("auth.token_secret", config.auth.token_secret.as_deref(), &source)?;
         check_secret("auth.admin_key", config.auth.admin_key.as_deref(), &source)?;
+        check_secret("ice.turn_secret", config.ice.turn_secret.as_deref(), &source)?;
+        for s in &config.ice.servers {
+            check_ice_urls("ice.servers", &s.urls, &source)?;
+        }
+        check_ice_urls("ice.turn_urls", &config.ice.turn_urls, &source)?;
         Ok(config)
     }
 
@@ -405,6 +458,15 @@ impl Config {
         if let Some(v) = o.admin_key {
             self.auth.admin_key = Some(v);
         }
+        if let Some(v) = o.turn_urls {
+            self.ice.turn_urls = v;
+        }
+        if let Some(v) = o.turn_secret {
+            self.ice.turn_secret = Some(v);
+        }
+        if let Some(v) = o.turn_ttl_secs {
+            self.ice.turn_ttl_secs = v;
+        }
     }
 
     /// The precedence rule in one place: defaults (or the file) < env < flags.
@@ -427,13 +489,16 @@ impl Config {
             .or_else(|| vars.iter().find(|(k, v)| k == ENV_CONFIG && !v.is_empty()).map(|(_, v)| PathBuf::from(v)));
         let file = path.as_deref().map(Config::from_file).transpose()?;
         let env = Overrides::from_env(vars)?;
-        Ok(Config::merge(file, &env, flags))
+        let config = Config::merge(file, &env, flags);
+        config.check_whole()?;
+        Ok(config)
     }
 
     /// A copy with every secret replaced by [`REDACTED`].
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
-        for s in [&mut c.auth.token_secret, &mut c.auth.admin_key].into_iter().flatten() {
+        let secrets = [&mut c.auth.token_secret, &mut c.auth.admin_key, &mut c.ice.turn_secret];
+        for s in secrets.into_iter().flatten() {
             *s = REDACTED.to_owned();
         }
         c
@@ -517,6 +582,20 @@ impl Overrides {
                     check_secret(key, Some(&value), &source)?;
                     o.admin_key = Some(value);
                 }
+                "DAIS_TURN_URLS" => {
+                    let urls: Vec<String> =
+                        value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                    check_ice_urls(key, &urls, &source)?;
+                    o.turn_urls = Some(urls);
+                }
+                "DAIS_TURN_SECRET" => {
+                    check_secret(key, Some(&value), &source)?;
+                    o.turn_secret = Some(value);
+                }
+                "DAIS_TURN_TTL" => {
+                    let n = value.trim().parse::<u64>().map_err(|_| bad(format!("`{value}` is not a number")))?;
+                    o.turn_ttl_secs = Some(n);
+                }
                 _ => {}
             }
         }
@@ -539,6 +618,9 @@ impl Overrides {
         }
         if let Some(level) = &self.log_level {
             check_log_level(level, &Source::Flag("--log".into()))?;
+        }
+        if let Some(urls) = &self.turn_urls {
+            check_ice_urls("ice.turn_urls", urls, &Source::Flag("--turn-url".into()))?;
         }
         Ok(())
     }
@@ -579,6 +661,32 @@ fn check_log_level(level: &str, source: &Source) -> Result<(), ConfigError> {
 }
 
 /// Secrets are checked for shape only; their values never appear in an error.
+/// Every URL of an ICE server list must be `stun:`, `turn:` or `turns:`.
+fn check_ice_urls(key: &str, urls: &[String], source: &Source) -> Result<(), ConfigError> {
+    match urls.iter().find(|u| !["stun:", "turn:", "turns:"].iter().any(|s| u.starts_with(s))) {
+        Some(u) => Err(ConfigError::Invalid {
+            origin: source.clone(),
+            key: key.to_owned(),
+            detail: format!("`{u}` is not a stun:, turn: or turns: URL"),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl Config {
+    /// The checks that span keys, on the configuration that all layers made.
+    pub fn check_whole(&self) -> Result<(), ConfigError> {
+        if !self.ice.turn_urls.is_empty() && self.ice.turn_secret.is_none() {
+            return Err(ConfigError::Invalid {
+                origin: Source::Env("DAIS_TURN_SECRET".into()),
+                key: "ice.turn_secret".into(),
+                detail: "ice.turn_urls are set, so the TURN servers' shared secret is needed too".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 pub fn check_secret(key: &str, value: Option<&str>, source: &Source) -> Result<(), ConfigError> {
     let Some(value) = value else { return Ok(()) };
     let bad = |detail: String| ConfigError::Invalid { origin: source.clone(), key: key.to_owned(), detail };
@@ -734,5 +842,47 @@ mod tests {
         // What check-config prints is itself a valid config file (secrets aside).
         let back = file(&text.replace(REDACTED, SECRET)).expect("printed config parses");
         assert_eq!(back.rooms, c.rooms);
+    }
+
+    #[test]
+    fn ice_servers_and_turn_secrets() {
+        let msg = |r: Result<Config, ConfigError>| r.expect_err("must fail").to_string();
+        let c = file(
+            "[ice]\nservers = [{ urls = [\"stun:stun.example.org:3478\"] }]\n\
+             turn_urls = [\"turn:t.example.org:3478?transport=tcp\"]\nturn_secret = \"shh\"\n",
+        )
+        .expect("parses");
+        assert_eq!(c.ice.servers[0].urls, vec!["stun:stun.example.org:3478".to_owned()]);
+        assert_eq!(c.ice.turn_ttl_secs, 86_400, "the default TTL");
+        assert!(!c.to_redacted_toml().contains("shh"), "the TURN secret is redacted");
+        let m = msg(file("[ice]\nturn_urls = [\"http://nope\"]\n"));
+        assert!(m.contains("`ice.turn_urls`") && m.contains("http://nope"), "{m}");
+        // TURN URLs without the shared secret cannot mint credentials: a whole-config error.
+        let flags = Overrides { turn_urls: Some(vec!["turn:t:3478".into()]), ..Default::default() };
+        let m = Config::load(None, env(&[]), &flags).expect_err("must fail").to_string();
+        assert!(m.contains("ice.turn_secret"), "{m}");
+        let ok = Config::load(None, env(&[("DAIS_TURN_SECRET", "shh")]), &flags).expect("secret from the environment");
+        assert_eq!(ok.ice.turn_urls, vec!["turn:t:3478".to_owned()]);
+        let m = Overrides::from_env(env(&[("DAIS_TURN_URLS", "turn:a,ftp:b")])).expect_err("must fail").to_string();
+        assert!(m.contains("DAIS_TURN_URLS") && m.contains("ftp:b"), "{m}");
+    }
+
+    #[test]
+    fn tcp_addr_resolves_from_the_media_address() {
+        let msg = |r: Result<Config, ConfigError>| r.expect_err("must fail").to_string();
+        let media: SocketAddr = "0.0.0.0:7882".parse().expect("addr");
+        assert_eq!(TcpAddr::Auto.resolve(media), Some("0.0.0.0:7881".parse().expect("addr")));
+        assert_eq!(
+            TcpAddr::Auto.resolve("127.0.0.1:0".parse().expect("addr")),
+            Some("127.0.0.1:0".parse().expect("addr"))
+        );
+        assert_eq!(TcpAddr::Off.resolve(media), None);
+        assert_eq!("off".parse::<TcpAddr>(), Ok(TcpAddr::Off));
+        assert_eq!("10.0.0.1:443".parse::<TcpAddr>(), Ok(TcpAddr::At("10.0.0.1:443".parse().expect("addr"))));
+        assert!("nope".parse::<TcpAddr>().is_err());
+        let c = file("[media]\ntcp_addr = \"off\"\n").expect("parses");
+        assert_eq!(c.media.tcp_addr, TcpAddr::Off);
+        let m = msg(file("[media]\ntcp_addr = \"sometimes\"\n"));
+        assert!(m.contains("`media.tcp_addr`"), "{m}");
     }
 }

@@ -74,6 +74,13 @@ struct Args {
     #[arg(long = "public-ip", value_name = "IP")]
     public_ip: Vec<IpAddr>,
 
+    /// A TURN server whose credentials dais mints for each participant (coturn use-auth-secret, with
+    /// the shared secret from DAIS_TURN_SECRET or ice.turn_secret), e.g.
+    /// turn:turn.example.org:3478?transport=tcp. Repeat for several.
+    /// [env: DAIS_TURN_URLS, comma-separated] [file: ice.turn_urls]
+    #[arg(long = "turn-url", value_name = "URL")]
+    turn_url: Vec<String>,
+
     /// Media worker threads; each owns the sessions placed on it. 0 means one per CPU core.
     /// [default: 0] [env: DAIS_MEDIA_WORKERS] [file: media.workers]
     #[arg(long, value_name = "N")]
@@ -115,6 +122,9 @@ impl Args {
             log_format: self.log_format,
             token_secret: None,
             admin_key: None,
+            turn_urls: (!self.turn_url.is_empty()).then(|| self.turn_url.clone()),
+            turn_secret: None,
+            turn_ttl_secs: None,
         }
     }
 }
@@ -176,6 +186,28 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
         Some(secs) => Ok(Duration::from_secs(secs)),
         None => Err(format!("`{s}` is too long")),
     }
+}
+
+/// The STUN and TURN servers every `joined` carries.
+fn ice_servers(ice: &config::IceConfig) -> dais_signaling::ice::IceServers {
+    let servers = ice
+        .servers
+        .iter()
+        .map(|s| dais_proto::IceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        })
+        .collect();
+    let turn = match (&ice.turn_secret, ice.turn_urls.is_empty()) {
+        (Some(secret), false) => Some(dais_signaling::ice::TurnRest::new(
+            ice.turn_urls.clone(),
+            secret.clone(),
+            Duration::from_secs(ice.turn_ttl_secs),
+        )),
+        _ => None,
+    };
+    dais_signaling::ice::IceServers { servers, turn }
 }
 
 /// The effective configuration, or one line on stderr naming the bad key and exit status 2.
@@ -255,7 +287,12 @@ async fn main() -> anyhow::Result<()> {
     let handle = media.handle();
     let signaling = Signaling::new(
         Arc::new(adapter::MediaAdapter::new(handle.clone())),
-        SignalingConfig { max_participants: config.rooms.max_participants, tokens, ..SignalingConfig::default() },
+        SignalingConfig {
+            max_participants: config.rooms.max_participants,
+            tokens,
+            ice: ice_servers(&config.ice),
+            ..SignalingConfig::default()
+        },
     );
 
     let app = axum::Router::new()
