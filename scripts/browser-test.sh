@@ -53,7 +53,7 @@ case "${DAIS_BROWSER_TEST_NETNS:-}" in
     ;;
 esac
 
-DAIS_BIN="${DAIS_BIN:-target/debug/dais}"
+export DAIS_BIN="${DAIS_BIN:-target/debug/dais}"   # tests that need a server of their own start this one
 if [[ ! -x "$DAIS_BIN" ]]; then
   log "no server binary at $DAIS_BIN (build it with: cargo build -p dais-server)"
   exit 1

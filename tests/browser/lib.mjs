@@ -3,7 +3,10 @@
 // browser context per participant, polling, and reading RTCPeerConnection.getStats() of a page.
 
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { spawn, execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join as joinPath } from 'node:path';
 import { chromium } from 'playwright-core';
 
 export const BASE = process.env.DAIS_URL;
@@ -75,13 +78,21 @@ async function routeStaleAssets(context) {
   });
 }
 
-/** A browser for one test file; fails clearly when DAIS_URL is not set. */
-export async function launchBrowser() {
+/**
+ * A browser for one test file; fails clearly when DAIS_URL is not set. `secure` lists origins
+ * other than localhost to treat as secure, so that their pages may use the camera (a test's own
+ * server on a veth address, say).
+ */
+export async function launchBrowser({ secure = [] } = {}) {
   assert.ok(BASE, 'DAIS_URL must name the server, e.g. http://127.0.0.1:8080 (scripts/browser-test.sh sets it)');
   await checkAssets();
   // headless: false because the flag list above already carries --headless=new; Playwright's own
   // headless mode would add its flags (and --mute-audio) on top.
-  return chromium.launch({ executablePath: EXECUTABLE, headless: false, args: CHROMIUM_ARGS });
+  return chromium.launch({ executablePath: EXECUTABLE, headless: false, args: [...CHROMIUM_ARGS, ...secureArgs(secure)] });
+}
+
+function secureArgs(origins) {
+  return origins.length ? [`--unsafely-treat-insecure-origin-as-secure=${origins.join(',')}`] : [];
 }
 
 /** A page in a fresh browser context, collecting page errors and console errors in `problems`. */
@@ -97,9 +108,9 @@ export async function openPage(browser, label) {
 }
 
 /** Open `path` (e.g. "/speak?room=R&name=S") in a fresh context and wait until it joined. */
-export async function join(browser, label, path) {
+export async function join(browser, label, path, base = BASE) {
   const p = await openPage(browser, label);
-  await p.page.goto(BASE + path);
+  await p.page.goto(base + path);
   try {
     await p.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
   } catch (err) {
@@ -293,4 +304,77 @@ export async function selectedPair(page) {
       protocol: local.protocol ?? remote.protocol,
     };
   });
+}
+
+/** The dais binary scripts/browser-test.sh runs (it exports DAIS_BIN), or the debug build. */
+export const DAIS_BIN = process.env.DAIS_BIN ?? new URL('../../target/debug/dais', import.meta.url).pathname;
+
+/**
+ * Start a dais of this test's own with `args` and extra `env` (the runner's DAIS_* variables that name
+ * its own server are cleared), and wait for its ready line. Returns `{ base, http, media, tcp, stop }`.
+ */
+export function startDais(args, env = {}) {
+  const clean = { ...process.env, DAIS_MEDIA_ADDR: '', DAIS_MEDIA_TCP_ADDR: 'auto', DAIS_HTTP_ADDR: '' };
+  const child = spawn(DAIS_BIN, args, { env: { ...clean, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const stop = () => new Promise((resolve) => {
+    if (child.exitCode !== null) return resolve(child.exitCode);
+    child.once('exit', (code) => resolve(code));
+    child.kill('SIGINT');
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`dais not ready within 30 s:\n${out}`)), 30_000);
+    const onData = (d) => {
+      out += d.toString();
+      const m = /dais ready http=(\S+) media=(\S+) tcp=(\S+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ base: `http://${m[1]}`, http: m[1], media: m[2], tcp: m[3], stop, child, log: () => out });
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (d) => { out += d.toString(); });
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`dais exited with ${code}:\n${out}`)); });
+  });
+}
+
+let netnsCount = 0;
+
+/**
+ * A network namespace of its own for one browser, joined to the test's namespace by a veth pair:
+ * `hostIp` is this side's address, `nsIp` the namespace's. `exec(cmd, args)` runs a command inside it
+ * (e.g. iptables, tc), `remove()` deletes it. Only inside the runner's private namespace.
+ */
+export function makeNetns(tag) {
+  assert.equal(process.env.DAIS_BROWSER_TEST_NETNS, 'inside',
+    'network namespaces for browsers are only made inside the private namespace of scripts/browser-test.sh');
+  netnsCount += 1;
+  const n = (process.pid % 200) + netnsCount;
+  const name = `dais-${tag}-${process.pid}-${netnsCount}`;
+  const [outer, inner] = [`dvo${n}`, `dvi${n}`];
+  const hostIp = `10.77.${n}.1`;
+  const nsIp = `10.77.${n}.2`;
+  const ip = (...a) => execFileSync('ip', a, { stdio: 'inherit' });
+  ip('netns', 'add', name);
+  ip('link', 'add', outer, 'type', 'veth', 'peer', 'name', inner, 'netns', name);
+  ip('addr', 'add', `${hostIp}/24`, 'dev', outer);
+  ip('link', 'set', outer, 'up');
+  ip('netns', 'exec', name, 'ip', 'addr', 'add', `${nsIp}/24`, 'dev', inner);
+  ip('netns', 'exec', name, 'ip', 'link', 'set', inner, 'up');
+  ip('netns', 'exec', name, 'ip', 'link', 'set', 'lo', 'up');
+  return {
+    name, hostIp, nsIp, outer,
+    exec: (cmd, args) => execFileSync('ip', ['netns', 'exec', name, cmd, ...args], { stdio: 'inherit' }),
+    remove: () => { try { ip('netns', 'del', name); } catch { /* already gone */ } },
+  };
+}
+
+/** A browser whose process runs inside network namespace `ns` (see makeNetns). */
+export async function launchBrowserIn(ns, { secure = [] } = {}) {
+  await checkAssets();
+  const dir = mkdtempSync(joinPath(tmpdir(), 'dais-netns-chromium-'));
+  const wrapper = joinPath(dir, 'chromium');
+  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns.name} ${EXECUTABLE} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  return chromium.launch({ executablePath: wrapper, headless: false, args: [...CHROMIUM_ARGS, ...secureArgs(secure)] });
 }
