@@ -97,6 +97,9 @@ pub(crate) enum HubOutput {
     Event(SessionId, SessionEvent),
     /// Send this to worker `.0`'s hub.
     Peer(usize, PeerMessage),
+    /// The session's ICE credentials changed (an ICE restart): the endpoint routes the new ufrag to
+    /// this worker.
+    Route(SessionId, IceCreds),
 }
 
 /// Where a producer's packets come from on this worker.
@@ -437,6 +440,7 @@ impl Hub {
                 self.drain_router();
             }
             SessionOutput::Expired => self.close(now, id),
+            SessionOutput::Credentials(creds) => self.out.push_back(HubOutput::Route(id, creds)),
         }
     }
 

@@ -18,6 +18,12 @@
 //! - The connect timeout runs [`CONNECT_TIMEOUT`] from the first completed SDP exchange, whatever the
 //!   answer carries. ICE's own "disconnected" before the first connection is no failure: an ICE-lite
 //!   agent prunes the answer's candidates after 15 s without a check, and a later check still connects.
+//! - A connected session whose ICE goes "disconnected" (str0m's ICE-lite agent says so 15 s after the
+//!   client's last check) keeps everything for [`ICE_RECOVERY`]: checks that come back, or an ICE
+//!   restart (a client offer with new credentials), carry on with the same DTLS, producers and
+//!   consumers. Only then does it fail.
+//! - New local ICE credentials (answering a client's ICE restart) are reported as
+//!   [`SessionOutput::Credentials`] before anything else, so the endpoint's route follows them.
 //! - A failed session reports [`SessionEvent::Disconnected`] once, then stays inert; [`FAILED_GRACE`]
 //!   later it reports [`SessionOutput::Expired`], so an owner that never closes it cannot leak it.
 
@@ -42,6 +48,12 @@ use crate::{codec, AnswerError, Kind, OfferError, ProducerKey, SessionEvent, Ses
 
 /// How long a failed session waits for its owner's close before it reports [`SessionOutput::Expired`].
 pub(crate) const FAILED_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a connected session whose ICE went "disconnected" waits for it to come back (by itself or by
+/// an ICE restart) before it fails. With str0m's 15 s without a check, a client that vanished is
+/// given up about 25 s after its last check: past the signaling grace period, so a viewer whose
+/// network is gone for longer comes back as a new participant.
+pub(crate) const ICE_RECOVERY: Duration = Duration::from_secs(10);
 
 /// Trickled remote candidates kept per session; more are ignored.
 const MAX_REMOTE_CANDIDATES: usize = 32;
@@ -71,6 +83,9 @@ pub(crate) enum SessionOutput {
     Nack(ConsumerId, Vec<u64>),
     /// The session failed [`FAILED_GRACE`] ago and was not closed: close it now.
     Expired,
+    /// The session's local ICE credentials changed (it answered an ICE restart): route the new ufrag
+    /// here; the old one stops working.
+    Credentials(IceCreds),
 }
 
 /// A stream the client publishes, as its m-line negotiated it.
@@ -134,6 +149,8 @@ pub(crate) struct Session {
     creds: IceCreds,
     negotiation: Negotiation,
     connected: bool,
+    /// When ICE went "disconnected" after the connection, until it comes back.
+    ice_lost_at: Option<Instant>,
     failed_at: Option<Instant>,
     expired: bool,
     /// str0m's next timeout, from the last poll.
@@ -162,6 +179,7 @@ impl Session {
             creds,
             negotiation: Negotiation::new(now, publisher),
             connected: false,
+            ice_lost_at: None,
             failed_at: None,
             expired: false,
             rtc_timeout: None,
@@ -233,6 +251,12 @@ impl Session {
             self.unpolled = true;
             return;
         }
+        if self.ice_lost_at.is_some_and(|t| now.saturating_duration_since(t) >= ICE_RECOVERY) {
+            info!(id = ?self.id, "ICE did not come back in time");
+            self.fail(now);
+            self.unpolled = true;
+            return;
+        }
         if self.rtc_timeout.is_some_and(|t| t <= now) {
             self.rtc_timeout = None;
             if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
@@ -249,7 +273,8 @@ impl Session {
         }
         let connect =
             (!self.connected).then(|| self.negotiation.negotiated_at().map(|t| t + CONNECT_TIMEOUT)).flatten();
-        [self.rtc_timeout, connect, self.negotiation.grace_deadline()].into_iter().flatten().min()
+        let recovery = self.ice_lost_at.map(|t| t + ICE_RECOVERY);
+        [self.rtc_timeout, connect, recovery, self.negotiation.grace_deadline()].into_iter().flatten().min()
     }
 
     /// The next output; `live` tells whether a producer still exists (queued consumers of ended
@@ -341,8 +366,14 @@ impl Session {
                 Some(SessionOutput::Event(SessionEvent::Connected { remote }))
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) if self.connected => {
-                info!(id = ?self.id, "session ICE disconnected");
-                self.fail(now);
+                info!(id = ?self.id, "session ICE disconnected; waiting for it to come back");
+                self.ice_lost_at.get_or_insert(now);
+                None
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed) => {
+                if let Some(t) = self.ice_lost_at.take() {
+                    info!(id = ?self.id, after_ms = now.saturating_duration_since(t).as_millis() as u64, "session ICE back");
+                }
                 None
             }
             Event::MediaAdded(m) => {
@@ -487,6 +518,12 @@ impl Session {
             }
         }
         let answer = self.negotiation.accept_client_offer(&mut self.rtc, now, offer)?;
+        let creds = self.rtc.direct_api().local_ice_credentials();
+        if creds != self.creds {
+            info!(id = ?self.id, "ICE restart: new local credentials");
+            self.creds = creds.clone();
+            self.backlog.push_front(SessionOutput::Credentials(creds));
+        }
         self.unpolled = true;
         Ok(answer)
     }

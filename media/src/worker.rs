@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use str0m::ice::IceCreds;
 use str0m::net::Protocol;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -184,6 +185,8 @@ impl Worker {
             Control::Close { session } => {
                 self.hub.close(now, session);
                 self.sinks.remove(&session);
+                // After any Route this worker sent for it (one sender's messages stay in order).
+                self.unroute(session);
             }
             Control::SetPublisher { session, publisher } => self.hub.set_publisher(session, publisher),
             Control::SetPaused { producer, paused } => self.hub.set_paused(now, producer, paused),
@@ -250,6 +253,32 @@ impl Worker {
         }
     }
 
+    /// Datagrams for `session` (credentials `creds`) come to this worker: worker 0's endpoint learns it.
+    fn route(&mut self, session: SessionId, creds: IceCreds) {
+        let route = Route { worker: self.index, session };
+        match &mut self.endpoint {
+            Some(e) => e.register(route, &creds),
+            None => {
+                if let Some(tx) = self.links.control.first() {
+                    let _ = tx.send(Control::Route { session, worker: self.index, creds });
+                }
+            }
+        }
+    }
+
+    /// The session is gone from this worker: worker 0's endpoint forgets it. The handle unroutes it
+    /// too, but a Route this worker sent after an ICE restart could otherwise arrive after that.
+    fn unroute(&mut self, session: SessionId) {
+        match &mut self.endpoint {
+            Some(e) => e.unregister(session),
+            None => {
+                if let Some(tx) = self.links.control.first() {
+                    let _ = tx.send(Control::Unroute { session });
+                }
+            }
+        }
+    }
+
     fn send_media(&self, to: usize, m: Media) -> bool {
         queue_media(self.links.media.get(to), m, self.stats())
     }
@@ -279,6 +308,7 @@ impl Worker {
                         let _ = tx.send(Control::Peer(m));
                     }
                 }
+                HubOutput::Route(session, creds) => self.route(session, creds),
             }
         }
         self.batch.send(&self.send, &self.shared.stats);

@@ -32,6 +32,8 @@ struct Pair {
     published: Vec<Published>,
     next_id: u32,
     expired: bool,
+    /// Local ICE credentials the server reported after an ICE restart.
+    creds: Vec<IceCreds>,
     /// Client datagrams reach the server only while this holds.
     deliver_to_server: bool,
 }
@@ -87,6 +89,7 @@ impl Pair {
             published: Vec::new(),
             next_id: 0,
             expired: false,
+            creds: Vec::new(),
             deliver_to_server: true,
         }
     }
@@ -115,6 +118,7 @@ impl Pair {
                     self.ready.push(r);
                 }
                 SessionOutput::Expired => self.expired = true,
+                SessionOutput::Credentials(c) => self.creds.push(c),
                 _ => {}
             }
         }
@@ -486,4 +490,78 @@ fn the_publishers_codec_preference_rebuilds_a_fresh_session() {
     assert_eq!(p.published.len(), 1);
     assert_eq!(p.published[0].codec_name, "h264", "the answer lists the offerer's favourite first");
     assert_eq!(p.published[0].specs[0].codec, SCodec::H264);
+}
+
+/// The `a=ice-ufrag` of an SDP.
+fn ufrag_of(sdp: &str) -> String {
+    sdp.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).expect("an ice-ufrag").to_owned()
+}
+
+impl Pair {
+    /// The client restarts ICE: its offer (new credentials) goes to the server, the answer back.
+    fn client_ice_restart(&mut self) -> String {
+        let mut api = self.client.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api.apply().expect("an ICE restart offer");
+        let answer = self.server.client_offer(self.now, &offer.to_sdp_string()).expect("the restart offer is accepted");
+        let parsed = SdpAnswer::from_sdp_string(&answer).expect("the answer parses");
+        self.client.sdp_api().accept_answer(pending, parsed).expect("the client takes the answer");
+        self.drain_server();
+        self.drain_client();
+        answer
+    }
+
+    fn disconnections(&self) -> usize {
+        self.events.iter().filter(|e| matches!(e, SessionEvent::Disconnected)).count()
+    }
+}
+
+#[test]
+fn ice_lost_for_less_than_the_recovery_window_is_restarted_without_a_new_session() {
+    let mut p = Pair::connected_viewer(&[consumer(1, Kind::Video)]);
+    let old = ufrag_of(&p.offers[0]);
+    // The client's network goes away: str0m's ICE-lite agent gives the pair up 15 s after the last
+    // check; the session waits ICE_RECOVERY more.
+    p.deliver_to_server = false;
+    p.run(Duration::from_secs(1), 16);
+    assert!(p.server.ice_lost_at.is_some(), "ICE went disconnected after 15 s without a check");
+    p.run(Duration::from_secs(1), 8);
+    assert_eq!(p.disconnections(), 0, "24 s after the last check the session still waits");
+    // The network is back and the client restarts ICE.
+    p.deliver_to_server = true;
+    let answer = p.client_ice_restart();
+    let new = ufrag_of(&answer);
+    assert_ne!(new, old, "the answer to a restart carries new credentials");
+    assert_eq!(p.creds.iter().map(|c| c.ufrag.clone()).collect::<Vec<_>>(), vec![new], "reported once, for the route");
+    p.run(Duration::from_millis(20), 100);
+    assert!(p.server.ice_lost_at.is_none(), "ICE is back");
+    p.run(Duration::from_secs(1), 30);
+    assert_eq!(p.disconnections(), 0, "the session never failed");
+    assert!(!p.server.failed());
+    assert_eq!(p.ready.len(), 1, "the consumer was not renegotiated");
+}
+
+#[test]
+fn ice_that_does_not_come_back_fails_the_session_after_the_recovery_window() {
+    let mut p = Pair::connected_viewer(&[consumer(1, Kind::Video)]);
+    p.deliver_to_server = false;
+    p.run(Duration::from_secs(1), 16);
+    let lost = p.server.ice_lost_at.expect("ICE disconnected");
+    let until = lost + ICE_RECOVERY;
+    p.run(until.saturating_duration_since(p.now) - Duration::from_millis(100), 1);
+    assert_eq!(p.disconnections(), 0, "still waiting just before the window ends");
+    p.run(Duration::from_millis(200), 1);
+    assert_eq!(p.disconnections(), 1, "failed once the window ended");
+    assert!(p.creds.is_empty());
+}
+
+#[test]
+fn an_offer_without_new_credentials_reports_none() {
+    let mut p = Pair::connected_viewer(&[consumer(1, Kind::Video)]);
+    let mut api = p.client.sdp_api();
+    api.add_media(SKind::Audio, Direction::RecvOnly, None, None, None);
+    let (offer, _pending) = api.apply().expect("an offer");
+    p.server.client_offer(p.now, &offer.to_sdp_string()).expect("accepted");
+    p.drain_server();
+    assert!(p.creds.is_empty(), "no restart, no new route");
 }
