@@ -1,12 +1,16 @@
-//! One WebSocket connection: the participant's state machine.
+//! One WebSocket connection: the socket's state machine.
 //!
-//! States: *connected* (only `join`, `ping` and `leave` are meaningful), *joined* (everything), and
-//! *closed*. Every failure of a client message is answered with an `error` and the connection stays
-//! open, except an oversized frame (close 1009), `leave` (1000), shutdown (1001), idle timeout (1001), a
-//! failed media connection (`media_failed`, 1011) and a server offer unanswered for
-//! `negotiation_timeout` (1008). When the task ends
-//! for any reason the participant leaves its room: others get `media_unpublished` for each of its
-//! streams and `participant_left`, and its media session is closed.
+//! States: *connected* (only `join`, `resume`, `ping` and `leave` are meaningful), *carrying a
+//! participant* (everything), and *closed*. Every failure of a client message is answered with an
+//! `error` and the connection stays open, except an oversized frame (close 1009), `leave` (1000),
+//! shutdown (1001), idle timeout (1001), a failed media connection (`media_failed`, 1011), a server
+//! offer unanswered for `negotiation_timeout` (1008), an operator's kick or room close (4001, 4002),
+//! and a resume of its participant on another socket (4003).
+//!
+//! How the participant ends with the socket: `leave`, a 1009, 1011, 1008, 4001, 4002 or shutdown end it
+//! (others get `media_unpublished` for each of its streams and `participant_left`, and its media
+//! session is closed). A socket that is merely lost (closed without `leave`, a transport error, a
+//! client that stopped reading, an idle timeout) parks it for a resume (`participant.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,23 +26,37 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::admin::Control;
 use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
+use crate::participant::{Joined, Participant, Takeover};
 use crate::room::{self, media_wire_id, participant_wire_id};
 use crate::{Frame, OutFrame, Phase, Signaling};
 
-struct Joined {
-    room: String,
-    id: u64,
-    role: Role,
-    /// The room's viewer count, subscribed under the join's lock so no change is missed; the
-    /// connection loop takes it.
-    audience: Option<watch::Receiver<u64>>,
+/// How a socket's loop ended for its participant.
+enum End {
+    /// The participant leaves now; `Some` sends a close frame first.
+    Leave(Option<(u16, String)>),
+    /// The socket is gone (or no longer usable) but the participant may resume: park it. `Some`
+    /// sends a close frame first.
+    Lost(Option<(u16, String)>),
+    /// A `resume` on another socket takes the participant over.
+    Replaced(Takeover),
 }
 
-/// Why the loop ended.
-enum End {
-    /// Client went away or asked to leave; `Some` sends a close frame.
-    Close(Option<(u16, String)>),
+/// What a message on a socket without a participant led to.
+enum Unjoined {
+    Reply(Vec<ServerMessage>),
+    /// Joined or resumed: the replies to send, then the participant's loop.
+    Joined(Box<Participant>, Vec<ServerMessage>),
+    Leave,
 }
+
+/// Keep-alive of one socket: server pings, and the last frame from the client.
+struct Liveness {
+    ping: tokio::time::Interval,
+    last_seen: Instant,
+}
+
+/// Close code for a socket whose participant was resumed on another socket.
+pub const CLOSE_REPLACED: u16 = 4003;
 
 impl Signaling {
     /// Serve one WebSocket connection until it closes.
@@ -57,8 +75,6 @@ impl Signaling {
         S: Stream<Item = Frame> + Unpin + Send,
         K: Sink<OutFrame> + Unpin + Send,
     {
-        let (notice_tx, mut notice_rx) = mpsc::unbounded_channel::<ServerMessage>();
-        let (media_tx, mut media_rx) = mpsc::unbounded_channel::<MediaEvent>();
         let mut phase = self.phase.subscribe();
         self.connections.fetch_add(1, Ordering::Relaxed);
         let mut initial = vec![];
@@ -74,106 +90,189 @@ impl Signaling {
             self.connections.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let mut joined: Option<Joined> = None;
-        let (control_tx, mut control_rx) = mpsc::unbounded_channel::<Control>();
-        let mut registered = false;
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
-        let mut last_seen = Instant::now();
-        // The room's viewer count once joined; after each `audience` sent, changes wait out the hold.
-        let mut audience: Option<watch::Receiver<u64>> = None;
-        // The count this client last heard (in `joined`, then in `audience`).
-        let mut heard = 0u64;
+        let mut live = Liveness { ping, last_seen: Instant::now() };
+
+        let (end, participant) = match self.until_joined(&mut incoming, &mut outgoing, &mut phase, &mut live).await {
+            Ok(mut p) => (self.run_joined(&mut p, &mut incoming, &mut outgoing, &mut phase, &mut live).await, Some(p)),
+            Err(frame) => (End::Leave(frame), None),
+        };
+        let frame = match &end {
+            End::Leave(f) | End::Lost(f) => f.clone(),
+            End::Replaced(_) => Some((CLOSE_REPLACED, "resumed on another socket".into())),
+        };
+        if let Some((code, reason)) = frame {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, outgoing.send(OutFrame::Close(code, reason))).await;
+        }
+        let _ = tokio::time::timeout(SEND_TIMEOUT, outgoing.close()).await;
+        drop((incoming, outgoing));
+        // Counted until the close frame is out: shutdown waits for this to reach zero.
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        let Some(p) = participant else { return };
+        match end {
+            End::Leave(_) => self.finish(*p),
+            End::Lost(_) => self.park(*p).await,
+            End::Replaced(reply) => {
+                if let Err(p) = reply.send(*p) {
+                    // The resuming socket stopped waiting: keep the participant for another try.
+                    self.park(p).await;
+                }
+            }
+        }
+    }
+
+    /// Serve a socket until it joins or resumes a participant. `Err` carries the close frame to send
+    /// (`None`: the client went away).
+    async fn until_joined<S, K>(
+        &self,
+        incoming: &mut S,
+        outgoing: &mut K,
+        phase: &mut watch::Receiver<Phase>,
+        live: &mut Liveness,
+    ) -> Result<Box<Participant>, Option<(u16, String)>>
+    where
+        S: Stream<Item = Frame> + Unpin + Send,
+        K: Sink<OutFrame> + Unpin + Send,
+    {
+        loop {
+            tokio::select! {
+                frame = incoming.next() => {
+                    live.last_seen = Instant::now();
+                    let step = match frame.unwrap_or(Frame::Close) {
+                        Frame::Text(text) => self.handle_unjoined(&text).await,
+                        other => match socket_frame(other) {
+                            Ok(m) => Unjoined::Reply(m),
+                            Err(close) => return Err(close),
+                        },
+                    };
+                    match step {
+                        Unjoined::Reply(msgs) => {
+                            if send_all(outgoing, msgs).await.is_err() { return Err(None) }
+                        }
+                        Unjoined::Leave => return Err(Some((1000, "bye".into()))),
+                        Unjoined::Joined(p, msgs) => {
+                            tracing::Span::current().record("room", p.joined.room.as_str());
+                            tracing::Span::current().record("participant", participant_wire_id(p.joined.id).as_str());
+                            // A reply that did not get out shows as a lost socket in the participant's loop.
+                            let _ = send_all(outgoing, msgs).await;
+                            return Ok(p);
+                        }
+                    }
+                }
+                _ = live.ping.tick() => {
+                    keep_alive(outgoing, live, self.config.idle_timeout).await?;
+                }
+                changed = phase.changed() => match phase_news(changed.is_ok().then(|| *phase.borrow_and_update())) {
+                    Err(close) => return Err(Some(close)),
+                    Ok(Some(m)) => if send_all(outgoing, vec![m]).await.is_err() { return Err(None) },
+                    Ok(None) => {}
+                },
+            }
+        }
+    }
+
+    /// Serve a socket that carries a participant until the participant leaves, the socket is lost,
+    /// or another socket resumes it.
+    async fn run_joined<S, K>(
+        &self,
+        p: &mut Participant,
+        incoming: &mut S,
+        outgoing: &mut K,
+        phase: &mut watch::Receiver<Phase>,
+        live: &mut Liveness,
+    ) -> End
+    where
+        S: Stream<Item = Frame> + Unpin + Send,
+        K: Sink<OutFrame> + Unpin + Send,
+    {
+        // After each `audience` sent, changes of the viewer count wait out the hold.
         let hold = tokio::time::sleep(std::time::Duration::ZERO);
         tokio::pin!(hold);
         let mut holding = false;
-        // A server offer awaits the client's answer until `answer_due`.
-        let answer_due = tokio::time::sleep(std::time::Duration::ZERO);
+        // A server offer awaits the client's answer until `answer_due` (from now, after a resume that
+        // sent the outstanding offer again).
+        let answer_due = tokio::time::sleep(self.config.negotiation_timeout);
         tokio::pin!(answer_due);
-        let mut awaiting_answer = false;
+        let mut awaiting_answer = p.outstanding_offer.is_some();
 
-        let end = loop {
+        loop {
             tokio::select! {
                 // Room news before media events: a `media_unpublished` queued before the media plane
                 // produced its renegotiation offer is always delivered first.
                 biased;
-                Some(msg) = notice_rx.recv() => {
-                    if send_all(&mut outgoing, vec![msg]).await.is_err() { break End::Close(None); }
+                Some(msg) = p.notices.recv() => {
+                    if send_all(outgoing, vec![msg]).await.is_err() { return End::Lost(None); }
                 }
                 frame = incoming.next() => {
-                    last_seen = Instant::now();
-                    let frame = frame.unwrap_or(Frame::Close);
-                    match frame {
-                        Frame::Text(text) => {
-                            let step = self.handle_text(&text, &mut joined, &notice_tx, &media_tx).await;
-                            if let (false, Some(j)) = (registered, joined.as_mut()) {
-                                self.register_control(j.id, control_tx.clone());
-                                audience = j.audience.take();
-                                heard = audience.as_ref().map_or(0, |a| *a.borrow());
-                                registered = true;
-                            }
-                            match step {
-                                Step::Reply(msgs) => {
-                                    if send_all(&mut outgoing, msgs).await.is_err() { break End::Close(None); }
-                                }
-                                Step::Answered => awaiting_answer = false,
-                                Step::Leave => break End::Close(Some((1000, "bye".into()))),
-                            }
-                        }
-                        Frame::Binary => {
-                            let m = ServerMessage::error(ErrorCode::BinaryNotSupported, "the protocol uses text frames only", None);
-                            if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
-                        }
-                        Frame::Pong => {}
+                    live.last_seen = Instant::now();
+                    let step = match frame.unwrap_or(Frame::Close) {
+                        Frame::Text(text) => self.handle_text(&text, p).await,
                         Frame::TooBig => {
                             warn!("oversized frame, closing");
-                            break End::Close(Some((CLOSE_MESSAGE_TOO_BIG, "message too big".into())));
+                            return End::Leave(Some((CLOSE_MESSAGE_TOO_BIG, "message too big".into())));
                         }
-                        Frame::Close => break End::Close(None),
-                        Frame::Error(e) => { debug!("transport error: {e}"); break End::Close(None); }
+                        other => match socket_frame(other) {
+                            Ok(m) => Step::Reply(m),
+                            Err(_) => return End::Lost(None),
+                        },
+                    };
+                    match step {
+                        Step::Reply(msgs) => {
+                            if send_all(outgoing, msgs).await.is_err() { return End::Lost(None); }
+                        }
+                        Step::Answered => {
+                            awaiting_answer = false;
+                            p.outstanding_offer = None;
+                        }
+                        Step::Leave => return End::Leave(Some((1000, "bye".into()))),
                     }
                 }
-                Some(ctl) = control_rx.recv() => match ctl {
+                Some(reply) = p.takeover.recv() => return End::Replaced(reply),
+                Some(ctl) = p.control.recv() => match ctl {
                     Control::Close { code, close, message } => {
-                        let _ = send_all(&mut outgoing, vec![ServerMessage::error(code, message, None)]).await;
-                        break End::Close(Some((close, code.as_str().into())));
+                        self.remember_ended(&p.token, code);
+                        let _ = send_all(outgoing, vec![ServerMessage::error(code, message, None)]).await;
+                        return End::Leave(Some((close, code.as_str().into())));
                     }
                     Control::SetRole(role) => {
-                        let Some(j) = joined.as_mut() else { continue };
-                        j.role = role;
+                        p.joined.role = role;
                         info!(?role, "role changed by an operator");
-                        let m = ServerMessage::RoleChanged { participant_id: participant_wire_id(j.id), role };
-                        if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
+                        let m = ServerMessage::RoleChanged { participant_id: participant_wire_id(p.joined.id), role };
+                        if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
                     }
                 },
-                Some(ev) = media_rx.recv() => {
-                    let step = self.handle_media_event(ev, joined.as_ref());
-                    if let Some(MediaStep::Fail) = step {
-                        let m = ServerMessage::error(ErrorCode::MediaFailed, "the media connection was lost", None);
-                        let _ = send_all(&mut outgoing, vec![m]).await;
-                        break End::Close(Some((1011, "media failed".into())));
-                    }
-                    if let Some(MediaStep::Send(m)) = step {
-                        // The clock starts at the first offer after an accepted answer: the same
-                        // offer sent again after a refused answer does not extend it.
-                        if matches!(m, ServerMessage::Offer { .. }) && !awaiting_answer {
-                            awaiting_answer = true;
-                            answer_due.as_mut().reset(tokio::time::Instant::now() + self.config.negotiation_timeout);
+                Some(ev) = p.media.recv() => {
+                    match self.handle_media_event(ev, &p.joined) {
+                        Some(MediaStep::Fail) => {
+                            let m = ServerMessage::error(ErrorCode::MediaFailed, "the media connection was lost", None);
+                            let _ = send_all(outgoing, vec![m]).await;
+                            return End::Leave(Some((1011, "media failed".into())));
                         }
-                        if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
+                        Some(MediaStep::Offer(sdp)) => {
+                            // The clock starts at the first offer after an accepted answer: the same
+                            // offer sent again after a refused answer does not extend it.
+                            if !awaiting_answer {
+                                awaiting_answer = true;
+                                answer_due.as_mut().reset(tokio::time::Instant::now() + self.config.negotiation_timeout);
+                            }
+                            p.outstanding_offer = Some(sdp.clone());
+                            if send_all(outgoing, vec![ServerMessage::Offer { sdp }]).await.is_err() { return End::Lost(None); }
+                        }
+                        None => {}
                     }
                 }
-                viewers = audience_changed(audience.as_mut()), if !holding => match viewers {
+                viewers = audience_changed(&mut p.audience), if !holding => match viewers {
                     // A change undone within the hold (3 -> 4 -> 3) is no news.
-                    Some(viewers) if viewers == heard => {}
+                    Some(viewers) if viewers == p.heard => {}
                     Some(viewers) => {
                         let m = ServerMessage::Audience { viewers };
-                        if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
-                        heard = viewers;
+                        if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
+                        p.heard = viewers;
                         hold.as_mut().reset(tokio::time::Instant::now() + self.config.audience_interval);
                         holding = true;
                     }
-                    None => audience = None,
+                    None => {}
                 },
                 () = &mut hold, if holding => holding = false,
                 () = &mut answer_due, if awaiting_answer => {
@@ -183,77 +282,48 @@ impl Signaling {
                         "the server's offer was not answered in time; join again",
                         None,
                     );
-                    let _ = send_all(&mut outgoing, vec![m]).await;
-                    break End::Close(Some((CLOSE_NEGOTIATION_TIMEOUT, "negotiation_timeout".into())));
+                    let _ = send_all(outgoing, vec![m]).await;
+                    return End::Leave(Some((CLOSE_NEGOTIATION_TIMEOUT, "negotiation_timeout".into())));
                 }
-                _ = ping.tick() => {
-                    if last_seen.elapsed() > self.config.idle_timeout {
-                        let m = ServerMessage::error(ErrorCode::IdleTimeout, "no traffic from the client", None);
-                        let _ = send_all(&mut outgoing, vec![m]).await;
-                        break End::Close(Some((1001, "idle".into())));
-                    }
-                    if !matches!(tokio::time::timeout(SEND_TIMEOUT, outgoing.send(OutFrame::Ping)).await, Ok(Ok(()))) {
-                        break End::Close(None);
-                    }
+                _ = live.ping.tick() => {
+                    if let Err(close) = keep_alive(outgoing, live, self.config.idle_timeout).await { return End::Lost(close) }
                 }
-                changed = phase.changed() => {
-                    let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Closing };
-                    match now {
-                        Phase::Closing => break End::Close(Some((1001, "server shutting down".into()))),
-                        Phase::Draining(within_ms) => {
-                            let m = ServerMessage::Draining { within_ms };
-                            if send_all(&mut outgoing, vec![m]).await.is_err() { break End::Close(None); }
-                        }
-                        Phase::Running => {}
-                    }
-                }
+                changed = phase.changed() => match phase_news(changed.is_ok().then(|| *phase.borrow_and_update())) {
+                    Err(close) => return End::Leave(Some(close)),
+                    Ok(Some(m)) => if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None) },
+                    Ok(None) => {}
+                },
             }
-        };
-
-        if let Some(j) = joined.take() {
-            self.unregister_control(j.id);
-            self.leave(&j);
         }
-        let End::Close(frame) = end;
-        if let Some((code, reason)) = frame {
-            let _ = outgoing.send(OutFrame::Close(code, reason)).await;
-        }
-        let _ = outgoing.close().await;
-        // Counted until the close frame is out: shutdown waits for this to reach zero.
-        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn handle_text(
-        &self,
-        text: &str,
-        joined: &mut Option<Joined>,
-        notices: &mpsc::UnboundedSender<ServerMessage>,
-        media_events: &mpsc::UnboundedSender<MediaEvent>,
-    ) -> Step {
+    /// A text frame on a socket without a participant: `join`, `resume`, `ping` and `leave` mean
+    /// something; everything else is `not_joined`.
+    async fn handle_unjoined(&self, text: &str) -> Unjoined {
         let msg = match parse_client(text) {
             Ok(m) => m,
-            Err(e) => {
-                debug!(code = %e.code, "bad client message");
-                return Step::Reply(vec![ServerMessage::Error {
-                    code: e.code,
-                    message: e.message,
-                    request: e.request,
-                }]);
-            }
+            Err(e) => return Unjoined::Reply(vec![parse_error(e)]),
         };
         let ty = msg.type_name();
-        let err = |code: ErrorCode, message: &str| Step::Reply(vec![ServerMessage::error(code, message, Some(ty))]);
+        let refuse = |code: ErrorCode, message: &str| {
+            self.count_join_failure(code);
+            Unjoined::Reply(vec![ServerMessage::error(code, message, Some(ty))])
+        };
         match msg {
-            ClientMessage::Ping { id } => Step::Reply(vec![ServerMessage::Pong { id }]),
-            ClientMessage::Leave => Step::Leave,
-            ClientMessage::Join { room, name, role, version, token } => {
-                if joined.is_some() {
-                    return err(ErrorCode::AlreadyJoined, "this socket already joined a room");
+            ClientMessage::Ping { id } => Unjoined::Reply(vec![ServerMessage::Pong { id }]),
+            ClientMessage::Leave => Unjoined::Leave,
+            ClientMessage::Resume { token, version } => match self.resume(&token, version).await {
+                Ok((p, msgs)) => {
+                    self.count_resume(true);
+                    Unjoined::Joined(Box::new(p), msgs)
                 }
-                let refuse = |code: ErrorCode, message: &str| {
-                    self.count_join_failure(code);
-                    Step::Reply(vec![ServerMessage::error(code, message, Some(ty))])
-                };
+                Err(e) => {
+                    self.count_resume(false);
+                    info!(code = %e.code(), "resume refused");
+                    Unjoined::Reply(vec![ServerMessage::error(e.code(), e.message(), Some(ty))])
+                }
+            },
+            ClientMessage::Join { room, name, role, version, token } => {
                 if !self.is_ready() {
                     return refuse(ErrorCode::Draining, "the server is draining; join another server");
                 }
@@ -277,23 +347,35 @@ impl Signaling {
                 if !valid_name(&name) {
                     return refuse(ErrorCode::InvalidName, "names are 1-64 bytes without control characters");
                 }
-                match self.join(room, name, role, notices.clone(), media_events.clone()) {
-                    Ok((j, reply)) => {
-                        tracing::Span::current().record("room", j.room.as_str());
-                        tracing::Span::current().record("participant", participant_wire_id(j.id).as_str());
-                        *joined = Some(j);
-                        Step::Reply(vec![reply])
-                    }
+                match self.join(room, name, role) {
+                    Ok((p, reply)) => Unjoined::Joined(Box::new(p), vec![reply]),
                     Err(ErrorCode::RoomFull) => refuse(ErrorCode::RoomFull, "the room is full"),
                     Err(code) => refuse(code, "the join could not be completed"),
                 }
             }
-            other => {
-                let Some(j) = joined.as_ref() else {
-                    return err(ErrorCode::NotJoined, "send join first");
-                };
-                self.handle_joined(j, other).await
+            _ => Unjoined::Reply(vec![ServerMessage::error(ErrorCode::NotJoined, "send join first", Some(ty))]),
+        }
+    }
+
+    /// A text frame on a socket that carries a participant.
+    async fn handle_text(&self, text: &str, p: &Participant) -> Step {
+        let msg = match parse_client(text) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(code = %e.code, "bad client message");
+                return Step::Reply(vec![parse_error(e)]);
             }
+        };
+        let ty = msg.type_name();
+        match msg {
+            ClientMessage::Ping { id } => Step::Reply(vec![ServerMessage::Pong { id }]),
+            ClientMessage::Leave => Step::Leave,
+            ClientMessage::Join { .. } | ClientMessage::Resume { .. } => Step::Reply(vec![ServerMessage::error(
+                ErrorCode::AlreadyJoined,
+                "this socket already carries a participant",
+                Some(ty),
+            )]),
+            other => self.handle_joined(&p.joined, other).await,
         }
     }
 
@@ -305,7 +387,7 @@ impl Signaling {
                 if sdp.len() > MAX_SDP_BYTES {
                     return err(ErrorCode::BadSdp, "SDP larger than 128 KiB");
                 }
-                match self.media.client_offer(j.id, sdp).await {
+                match self.media.client_offer(j.session, sdp).await {
                     Ok(answer) => Step::Reply(vec![ServerMessage::Answer { sdp: answer }]),
                     Err(OfferRejection::BadSdp(detail)) => {
                         info!(%detail, "client offer refused");
@@ -324,7 +406,7 @@ impl Signaling {
                 if sdp.len() > MAX_SDP_BYTES {
                     return err(ErrorCode::BadSdp, "SDP larger than 128 KiB");
                 }
-                match self.media.client_answer(j.id, sdp).await {
+                match self.media.client_answer(j.session, sdp).await {
                     Ok(()) => Step::Answered,
                     Err(AnswerRejection::BadSdp(detail)) => {
                         info!(%detail, "client answer refused");
@@ -339,7 +421,7 @@ impl Signaling {
             ClientMessage::Candidate { candidate, .. } => {
                 if let Some(c) = candidate.filter(|c| !c.trim().is_empty()) {
                     if c.len() <= 1024 {
-                        self.media.add_candidate(j.id, c);
+                        self.media.add_candidate(j.session, c);
                     } else {
                         return err(ErrorCode::BadMessage, "candidate longer than 1024 bytes");
                     }
@@ -364,21 +446,16 @@ impl Signaling {
         }
     }
 
-    fn join(
-        &self,
-        room_name: String,
-        name: String,
-        role: Role,
-        notices: mpsc::UnboundedSender<ServerMessage>,
-        media_events: mpsc::UnboundedSender<MediaEvent>,
-    ) -> Result<(Joined, ServerMessage), ErrorCode> {
+    fn join(&self, room_name: String, name: String, role: Role) -> Result<(Participant, ServerMessage), ErrorCode> {
         let id = self.next_id();
+        let (notice_tx, notices) = mpsc::unbounded_channel::<ServerMessage>();
+        let (media_tx, media_rx) = mpsc::unbounded_channel::<MediaEvent>();
         let Ok(mut rooms) = self.rooms.lock() else { return Err(ErrorCode::Internal) };
         let room = rooms.by_name.entry(room_name.clone()).or_default();
         if room.members.len() >= self.config.max_participants {
             return Err(ErrorCode::RoomFull);
         }
-        let me = room::member(id, name, role, notices);
+        let me = room::member(id, name, role, notice_tx);
         let info = me.info.clone();
         let participants: Vec<_> =
             room.members.values().filter(|m| room::sees(role, m.info.role)).map(|m| m.info.clone()).collect();
@@ -389,31 +466,35 @@ impl Signaling {
         let audience = room.viewers.subscribe();
         let viewers = *audience.borrow();
         // Media session first, then subscriptions to what the room already publishes.
-        self.media.open_session(id, role == Role::Speaker, media_events);
+        self.media.open_session(id, role == Role::Speaker, media_tx.clone());
         for m in room.members.values() {
             for (producer, media) in m.producers.iter().zip(&m.info.media) {
                 self.media.subscribe(id, *producer, m.info.id.clone(), media.id.clone());
             }
         }
         room.members.insert(id, me);
+        drop(rooms);
         info!(room = %room_name, participant = %info.id, ?role, "joined");
+        let joined = Joined { room: room_name.clone(), id, role, session: id };
+        let p = self.new_participant(joined, notices, (media_tx, media_rx), audience);
         let reply = ServerMessage::Joined {
-            room: room_name.clone(),
+            room: room_name,
             participant_id: participant_wire_id(id),
             role,
             version: PROTOCOL_VERSION,
             participants,
             viewers,
             ice_servers: self.config.ice.for_participant(&participant_wire_id(id), std::time::SystemTime::now()),
+            resume_token: (!p.token.is_empty()).then(|| p.token.clone()),
         };
-        Ok((Joined { room: room_name, id, role, audience: Some(audience) }, reply))
+        Ok((p, reply))
     }
 
     /// Remove the participant. Others hear `media_unpublished` and `participant_left` before the media
     /// session closes, so the renegotiation offers that follow always come after the news.
-    fn leave(&self, j: &Joined) {
+    pub(crate) fn leave(&self, j: &Joined) {
         self.remove_member(j);
-        self.media.close_session(j.id);
+        self.media.close_session(j.session);
         info!(room = %j.room, participant = %participant_wire_id(j.id), "left");
     }
 
@@ -436,6 +517,24 @@ impl Signaling {
         }
         if room.members.is_empty() {
             rooms.by_name.remove(&j.room);
+        }
+    }
+
+    /// The participant's media session is gone while it stays: every stream it published ends for the
+    /// others (`media_unpublished`).
+    pub(crate) fn unpublish_all(&self, j: &Joined) {
+        let Ok(mut rooms) = self.rooms.lock() else { return };
+        let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
+        let Some(me) = room.members.get_mut(&j.id) else { return };
+        me.producers.clear();
+        let gone = std::mem::take(&mut me.info.media);
+        let (pid, role) = (me.info.id.clone(), me.info.role);
+        for media in gone {
+            room.broadcast_about(
+                role,
+                j.id,
+                &ServerMessage::MediaUnpublished { participant_id: pid.clone(), media_id: media.id },
+            );
         }
     }
 
@@ -470,31 +569,37 @@ impl Signaling {
         }
     }
 
-    fn handle_media_event(&self, ev: MediaEvent, joined: Option<&Joined>) -> Option<MediaStep> {
-        let j = joined?;
+    fn handle_media_event(&self, ev: MediaEvent, j: &Joined) -> Option<MediaStep> {
         match ev {
-            MediaEvent::Offer { sdp } => Some(MediaStep::Send(ServerMessage::Offer { sdp })),
-            MediaEvent::Connected => {
-                info!(participant = %participant_wire_id(j.id), "media connected");
+            MediaEvent::Offer { sdp } => Some(MediaStep::Offer(sdp)),
+            MediaEvent::Disconnected => Some(MediaStep::Fail),
+            other => {
+                self.apply_media_event(j, other);
                 None
             }
-            MediaEvent::Disconnected => Some(MediaStep::Fail),
+        }
+    }
+
+    /// A media event that changes the room (published, unpublished) or is only logged (connected),
+    /// whether or not a socket carries the participant.
+    pub(crate) fn apply_media_event(&self, j: &Joined, ev: MediaEvent) {
+        match ev {
+            MediaEvent::Connected => info!(participant = %participant_wire_id(j.id), "media connected"),
             MediaEvent::Unpublished { producer } => {
-                let Ok(mut rooms) = self.rooms.lock() else { return None };
-                let room = rooms.by_name.get_mut(&j.room)?;
-                let me = room.members.get_mut(&j.id)?;
-                let idx = me.producers.iter().position(|p| *p == producer)?;
+                let Ok(mut rooms) = self.rooms.lock() else { return };
+                let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
+                let Some(me) = room.members.get_mut(&j.id) else { return };
+                let Some(idx) = me.producers.iter().position(|p| *p == producer) else { return };
                 me.producers.remove(idx);
                 let media = me.info.media.remove(idx);
                 let role = me.info.role;
                 let msg = ServerMessage::MediaUnpublished { participant_id: me.info.id.clone(), media_id: media.id };
                 room.broadcast_about(role, j.id, &msg);
-                None
             }
             MediaEvent::Published { producer, kind, codec } => {
-                let Ok(mut rooms) = self.rooms.lock() else { return None };
-                let room = rooms.by_name.get_mut(&j.room)?;
-                let me = room.members.get_mut(&j.id)?;
+                let Ok(mut rooms) = self.rooms.lock() else { return };
+                let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
+                let Some(me) = room.members.get_mut(&j.id) else { return };
                 let muted = match kind {
                     MediaKind::Audio => me.audio_muted,
                     MediaKind::Video => me.video_muted,
@@ -517,8 +622,9 @@ impl Signaling {
                         self.media.subscribe(m.session, producer, pid.clone(), media.id.clone());
                     }
                 }
-                None
             }
+            // Offers and failures are the caller's.
+            MediaEvent::Offer { .. } | MediaEvent::Disconnected => {}
         }
     }
 }
@@ -535,7 +641,8 @@ enum Step {
 const CLOSE_NEGOTIATION_TIMEOUT: u16 = 1008;
 
 enum MediaStep {
-    Send(ServerMessage),
+    /// Send this server offer.
+    Offer(String),
     Fail,
 }
 
@@ -543,11 +650,63 @@ enum MediaStep {
 /// network cannot freeze its connection task and, with it, kicks, drains and leaves.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The room's next viewer count; `None` once the room is gone. Without a room it never resolves.
-async fn audience_changed(rx: Option<&mut watch::Receiver<u64>>) -> Option<u64> {
-    let Some(rx) = rx else { return std::future::pending().await };
-    rx.changed().await.ok()?;
+/// The room's next viewer count; once the room is gone, never.
+async fn audience_changed(rx: &mut watch::Receiver<u64>) -> Option<u64> {
+    if rx.changed().await.is_err() {
+        return std::future::pending().await;
+    }
     Some(*rx.borrow_and_update())
+}
+
+/// A non-text frame: the reply to send, or `Err` with the close frame to send when the socket is done
+/// (`None`: nothing to send, the client went away).
+fn socket_frame(frame: Frame) -> Result<Vec<ServerMessage>, Option<(u16, String)>> {
+    match frame {
+        Frame::Binary => {
+            Ok(vec![ServerMessage::error(ErrorCode::BinaryNotSupported, "the protocol uses text frames only", None)])
+        }
+        Frame::Pong | Frame::Text(_) => Ok(vec![]),
+        Frame::TooBig => {
+            warn!("oversized frame, closing");
+            Err(Some((CLOSE_MESSAGE_TOO_BIG, "message too big".into())))
+        }
+        Frame::Close => Err(None),
+        Frame::Error(e) => {
+            debug!("transport error: {e}");
+            Err(None)
+        }
+    }
+}
+
+/// One server ping, after closing a socket idle for `idle` (`Err` with the close frame) or one that
+/// does not take the ping (`Err(None)`).
+async fn keep_alive<K>(out: &mut K, live: &Liveness, idle: std::time::Duration) -> Result<(), Option<(u16, String)>>
+where
+    K: Sink<OutFrame> + Unpin,
+{
+    if live.last_seen.elapsed() > idle {
+        let m = ServerMessage::error(ErrorCode::IdleTimeout, "no traffic from the client", None);
+        let _ = send_all(out, vec![m]).await;
+        return Err(Some((1001, "idle".into())));
+    }
+    match tokio::time::timeout(SEND_TIMEOUT, out.send(OutFrame::Ping)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(None),
+    }
+}
+
+/// What a change of the service's phase means for a socket: `Err` with the close frame (shutting
+/// down), or a `draining` notice. `None` in: the service is gone.
+fn phase_news(now: Option<Phase>) -> Result<Option<ServerMessage>, (u16, String)> {
+    match now.unwrap_or(Phase::Closing) {
+        Phase::Closing => Err((1001, "server shutting down".into())),
+        Phase::Draining(within_ms) => Ok(Some(ServerMessage::Draining { within_ms })),
+        Phase::Running => Ok(None),
+    }
+}
+
+fn parse_error(e: dais_proto::ParseError) -> ServerMessage {
+    ServerMessage::Error { code: e.code, message: e.message, request: e.request }
 }
 
 async fn send_all<K>(out: &mut K, msgs: Vec<ServerMessage>) -> Result<(), ()>

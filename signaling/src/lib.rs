@@ -12,6 +12,7 @@ mod admin;
 mod connection;
 pub mod ice;
 mod media_api;
+mod participant;
 mod room;
 pub mod token;
 
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use admin::{AdminError, CLOSE_KICKED, CLOSE_ROOM_CLOSED};
+pub use connection::CLOSE_REPLACED;
 pub use media_api::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection};
 pub use room::RoomSnapshot;
 
@@ -71,6 +73,9 @@ pub struct SignalingConfig {
     pub negotiation_timeout: Duration,
     /// STUN and TURN servers handed to participants in `joined`.
     pub ice: ice::IceServers,
+    /// How long a participant whose socket was lost stays in its room, its media flowing, for a
+    /// `resume` on a new socket; zero ends it with the socket.
+    pub resume_grace: Duration,
 }
 
 impl Default for SignalingConfig {
@@ -83,6 +88,7 @@ impl Default for SignalingConfig {
             audience_interval: Duration::from_secs(1),
             negotiation_timeout: Duration::from_secs(20),
             ice: ice::IceServers::default(),
+            resume_grace: Duration::from_secs(20),
         }
     }
 }
@@ -111,6 +117,12 @@ pub struct SignalingMetrics {
     pub connections: u64,
     /// Refused joins by error code, since start.
     pub join_failures: Vec<(&'static str, u64)>,
+    /// Participants whose socket was lost, waiting for a resume.
+    pub parked: u64,
+    /// Resumes that took a participant over, since start.
+    pub resumed: u64,
+    /// Resumes refused (unknown, used or expired token; participant ended by an operator), since start.
+    pub resume_failures: u64,
 }
 
 /// The signaling service: all rooms, shared by every connection.
@@ -123,6 +135,9 @@ pub struct Signaling {
     connections: AtomicU64,
     controls: Mutex<std::collections::HashMap<u64, tokio::sync::mpsc::UnboundedSender<admin::Control>>>,
     join_failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    resumable: Mutex<participant::Resumable>,
+    parked: AtomicU64,
+    resumes: [AtomicU64; 2],
 }
 
 impl std::fmt::Debug for Signaling {
@@ -144,6 +159,9 @@ impl Signaling {
             connections: AtomicU64::new(0),
             controls: Mutex::new(Default::default()),
             join_failures: Mutex::new(Default::default()),
+            resumable: Mutex::new(Default::default()),
+            parked: AtomicU64::new(0),
+            resumes: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -186,7 +204,13 @@ impl Signaling {
 
     /// A consistent reading of the gauges and counters.
     pub fn metrics(&self) -> SignalingMetrics {
-        let mut m = SignalingMetrics { connections: self.connections.load(Ordering::Relaxed), ..Default::default() };
+        let mut m = SignalingMetrics {
+            connections: self.connections.load(Ordering::Relaxed),
+            parked: self.parked.load(Ordering::Relaxed),
+            resumed: self.resumes[0].load(Ordering::Relaxed),
+            resume_failures: self.resumes[1].load(Ordering::Relaxed),
+            ..Default::default()
+        };
         if let Ok(rooms) = self.rooms.lock() {
             m.rooms = rooms.by_name.len() as u64;
             for member in rooms.by_name.values().flat_map(|r| r.members.values()) {
@@ -200,6 +224,10 @@ impl Signaling {
             m.join_failures = f.iter().map(|(k, v)| (*k, *v)).collect();
         }
         m
+    }
+
+    fn count_resume(&self, ok: bool) {
+        self.resumes[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
     fn count_join_failure(&self, code: dais_proto::ErrorCode) {

@@ -594,3 +594,5 @@ async fn joined_carries_the_ice_servers_with_credentials_minted_for_the_particip
     let OutFrame::Text(text) = w.next().await else { panic!("a text frame") };
     assert!(text.contains(r#""type":"joined""#) && !text.contains("ice_servers"), "{text}");
 }
+
+mod resume;

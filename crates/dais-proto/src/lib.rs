@@ -149,6 +149,15 @@ pub enum ClientMessage {
     },
     /// Leave the room; the server closes the socket afterwards.
     Leave,
+    /// Take a joined participant over on this socket, after the previous one was lost: the first
+    /// message on a new socket, instead of `join`. Answered with `resumed`, or with the error
+    /// `resume_failed` (join afresh), `kicked` or `room_closed` (do not come back).
+    Resume {
+        /// The `resume_token` of the last `joined` or `resumed`.
+        token: String,
+        /// Protocol version; must equal [`PROTOCOL_VERSION`].
+        version: u32,
+    },
 }
 
 /// One entry of `joined.ice_servers`, shaped as WebRTC's `RTCIceServer`.
@@ -187,6 +196,34 @@ pub enum ServerMessage {
         viewers: u64,
         /// STUN and TURN servers for this participant's peer connection (`RTCConfiguration.iceServers`),
         /// TURN credentials minted for it; absent when the operator configured none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
+        /// Secret that lets a new socket take this participant over (`resume`) while the server
+        /// keeps it after losing this socket. Absent from servers before resume existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+    },
+    /// The `resume` succeeded: this socket now carries the participant. What the client missed while it
+    /// had no socket is not replayed; this is the room as it is now, to reconcile with.
+    Resumed {
+        /// The room.
+        room: String,
+        /// This participant's id (unchanged).
+        participant_id: String,
+        /// Its role now (an operator may have changed it meanwhile).
+        role: Role,
+        /// The others in the room it sees, with what they publish, as in `joined`.
+        participants: Vec<ParticipantInfo>,
+        /// Viewers in the room now.
+        viewers: u64,
+        /// The token for the next `resume` (each token works once).
+        resume_token: String,
+        /// `false`: the media session lives on; keep the peer connection (a server `offer` that was
+        /// outstanding is sent again right after this). `true`: the media session ended meanwhile;
+        /// close the peer connection, make a new one and negotiate as after `joined` (a speaker
+        /// offers its media again). The participant's streams were unpublished for the others.
+        media_reset: bool,
+        /// As in `joined`, with fresh TURN credentials.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
     },
@@ -337,6 +374,8 @@ pub enum ErrorCode {
     TokenInvalid,
     /// The join token grants another room than the one in `join`.
     TokenWrongRoom,
+    /// The `resume` token is unknown, used or expired: the participant is gone. Join afresh.
+    ResumeFailed,
 }
 
 impl ErrorCode {
@@ -369,6 +408,7 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::TokenWrongRoom => "token_wrong_room",
+            ErrorCode::ResumeFailed => "resume_failed",
         }
     }
 }
@@ -398,7 +438,7 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-const CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "ping", "leave"];
+const CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "ping", "leave", "resume"];
 
 /// Parse one client text frame, classifying failures as `bad_json`, `unknown_type` or `bad_message`.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
@@ -476,6 +516,7 @@ impl ClientMessage {
             ClientMessage::Mute { .. } => "mute",
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::Leave => "leave",
+            ClientMessage::Resume { .. } => "resume",
         }
     }
 
@@ -605,6 +646,7 @@ mod tests {
             ErrorCode::TokenInvalid,
             ErrorCode::TokenWrongRoom,
             ErrorCode::NegotiationTimeout,
+            ErrorCode::ResumeFailed,
         ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));
         }

@@ -187,11 +187,14 @@ impl Default for MediaConfig {
 pub struct RoomsConfig {
     /// `rooms.max_participants`: most participants (speakers and viewers) in one room, at least 1.
     pub max_participants: usize,
+    /// `rooms.resume_grace_secs`: how long a participant whose WebSocket was lost stays in its room
+    /// (its media flowing) for a `resume`; 0 ends it with the socket.
+    pub resume_grace_secs: u64,
 }
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        RoomsConfig { max_participants: 10_000 }
+        RoomsConfig { max_participants: 10_000, resume_grace_secs: 20 }
     }
 }
 
@@ -263,6 +266,8 @@ pub struct Overrides {
     pub tcp_addr: Option<TcpAddr>,
     /// `rooms.max_participants`.
     pub max_participants: Option<usize>,
+    /// `rooms.resume_grace_secs`.
+    pub resume_grace_secs: Option<u64>,
     /// `drain.timeout_secs`.
     pub drain_timeout_secs: Option<u64>,
     /// `log.level`.
@@ -356,6 +361,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DAIS_MEDIA_WORKERS", "media.workers"),
     ("DAIS_MEDIA_TCP_ADDR", "media.tcp_addr"),
     ("DAIS_MAX_PARTICIPANTS", "rooms.max_participants"),
+    ("DAIS_RESUME_GRACE", "rooms.resume_grace_secs"),
     ("DAIS_DRAIN_TIMEOUT", "drain.timeout_secs"),
     ("DAIS_LOG", "log.level"),
     ("DAIS_LOG_FORMAT", "log.format"),
@@ -442,6 +448,9 @@ impl Config {
         }
         if let Some(v) = o.max_participants {
             self.rooms.max_participants = v;
+        }
+        if let Some(v) = o.resume_grace_secs {
+            self.rooms.resume_grace_secs = v;
         }
         if let Some(v) = o.drain_timeout_secs {
             self.drain.timeout_secs = v;
@@ -591,6 +600,13 @@ impl Overrides {
                 "DAIS_TURN_SECRET" => {
                     check_secret(key, Some(&value), &source)?;
                     o.turn_secret = Some(value);
+                }
+                "DAIS_RESUME_GRACE" => {
+                    let n = value
+                        .trim()
+                        .parse::<u64>()
+                        .map_err(|_| bad(format!("`{value}` is not a whole number of seconds")))?;
+                    o.resume_grace_secs = Some(n);
                 }
                 "DAIS_TURN_TTL" => {
                     let n = value.trim().parse::<u64>().map_err(|_| bad(format!("`{value}` is not a number")))?;

@@ -91,6 +91,12 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_participants: Option<usize>,
 
+    /// How long a participant whose WebSocket was lost stays in its room, its media flowing, for its
+    /// client to resume it on a new socket; 0 ends it with the socket.
+    /// [default: 20] [env: DAIS_RESUME_GRACE] [file: rooms.resume_grace_secs]
+    #[arg(long, value_name = "SECONDS")]
+    resume_grace: Option<u64>,
+
     /// Longest graceful drain after SIGTERM, in seconds: media keeps flowing until every participant
     /// has left or this passes. [default: 30] [env: DAIS_DRAIN_TIMEOUT] [file: drain.timeout_secs]
     #[arg(long, value_name = "SECONDS")]
@@ -117,6 +123,7 @@ impl Args {
             media_workers: self.media_workers,
             tcp_addr: self.media_tcp_addr,
             max_participants: self.max_participants,
+            resume_grace_secs: self.resume_grace,
             drain_timeout_secs: self.drain_timeout,
             log_level: self.log.clone(),
             log_format: self.log_format,
@@ -291,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
             max_participants: config.rooms.max_participants,
             tokens,
             ice: ice_servers(&config.ice),
+            resume_grace: Duration::from_secs(config.rooms.resume_grace_secs),
             ..SignalingConfig::default()
         },
     );

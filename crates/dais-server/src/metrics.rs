@@ -30,6 +30,21 @@ pub fn render(sig: &Signaling, media: &MediaStats) -> String {
     let _ = writeln!(out, "dais_participants{{role=\"speaker\"}} {}", m.speakers);
     let _ = writeln!(out, "dais_participants{{role=\"viewer\"}} {}", m.viewers);
     single(&mut out, "dais_connections", "gauge", "Open signaling WebSockets, joined or not.", m.connections);
+    single(
+        &mut out,
+        "dais_parked_participants",
+        "gauge",
+        "Participants whose WebSocket was lost, kept for a resume.",
+        m.parked,
+    );
+    single(&mut out, "dais_resumes_total", "counter", "Resumes that took a participant over.", m.resumed);
+    single(
+        &mut out,
+        "dais_resume_failures_total",
+        "counter",
+        "Resumes refused (unknown, used or expired token, or a participant an operator ended).",
+        m.resume_failures,
+    );
     header(&mut out, "dais_join_failures_total", "counter", "Refused joins by error code.");
     for (code, n) in &m.join_failures {
         let _ = writeln!(out, "dais_join_failures_total{{code=\"{code}\"}} {n}");
