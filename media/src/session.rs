@@ -18,10 +18,10 @@
 //! - The connect timeout runs [`CONNECT_TIMEOUT`] from the first completed SDP exchange, whatever the
 //!   answer carries. ICE's own "disconnected" before the first connection is no failure: an ICE-lite
 //!   agent prunes the answer's candidates after 15 s without a check, and a later check still connects.
-//! - A connected session whose ICE goes "disconnected" (str0m's ICE-lite agent says so 15 s after the
-//!   client's last check) keeps everything for [`ICE_RECOVERY`]: checks that come back, or an ICE
-//!   restart (a client offer with new credentials), carry on with the same DTLS, producers and
-//!   consumers. Only then does it fail.
+//! - A connected session fails only once it has heard nothing from its client for [`CLIENT_SILENCE`],
+//!   whatever str0m's ICE-lite agent says meanwhile (it calls the connection "disconnected" 15 s after
+//!   the last check, and "checking" during an ICE restart): checks that come back, or an ICE restart
+//!   (a client offer with new credentials), carry on with the same DTLS, producers and consumers.
 //! - New local ICE credentials (answering a client's ICE restart) are reported as
 //!   [`SessionOutput::Credentials`] before anything else, so the endpoint's route follows them.
 //! - A failed session reports [`SessionEvent::Disconnected`] once, then stays inert; [`FAILED_GRACE`]
@@ -49,11 +49,11 @@ use crate::{codec, AnswerError, Kind, OfferError, ProducerKey, SessionEvent, Ses
 /// How long a failed session waits for its owner's close before it reports [`SessionOutput::Expired`].
 pub(crate) const FAILED_GRACE: Duration = Duration::from_secs(10);
 
-/// How long a connected session whose ICE went "disconnected" waits for it to come back (by itself or by
-/// an ICE restart) before it fails. With str0m's 15 s without a check, a client that vanished is
-/// given up about 25 s after its last check: past the signaling grace period, so a viewer whose
-/// network is gone for longer comes back as a new participant.
-pub(crate) const ICE_RECOVERY: Duration = Duration::from_secs(10);
+/// How long a connected session waits for a datagram from its client (checks come every few seconds,
+/// RTCP every second or so) before it fails. Past the signaling grace period, so a viewer whose
+/// network is gone for longer comes back as a new participant; long enough that an ICE restart after
+/// a blip of 20 s finds its session still there.
+pub(crate) const CLIENT_SILENCE: Duration = Duration::from_secs(25);
 
 /// Trickled remote candidates kept per session; more are ignored.
 const MAX_REMOTE_CANDIDATES: usize = 32;
@@ -149,8 +149,8 @@ pub(crate) struct Session {
     creds: IceCreds,
     negotiation: Negotiation,
     connected: bool,
-    /// When ICE went "disconnected" after the connection, until it comes back.
-    ice_lost_at: Option<Instant>,
+    /// When the client was last heard from (any datagram routed here).
+    last_heard: Instant,
     failed_at: Option<Instant>,
     expired: bool,
     /// str0m's next timeout, from the last poll.
@@ -179,7 +179,7 @@ impl Session {
             creds,
             negotiation: Negotiation::new(now, publisher),
             connected: false,
-            ice_lost_at: None,
+            last_heard: now,
             failed_at: None,
             expired: false,
             rtc_timeout: None,
@@ -230,6 +230,7 @@ impl Session {
             Transport::Tcp => str0m::net::Protocol::Tcp,
         };
         self.last_source = Some(from.addr);
+        self.last_heard = now;
         let input = Input::Receive(now, Receive { proto, source: from.addr, destination, contents });
         if let Err(e) = self.rtc.handle_input(input) {
             debug!(id = ?self.id, "session input error: {e}");
@@ -251,8 +252,8 @@ impl Session {
             self.unpolled = true;
             return;
         }
-        if self.ice_lost_at.is_some_and(|t| now.saturating_duration_since(t) >= ICE_RECOVERY) {
-            info!(id = ?self.id, "ICE did not come back in time");
+        if self.connected && now.saturating_duration_since(self.last_heard) >= CLIENT_SILENCE {
+            info!(id = ?self.id, "nothing from the client for too long");
             self.fail(now);
             self.unpolled = true;
             return;
@@ -273,7 +274,7 @@ impl Session {
         }
         let connect =
             (!self.connected).then(|| self.negotiation.negotiated_at().map(|t| t + CONNECT_TIMEOUT)).flatten();
-        let recovery = self.ice_lost_at.map(|t| t + ICE_RECOVERY);
+        let recovery = self.connected.then_some(self.last_heard + CLIENT_SILENCE);
         [self.rtc_timeout, connect, recovery, self.negotiation.grace_deadline()].into_iter().flatten().min()
     }
 
@@ -365,15 +366,8 @@ impl Session {
                 }
                 Some(SessionOutput::Event(SessionEvent::Connected { remote }))
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) if self.connected => {
-                info!(id = ?self.id, "session ICE disconnected; waiting for it to come back");
-                self.ice_lost_at.get_or_insert(now);
-                None
-            }
-            Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed) => {
-                if let Some(t) = self.ice_lost_at.take() {
-                    info!(id = ?self.id, after_ms = now.saturating_duration_since(t).as_millis() as u64, "session ICE back");
-                }
+            Event::IceConnectionStateChange(state) if self.connected => {
+                info!(id = ?self.id, ?state, "session ICE state");
                 None
             }
             Event::MediaAdded(m) => {

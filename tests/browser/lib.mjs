@@ -311,17 +311,21 @@ export const DAIS_BIN = process.env.DAIS_BIN ?? new URL('../../target/debug/dais
 
 /**
  * Start a dais of this test's own with `args` and extra `env` (the runner's DAIS_* variables that name
- * its own server are cleared), and wait for its ready line. Returns `{ base, http, media, tcp, stop }`.
+ * its own server are cleared), and wait for its ready line. Returns `{ base, http, media, tcp, stop, kill }`:
+ * `stop()` interrupts it (no drain), `kill(signal)` sends a signal (SIGTERM drains); both resolve once
+ * it exited.
  */
 export function startDais(args, env = {}) {
   const clean = { ...process.env, DAIS_MEDIA_ADDR: '', DAIS_MEDIA_TCP_ADDR: 'auto', DAIS_HTTP_ADDR: '' };
   const child = spawn(DAIS_BIN, args, { env: { ...clean, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  const stop = () => new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve(child.exitCode);
+  // Send `signal` and resolve with the exit code once the process is gone.
+  const kill = (signal) => new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
     child.once('exit', (code) => resolve(code));
-    child.kill('SIGINT');
+    child.kill(signal);
   });
+  const stop = () => kill('SIGINT');
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`dais not ready within 30 s:\n${out}`)), 30_000);
     const onData = (d) => {
@@ -329,7 +333,7 @@ export function startDais(args, env = {}) {
       const m = /dais ready http=(\S+) media=(\S+) tcp=(\S+)/.exec(out);
       if (m) {
         clearTimeout(timer);
-        resolve({ base: `http://${m[1]}`, http: m[1], media: m[2], tcp: m[3], stop, child, log: () => out });
+        resolve({ base: `http://${m[1]}`, http: m[1], media: m[2], tcp: m[3], stop, kill, child, log: () => out });
       }
     };
     child.stdout.on('data', onData);

@@ -10,6 +10,14 @@
 // Remote media are mapped from the SDP the server sends: each m-section's msid is
 // "<participant id> <media id>", read from the remote SDP after every negotiation.
 //
+// Reconnects: when the socket is lost (closed without a final code, or silent for
+// `signalTimeoutMs`), the client opens a new one with backoff and jitter and sends `resume` with
+// the token of its last `joined`/`resumed`: the participant, its peer connection and its media
+// carry on, and nobody sees it leave. Past the server's grace period (`resume_failed`) it joins
+// afresh by itself, with a new peer connection, and a speaker publishes its stream again. A kick, a
+// closed room, or a refused join token end it instead (`close`). When ICE fails while the socket
+// lives, the client restarts ICE (`restartIce()` and a new offer).
+//
 // A speaker may choose its video codec (`publish(stream, {videoCodec: 'h264'})`); viewers receive
 // whatever each speaker sends, so they need nothing for it.
 //
@@ -108,8 +116,14 @@ export function tokenClaims(token) {
  *   token secret; then the token's name and role replace `name` and `role`.
  * @property {RTCConfiguration} [rtcConfig]  Merged over `{bundlePolicy: 'max-bundle'}`. Without its own
  *   `iceServers`, the STUN/TURN servers the server hands out in `joined` (`ice_servers`) are used.
- * @property {number} [pingIntervalMs=10000] Keep-alive period; 0 disables pings.
+ * @property {number} [pingIntervalMs=5000] Keep-alive period; 0 disables pings (and the silence check).
  * @property {number} [joinTimeoutMs=10000]  How long `join()` waits for `joined`.
+ * @property {boolean} [reconnect=true]  Reconnect (resume, else join afresh) when the socket is lost.
+ * @property {number} [reconnectTimeoutMs=60000]  Give up reconnecting after this long (then `close`).
+ * @property {number} [signalTimeoutMs=15000]  A socket the server has sent nothing on for this long
+ *   (pings are answered every `pingIntervalMs`) counts as lost.
+ * @property {number} [connectTimeoutMs=5000]  A new socket that has not opened after this long is given up.
+ * @property {number} [iceRestartAfterMs=4000]  ICE "disconnected" this long (or "failed") restarts ICE.
  */
 
 /**
@@ -151,9 +165,15 @@ export class DaisError extends Error {
  * - `pong`               `{id, rttMs}`
  * - `rolechanged`        `{participantId, role, self}`: an operator promoted or demoted someone in place;
  *                        when `self`, a promoted client may now `publish()`, a demoted one stopped capturing
- * - `draining`           `{withinMs}`: the server is shutting down gracefully; the socket closes within `withinMs`
+ * - `draining`           `{withinMs}`: the server is shutting down gracefully; the socket closes within
+ *                        `withinMs`, then the client reconnects (to whichever server then answers the URL)
+ * - `reconnecting`       `{attempt, delayMs, reason}`: the socket was lost; a new one opens in `delayMs`
+ * - `reconnected`        `{resumed, mediaReset}`: `resumed`: the same participant carries on (with a new
+ *                        peer connection when `mediaReset`); otherwise it joined afresh (a new participant
+ *                        id; `participantleft`/`trackremoved` for everything before, then `joined` again)
  * - `error`              `{error: DaisError}`: a server error, or a failed negotiation step
- * - `close`              `{code, reason}`: the socket closed; the client is finished
+ * - `close`              `{code, reason}`: the client is finished: left, kicked, room closed, token
+ *                        refused, or reconnecting gave up
  *
  * @example
  *   const client = new DaisClient({room: 'panel', name: 'Ann', role: 'speaker'});
@@ -165,7 +185,10 @@ export class DaisError extends Error {
  */
 export class DaisClient extends EventTarget {
   /** @param {DaisClientOptions} options */
-  constructor({ url, room, name, role, token, rtcConfig = {}, pingIntervalMs = 10000, joinTimeoutMs = 10000 }) {
+  constructor({
+    url, room, name, role, token, rtcConfig = {}, pingIntervalMs = 5000, joinTimeoutMs = 10000, reconnect = true,
+    reconnectTimeoutMs = 60000, signalTimeoutMs = 15000, connectTimeoutMs = 5000, iceRestartAfterMs = 4000,
+  }) {
     super();
     if (role !== 'speaker' && role !== 'viewer') throw new TypeError(`role must be "speaker" or "viewer", not ${role}`);
     /** WebSocket URL in use. */
@@ -199,10 +222,26 @@ export class DaisClient extends EventTarget {
 
     this._token = token || null;
     this._rtcConfig = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', ...rtcConfig };
+    this._appIceServers = Boolean(rtcConfig.iceServers);
     this._pingIntervalMs = pingIntervalMs;
     this._joinTimeoutMs = joinTimeoutMs;
+    this._reconnectEnabled = reconnect;
+    this._reconnectTimeoutMs = reconnectTimeoutMs;
+    this._signalTimeoutMs = signalTimeoutMs;
+    this._connectTimeoutMs = connectTimeoutMs;
+    this._iceRestartAfterMs = iceRestartAfterMs;
     this._ws = null;
     this._closed = false;
+    this._everOpened = false;         // join() was called
+    this._initial = null;             // join()'s promise, until the first joined (or failure)
+    this._hello = null;               // 'join' or 'resume' sent on this socket and not yet answered
+    this._resumeToken = null;
+    this._reconnecting = null;        // {since, attempt, timer} while a lost socket is being replaced
+    this._terminal = false;           // the server ended this participant: do not come back
+    this._lastHeard = 0;              // performance.now() of the last message from the server
+    this._iceTimer = 0;
+    this._publishOptions = {};
+    this._muteUnsent = new Set();     // kinds whose mute state changed while no socket carried us
     this._pingTimer = 0;
     this._pingSeq = 0;
     this._pingsSent = new Map();
@@ -222,37 +261,17 @@ export class DaisClient extends EventTarget {
    * @returns {Promise<{participantId: string, role: string, participants: Participant[]}>}
    */
   join() {
-    if (this._ws) return Promise.reject(new DaisError('already_joined', 'join() was already called'));
+    if (this._everOpened) return Promise.reject(new DaisError('already_joined', 'join() was already called'));
+    this._everOpened = true;
     this.timing.joinStarted = performance.now();
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url);
-      this._ws = ws;
-      let settled = false;
-      const settle = (fn, value) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        fn(value);
-      };
       const timer = setTimeout(() => {
-        settle(reject, new DaisError('timeout', `no "joined" within ${this._joinTimeoutMs} ms`));
+        this._settleInitial(new DaisError('timeout', `no "joined" within ${this._joinTimeoutMs} ms`));
         this.close();
       }, this._joinTimeoutMs);
-      this._onJoined = (detail) => settle(resolve, detail);
-      this._onJoinFailed = (error) => {
-        settle(reject, error);
-        this.close();
-      };
-      ws.addEventListener('open', () => {
-        const join = { type: 'join', room: this.room, name: this.name, role: this.role, version: PROTOCOL_VERSION };
-        if (this._token) join.token = this._token;
-        this._send(join);
-      });
-      ws.addEventListener('message', (e) => this._onMessage(e.data));
-      ws.addEventListener('close', (e) => {
-        settle(reject, new DaisError('socket_closed', `socket closed before "joined" (code ${e.code})`));
-        this._finish(e.code, e.reason);
-      });
+      this._initial = { resolve, reject, timer };
+      if (this._pingIntervalMs > 0) this._pingTimer = setInterval(() => this._tick(), this._pingIntervalMs);
+      this._openSocket();
     });
   }
 
@@ -286,6 +305,7 @@ export class DaisClient extends EventTarget {
       }
     }
     this.localStream = stream;
+    this._publishOptions = { videoCodec };
     const added = [];
     try {
       for (const track of [...stream.getAudioTracks(), ...videoTracks]) {
@@ -327,7 +347,8 @@ export class DaisClient extends EventTarget {
     for (const track of this.localStream?.getTracks() ?? []) {
       if (track.kind === kind) track.enabled = !muted;
     }
-    this._send({ type: 'mute', kind, muted });
+    if (this._carrying()) this._send({ type: 'mute', kind, muted });
+    else this._muteUnsent.add(kind);
   }
 
   /**
@@ -338,14 +359,18 @@ export class DaisClient extends EventTarget {
    */
   async leave(timeoutMs = 2000) {
     if (this._closed) return;
+    this._terminal = true;
     const closed = new Promise((resolve) => this.addEventListener('close', () => resolve(), { once: true }));
     this._send({ type: 'leave' });
     await Promise.race([closed, new Promise((r) => setTimeout(r, timeoutMs))]);
     this.close();
   }
 
-  /** Close the socket and the peer connection at once, without `leave`. */
+  /** Close the socket and the peer connection at once (sending `leave` if the socket is open, so the
+   * room hears it now rather than after the server's grace period). */
   close() {
+    this._terminal = true;
+    this._send({ type: 'leave' });
     if (this._ws && this._ws.readyState <= WebSocket.OPEN) this._ws.close(1000, 'client closed');
     this._finish(1000, 'client closed');
   }
@@ -400,6 +425,7 @@ export class DaisClient extends EventTarget {
     }
     switch (msg.type) {
       case 'joined': return this._handleJoined(msg);
+      case 'resumed': return this._handleResumed(msg);
       case 'offer': return void this._enqueue(() => this._handleServerOffer(msg.sdp));
       case 'answer': return void this._enqueue(() => this._handleServerAnswer(msg.sdp));
       case 'participant_joined': {
@@ -460,32 +486,152 @@ export class DaisClient extends EventTarget {
   }
 
   _handleJoined(msg) {
+    const rejoined = this._reconnecting !== null;
+    this._hello = null;
     this.participantId = msg.participant_id;
     this.role = msg.role;
     this.room = msg.room;
+    this._resumeToken = msg.resume_token ?? null;
     this.timing.joined = performance.now();
     for (const p of msg.participants ?? []) this.participants.set(p.id, normalizeParticipant(p));
     this.viewers = msg.viewers ?? 0;
-    // The server's STUN/TURN servers (TURN credentials minted for this participant), unless the
-    // application brought its own. Their fields are RTCIceServer's.
-    if (Array.isArray(msg.ice_servers) && msg.ice_servers.length && !this._rtcConfig.iceServers) {
-      this._rtcConfig = { ...this._rtcConfig, iceServers: msg.ice_servers };
-    }
+    this._useIceServers(msg.ice_servers);
     this._createPeerConnection();
-    if (this._pingIntervalMs > 0) this._pingTimer = setInterval(() => this._ping(), this._pingIntervalMs);
     const detail = {
       participantId: this.participantId, role: this.role, participants: [...this.participants.values()],
       viewers: this.viewers,
     };
     this._emit('joined', detail);
-    this._onJoined?.(detail);
+    if (this._initial) {
+      this._settleInitial(null, detail);
+      return;
+    }
+    if (rejoined) {
+      // A new participant starts unmuted: tell the server what is muted before publishing.
+      this._muteUnsent.clear();
+      if (this.role === 'speaker') {
+        for (const kind of ['audio', 'video']) if (this.muted[kind]) this._send({ type: 'mute', kind, muted: true });
+      }
+      this._endReconnect({ resumed: false, mediaReset: true });
+      this._republish();
+    }
+  }
+
+  // The socket carries the same participant again. The room is reconciled with what the server
+  // says it is now; the media carry on, or start over when the server lost them.
+  _handleResumed(msg) {
+    this._hello = null;
+    this._resumeToken = msg.resume_token;
+    this.role = msg.role;
+    this._reconcile(msg.participants ?? []);
+    if (typeof msg.viewers === 'number' && msg.viewers !== this.viewers) {
+      this.viewers = msg.viewers;
+      this._emit('audience', { viewers: this.viewers });
+    }
+    this._useIceServers(msg.ice_servers);
+    for (const kind of this._muteUnsent) this._send({ type: 'mute', kind, muted: this.muted[kind] });
+    this._muteUnsent.clear();
+    if (msg.media_reset) {
+      this._dropMedia();
+      this._createPeerConnection();
+      this._republish();
+    } else {
+      this._enqueue(async () => {
+        // Our own offer may have been lost with the socket: offer again.
+        if (this.pc?.signalingState === 'have-local-offer') {
+          await this.pc.setLocalDescription({ type: 'rollback' });
+          this._wantOffer = true;
+        }
+        await this._maybeOffer();
+      });
+      const ice = this.pc?.iceConnectionState;
+      if (ice === 'failed' || ice === 'disconnected' || this._iceRestartWanted) this._restartIce();
+    }
+    this._endReconnect({ resumed: true, mediaReset: Boolean(msg.media_reset) });
+  }
+
+  // The server's STUN/TURN servers (TURN credentials minted for this participant), unless the
+  // application brought its own. Their fields are RTCIceServer's.
+  _useIceServers(servers) {
+    if (Array.isArray(servers) && servers.length && !this._appIceServers) {
+      this._rtcConfig = { ...this._rtcConfig, iceServers: servers };
+    }
+  }
+
+  // Make the roster what the server says it is now, with an event for every difference.
+  _reconcile(list) {
+    const next = new Map(list.map((p) => [p.id, normalizeParticipant(p)]));
+    for (const [id, old] of [...this.participants]) {
+      if (next.has(id)) continue;
+      for (const m of old.media) this._emit('mediaunpublished', { participantId: id, mediaId: m.id });
+      this.participants.delete(id);
+      this._emit('participantleft', { participantId: id, participant: old });
+    }
+    for (const [id, p] of next) {
+      const old = this.participants.get(id);
+      this.participants.set(id, p);
+      if (!old) {
+        this._emit('participantjoined', { participant: p });
+        continue;
+      }
+      if (old.role !== p.role) this._emit('rolechanged', { participantId: id, role: p.role, self: false });
+      for (const m of old.media) {
+        if (!p.media.some((x) => x.id === m.id)) this._emit('mediaunpublished', { participantId: id, mediaId: m.id });
+      }
+      for (const m of p.media) {
+        const was = old.media.find((x) => x.id === m.id);
+        if (!was) this._emit('mediapublished', { participantId: id, media: m });
+        else if (was.muted !== m.muted) {
+          this._emit('mutechanged', { participantId: id, mediaId: m.id, kind: m.kind, muted: m.muted });
+        }
+      }
+    }
+  }
+
+  // The participant is gone (joining afresh): everyone and everything it saw goes.
+  _dropRoom() {
+    for (const [id, p] of [...this.participants]) {
+      this.participants.delete(id);
+      this._emit('participantleft', { participantId: id, participant: p });
+    }
+    this._dropMedia();
+    this.participantId = null;
+  }
+
+  // The peer connection and everything received on it end (the participant may stay).
+  _dropMedia() {
+    clearTimeout(this._iceTimer);
+    this._iceRestartWanted = false;
+    for (const media of [...this.remoteMedia.values()]) this._emit('trackremoved', media);
+    this.remoteMedia.clear();
+    this._midBindings.clear();
+    this._rejectAnswerWaiters(new DaisError('media_reset', 'the media connection was replaced'));
+    this.pc?.close();
+    this.pc = null;
+    this._wantOffer = false;
+    this._expectedCollisions = 0;
+    this._candidatesHeld = [];
+    this._descriptionSent = false;
+  }
+
+  // A speaker whose media connection started over sends its stream again.
+  _republish() {
+    if (this.role !== 'speaker' || !this.localStream) return;
+    if (this.localStream.getTracks().every((t) => t.readyState === 'ended')) return;
+    this.publish(this.localStream, this._publishOptions).catch((error) => {
+      if (!this._closed) this._emit('error', { error: toDaisError(error) });
+    });
   }
 
   _handleError(msg) {
     const error = new DaisError(msg.code, msg.message ?? '', msg.request);
+    if (TERMINAL_CODES.has(msg.code)) this._terminal = true;
+    if (this._hello && (msg.request === 'join' || msg.request === 'resume')) {
+      this._helloFailed(error);
+      return;
+    }
     if (this.participantId === null) {
       this._emit('error', { error });
-      this._onJoinFailed?.(error);
       return;
     }
     if (msg.code === 'offer_collision') {
@@ -523,14 +669,17 @@ export class DaisClient extends EventTarget {
       else this._candidatesHeld.push(message);
     });
     pc.addEventListener('connectionstatechange', () => {
-      this._emit('connectionstatechange', { state: pc.connectionState });
+      if (this.pc === pc) this._emit('connectionstatechange', { state: pc.connectionState });
+    });
+    pc.addEventListener('iceconnectionstatechange', () => {
+      if (this.pc === pc) this._watchIce();
     });
   }
 
   // Send our own offer if one is wanted and no negotiation is under way. Runs on the queue.
   async _maybeOffer() {
     const pc = this.pc;
-    if (!this._wantOffer || this._closed || pc.signalingState !== 'stable') return;
+    if (!pc || !this._wantOffer || this._closed || pc.signalingState !== 'stable') return;
     this._wantOffer = false;
     this._descriptionSent = false;
     await pc.setLocalDescription(await pc.createOffer());
@@ -633,21 +782,217 @@ export class DaisClient extends EventTarget {
     return (media.find((m) => m.id === track.id) ?? media.find((m) => m.kind === track.kind))?.id ?? null;
   }
 
-  _ping() {
+  // ---- the socket, and reconnecting ------------------------------------------------------------
+
+  // Open a socket to the URL; once open it sends `resume` (if there is a participant to resume) or
+  // `join`. Events of a socket that was replaced are ignored.
+  _openSocket() {
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      this._settleInitial(new DaisError('socket_closed', `cannot open ${this.url}: ${err?.message ?? err}`));
+      this._finish(1006, 'bad url');
+      return;
+    }
+    this._ws = ws;
+    this._hello = null;
+    const connectTimer = setTimeout(() => {
+      if (this._ws === ws && ws.readyState !== WebSocket.OPEN) this._socketLost(ws, 'the server did not answer');
+    }, this._connectTimeoutMs);
+    ws.addEventListener('open', () => {
+      clearTimeout(connectTimer);
+      if (this._ws !== ws) return;
+      this._lastHeard = performance.now();
+      this._sendHello();
+    });
+    ws.addEventListener('message', (e) => {
+      if (this._ws !== ws) return;
+      this._lastHeard = performance.now();
+      this._onMessage(e.data);
+    });
+    ws.addEventListener('close', (e) => {
+      clearTimeout(connectTimer);
+      if (this._ws === ws) this._onSocketClosed(e.code, e.reason);
+    });
+  }
+
+  _sendHello() {
+    if (this._resumeToken) {
+      this._hello = 'resume';
+      this._send({ type: 'resume', token: this._resumeToken, version: PROTOCOL_VERSION });
+      return;
+    }
+    this._hello = 'join';
+    const join = { type: 'join', room: this.room, name: this.name, role: this.role, version: PROTOCOL_VERSION };
+    if (this._token) join.token = this._token;
+    this._send(join);
+  }
+
+  // `join` or `resume` was refused on this socket.
+  _helloFailed(error) {
+    const hello = this._hello;
+    this._hello = null;
+    if (this._initial) {
+      this._emit('error', { error });
+      this._settleInitial(error);
+      this.close();
+      return;
+    }
+    if (hello === 'resume' && error.code === 'resume_failed') {
+      // The server no longer holds the participant: join afresh on this socket.
+      this._resumeToken = null;
+      this._dropRoom();
+      this._sendHello();
+      return;
+    }
+    this._emit('error', { error });
+    if (this._terminal) {
+      this._finish(4000, error.code);
+      return;
+    }
+    // `draining`, `room_full`, `internal`...: another try later, maybe on another server.
+    this._socketLost(this._ws, error.code);
+  }
+
+  _onSocketClosed(code, reason) {
+    this._ws = null;
+    this._hello = null;
+    if (this._closed) return;
+    if (this._initial) {
+      this._settleInitial(new DaisError('socket_closed', `socket closed before "joined" (code ${code})`));
+      this._finish(code, reason);
+      return;
+    }
+    if (this._terminal || TERMINAL_CLOSES.has(code) || !this._reconnectEnabled) {
+      this._finish(code, reason);
+      return;
+    }
+    this._startReconnect(`socket closed (${code}${reason ? `: ${reason}` : ''})`);
+  }
+
+  // Give a socket up (silent, never opened, or refused us): the client goes on as if it had closed.
+  _socketLost(ws, reason) {
+    if (!ws || this._ws !== ws) return;
+    this._ws = null;
+    try {
+      ws.close();
+    } catch {
+      // already closing
+    }
+    this._onSocketClosed(1006, reason);
+  }
+
+  _startReconnect(reason) {
+    const now = performance.now();
+    if (!this._reconnecting) this._reconnecting = { since: now, attempt: 0, timer: 0 };
+    const r = this._reconnecting;
+    if (now - r.since > this._reconnectTimeoutMs) {
+      this._finish(1006, `gave up reconnecting after ${Math.round((now - r.since) / 1000)} s: ${reason}`);
+      return;
+    }
+    const delayMs = backoffMs(r.attempt);
+    r.attempt += 1;
+    this._emit('reconnecting', { attempt: r.attempt, delayMs, reason });
+    r.timer = setTimeout(() => {
+      if (!this._closed) this._openSocket();
+    }, delayMs);
+  }
+
+  _endReconnect(detail) {
+    if (!this._reconnecting) return;
+    clearTimeout(this._reconnecting.timer);
+    this._reconnecting = null;
+    this._emit('reconnected', detail);
+  }
+
+  _settleInitial(error, detail) {
+    const initial = this._initial;
+    if (!initial) return;
+    this._initial = null;
+    clearTimeout(initial.timer);
+    if (error) initial.reject(error);
+    else initial.resolve(detail);
+  }
+
+  // Whether a socket carries the participant now (joined or resumed on it).
+  _carrying() {
+    return this._ws?.readyState === WebSocket.OPEN && !this._hello && this.participantId !== null;
+  }
+
+  // Every ping interval: a ping, and the silence check.
+  _tick() {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (performance.now() - this._lastHeard > this._signalTimeoutMs) {
+      this._socketLost(ws, `nothing from the server for ${this._signalTimeoutMs} ms`);
+      return;
+    }
+    if (!this._carrying()) return;
     const id = ++this._pingSeq;
     this._pingsSent.set(id, performance.now());
     if (this._pingsSent.size > 10) this._pingsSent.delete(this._pingsSent.keys().next().value);
     this._send({ type: 'ping', id });
   }
 
+  // ICE "failed", or "disconnected" for iceRestartAfterMs: restart it with a new offer. Without a
+  // socket the restart waits for the resume.
+  _watchIce() {
+    const state = this.pc?.iceConnectionState;
+    clearTimeout(this._iceTimer);
+    if (state === 'failed') {
+      this._restartIce();
+    } else if (state === 'disconnected') {
+      this._iceTimer = setTimeout(() => {
+        const now = this.pc?.iceConnectionState;
+        if (now === 'disconnected' || now === 'failed') this._restartIce();
+      }, this._iceRestartAfterMs);
+    }
+  }
+
+  _restartIce() {
+    const pc = this.pc;
+    if (!pc || this._closed || pc.signalingState === 'closed') return;
+    if (!this._carrying()) {
+      this._iceRestartWanted = true;
+      return;
+    }
+    this._iceRestartWanted = false;
+    this._emit('icerestart', { state: pc.iceConnectionState });
+    pc.restartIce();
+    this._wantOffer = true;
+    this._enqueue(() => this._maybeOffer());
+  }
+
   _finish(code, reason) {
     if (this._closed) return;
     this._closed = true;
     clearInterval(this._pingTimer);
+    clearTimeout(this._iceTimer);
+    if (this._reconnecting) clearTimeout(this._reconnecting.timer);
+    this._reconnecting = null;
     this._rejectAnswerWaiters(new DaisError('socket_closed', 'the socket closed'));
     this.pc?.close();
     this._emit('close', { code, reason });
   }
+}
+
+/** Close codes after which the client does not come back: its own leave, a frame too big, kicked,
+ * room closed, resumed on another socket. */
+const TERMINAL_CLOSES = new Set([1000, 1009, 4001, 4002, 4003]);
+
+/** Errors after which the client does not come back. */
+const TERMINAL_CODES = new Set([
+  'kicked', 'room_closed', 'token_required', 'token_expired', 'token_invalid', 'token_wrong_room', 'invalid_room',
+  'invalid_name', 'unsupported_version',
+]);
+
+/** Wait before reconnect attempt `n` (0-based): the first soon, then doubling from 0.5 s up to 5 s,
+ * each with jitter (a random 50-100 %), so a server's thousands of viewers do not return at once. */
+function backoffMs(n) {
+  if (n === 0) return Math.round(Math.random() * 300);
+  const ceiling = Math.min(5000, 500 * 2 ** (n - 1));
+  return Math.round(ceiling * (0.5 + Math.random() / 2));
 }
 
 function defaultUrl() {

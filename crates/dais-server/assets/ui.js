@@ -229,10 +229,14 @@ export async function openRoom({ room, name, role, token, onLeave = () => {} }) 
     }
   });
   client.on('draining', ({ withinMs }) => {
-    setStatus(`The server is restarting: this session ends within ${Math.round(withinMs / 1000)} s.`, 'error');
+    setStatus(`The server is restarting within ${Math.round(withinMs / 1000)} s; this page will reconnect by itself.`, 'info');
   });
-  client.on('close', () => {
-    if (!leaving) setStatus('Disconnected from the server', 'error');
+  client.on('reconnecting', () => setStatus('Reconnecting…', 'error'));
+  client.on('reconnected', ({ resumed }) => {
+    setStatus(resumed ? 'Reconnected' : 'Reconnected (joined again)', 'ok');
+  });
+  client.on('close', ({ reason }) => {
+    if (!leaving) setStatus(`Disconnected from the server${reason ? `: ${reason}` : ''}`, 'error');
   });
   window.addEventListener('pagehide', () => client.close());
 
