@@ -39,7 +39,7 @@ use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt};
 use str0m::net::{DatagramRecv, Receive, TcpType, Transmit};
 use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite, SeqNo, Ssrc};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
 
 use crate::endpoint::{Addr, Transport};

@@ -9,6 +9,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec as SCodec;
 use str0m::media::{Direction, MediaKind as SKind};
 use str0m::net::Protocol;
+use str0m::IceConnectionState;
 
 use super::*;
 use crate::negotiation::PUBLISHER_OFFER_GRACE;
