@@ -7,6 +7,10 @@
 //! All observable state lives in one [`Snapshot`] behind a mutex; tests read it with
 //! [`Client::snapshot`] or wait on it with [`Client::wait_until`].
 //!
+//! The socket can be replaced: [`Client::drop_connection`] loses it (no `leave`, no close frame) and
+//! [`Client::resume`] opens a new one and takes the participant over with its resume token; the
+//! writer keeps one outgoing queue across sockets and the snapshot keeps accumulating.
+//!
 //! Negotiation rules (docs/protocol.md): a server `offer` is always answered. If our own offer is
 //! outstanding when a server offer arrives, the server has refused ours with `offer_collision`:
 //! we roll ours back, answer, then offer again.
@@ -17,12 +21,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dais_proto::{ClientMessage, ErrorCode, MediaKind, ParticipantInfo, Role, ServerMessage, PROTOCOL_VERSION};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -67,6 +73,33 @@ pub struct Joined {
     pub participants: Vec<ParticipantInfo>,
     /// Viewers in the room, this participant included if it is one (`audience` messages update it).
     pub viewers: u64,
+}
+
+/// The server's `resumed` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// This participant's id (unchanged).
+    pub participant_id: String,
+    /// Its role now.
+    pub role: Role,
+    /// The others in the room it sees, now.
+    pub participants: Vec<ParticipantInfo>,
+    /// Viewers in the room now.
+    pub viewers: u64,
+    /// The media session ended meanwhile: the client's peer connection was closed, the server offers
+    /// anew, and a speaker must [`Client::publish`] again.
+    pub media_reset: bool,
+}
+
+type WsStream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+type WsSink = SplitSink<WsStream, Message>;
+
+/// What the writer task does with its socket.
+enum SinkCmd {
+    /// Write to this socket from now on.
+    Install(WsSink),
+    /// Drop the socket without a close frame (the connection is lost).
+    Drop,
 }
 
 /// How the signaling socket ended.
@@ -142,6 +175,8 @@ pub struct Snapshot {
     pub participant_id: Option<String>,
     /// The role granted, once joined.
     pub role: Option<Role>,
+    /// The token of the last `joined` or `resumed`, for [`Client::resume`].
+    pub resume_token: Option<String>,
     /// Every message received from the server, in order.
     pub messages: Vec<ServerMessage>,
     /// Receive statistics per (publisher participant id, media id).
@@ -211,6 +246,10 @@ struct Shared {
     stop_media: watch::Sender<bool>,
     counters: Arc<SendCounters>,
     tag: Mutex<u32>,
+    /// The reader of the current socket.
+    reader: Mutex<Option<JoinHandle<()>>>,
+    sinks: mpsc::UnboundedSender<SinkCmd>,
+    neg: mpsc::UnboundedSender<NegCmd>,
 }
 
 impl Shared {
@@ -286,6 +325,8 @@ enum NegCmd {
     Collision,
     Publish(MediaConfig, oneshot::Sender<Result<(), ClientError>>),
     Close(oneshot::Sender<()>),
+    /// The media session is gone: close the peer connection and forget the publication.
+    Reset,
 }
 
 /// A headless Dais participant: signaling over WebSocket, media over webrtc-rs.
@@ -306,9 +347,10 @@ impl Client {
     /// [`Client::connect`] with options.
     pub async fn connect_with(ws_url: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let (ws, _response) = tokio_tungstenite::connect_async(ws_url).await?;
-        let (mut sink, mut stream) = ws.split();
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (sink, stream) = ws.split();
+        let (out, out_rx) = mpsc::unbounded_channel::<Message>();
         let (neg, neg_rx) = mpsc::unbounded_channel::<NegCmd>();
+        let (sinks, sink_rx) = mpsc::unbounded_channel::<SinkCmd>();
         let shared = Arc::new(Shared {
             state: Mutex::new(Snapshot { peer_state: RTCPeerConnectionState::New.to_string(), ..Default::default() }),
             changed: Notify::new(),
@@ -318,49 +360,77 @@ impl Client {
             stop_media: watch::channel(false).0,
             counters: Arc::new(SendCounters::default()),
             tag: Mutex::new(0),
+            reader: Mutex::new(None),
+            sinks,
+            neg: neg.clone(),
         });
-
-        let writer = {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                while let Some(msg) = out_rx.recv().await {
-                    if let Err(e) = sink.send(msg).await {
-                        shared.fail(format!("websocket write: {e}"));
-                        break;
-                    }
-                }
-            })
-        };
-
-        let reader = {
-            let shared = shared.clone();
-            let neg = neg.clone();
-            tokio::spawn(async move {
-                let close = loop {
-                    match stream.next().await {
-                        Some(Ok(Message::Text(text))) => on_server_text(&shared, &neg, text.as_str()),
-                        Some(Ok(Message::Close(frame))) => {
-                            break CloseInfo {
-                                code: frame.as_ref().map(|f| u16::from(f.code)),
-                                reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => break CloseInfo { code: None, reason: e.to_string() },
-                        None => break CloseInfo { code: None, reason: "end of stream".into() },
-                    }
-                };
-                shared.update(|s| s.closed = Some(close.clone()));
-                shared.emit(ClientEvent::Closed(close));
-            })
-        };
-
+        let writer = tokio::spawn(write_frames(shared.clone(), sink, sink_rx, out_rx));
+        shared.set_reader(tokio::spawn(read_frames(shared.clone(), stream)));
         let negotiator = {
             let n = Negotiator::new(shared.clone(), out.clone());
             tokio::spawn(n.run(neg_rx))
         };
+        Ok(Client { shared, out, neg, tasks: vec![writer, negotiator] })
+    }
 
-        Ok(Client { shared, out, neg, tasks: vec![writer, reader, negotiator] })
+    /// Lose the signaling socket as a network would: no `leave`, no close frame. The server keeps the
+    /// participant for its grace period; [`Client::resume`] takes it over again.
+    pub fn drop_connection(&self) {
+        if let Some(reader) = self.shared.take_reader() {
+            reader.abort();
+        }
+        let _ = self.shared.sinks.send(SinkCmd::Drop);
+        let close = CloseInfo { code: None, reason: "connection dropped by the client".into() };
+        self.shared.update(|s| {
+            s.closed.get_or_insert(close);
+        });
+    }
+
+    /// Open a new socket at `ws_url` and take this participant over with its resume token (the old
+    /// socket, if still open, is dropped first). On `resume_failed` the participant is gone: the peer
+    /// connection is closed and [`Client::join`] on this socket starts over.
+    pub async fn resume(&self, ws_url: &str) -> Result<Resumed, ClientError> {
+        let token = self
+            .shared
+            .lock()
+            .resume_token
+            .clone()
+            .ok_or_else(|| ClientError::InvalidState("no resume token: join first".into()))?;
+        self.drop_connection();
+        let (ws, _response) = tokio_tungstenite::connect_async(ws_url).await?;
+        let (sink, stream) = ws.split();
+        let mark = self.message_count();
+        self.shared.update(|s| s.closed = None);
+        let _ = self.shared.sinks.send(SinkCmd::Install(sink));
+        self.shared.set_reader(tokio::spawn(read_frames(self.shared.clone(), stream)));
+        self.send(ClientMessage::Resume { token, version: PROTOCOL_VERSION })?;
+        let reply = self
+            .wait_for_message(
+                mark,
+                |m| {
+                    matches!(m, ServerMessage::Resumed { .. })
+                        || matches!(m, ServerMessage::Error { request: Some(r), .. } if r == "resume")
+                },
+                self.shared.options.join_timeout,
+            )
+            .await?;
+        match reply {
+            ServerMessage::Resumed { participant_id, role, participants, viewers, media_reset, .. } => {
+                Ok(Resumed { participant_id, role, participants, viewers, media_reset })
+            }
+            ServerMessage::Error { code, message, .. } => {
+                if code == ErrorCode::ResumeFailed {
+                    let _ = self.neg.send(NegCmd::Reset);
+                    self.shared.update(|s| {
+                        s.participant_id = None;
+                        s.role = None;
+                        s.resume_token = None;
+                    });
+                }
+                Err(ClientError::Server { code, message })
+            }
+            _ => Err(ClientError::InvalidState("unexpected reply to resume".into())),
+        }
     }
 
     /// Send `join` and wait for `joined`; a server `error` becomes [`ClientError::Server`].
@@ -411,6 +481,8 @@ impl Client {
             }
         }
         *self.shared.tag.lock().unwrap_or_else(|e| e.into_inner()) = config.tag;
+        // A publication after a media reset starts its senders afresh.
+        self.shared.stop_media.send_replace(false);
         let (tx, rx) = oneshot::channel();
         self.neg.send(NegCmd::Publish(config, tx)).map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)??;
@@ -574,6 +646,9 @@ impl Drop for Client {
         for t in &self.tasks {
             t.abort();
         }
+        if let Some(reader) = self.shared.take_reader() {
+            reader.abort();
+        }
         if let (Some(pc), Ok(rt)) = (self.shared.pc(), tokio::runtime::Handle::try_current()) {
             rt.spawn(async move {
                 let _ = pc.close().await;
@@ -582,7 +657,67 @@ impl Drop for Client {
     }
 }
 
-fn on_server_text(shared: &Arc<Shared>, neg: &mpsc::UnboundedSender<NegCmd>, text: &str) {
+/// Write queued frames to the current socket; frames queued while there is none are dropped (a resumed
+/// server sends what matters again).
+async fn write_frames(
+    shared: Arc<Shared>,
+    first: WsSink,
+    mut sinks: mpsc::UnboundedReceiver<SinkCmd>,
+    mut out: mpsc::UnboundedReceiver<Message>,
+) {
+    let mut sink = Some(first);
+    loop {
+        tokio::select! {
+            biased;
+            cmd = sinks.recv() => match cmd {
+                Some(SinkCmd::Install(s)) => sink = Some(s),
+                Some(SinkCmd::Drop) => sink = None,
+                None => break,
+            },
+            msg = out.recv() => {
+                let Some(msg) = msg else { break };
+                let Some(s) = sink.as_mut() else { continue };
+                if let Err(e) = s.send(msg).await {
+                    shared.fail(format!("websocket write: {e}"));
+                    sink = None;
+                }
+            }
+        }
+    }
+}
+
+/// Read one socket's frames into the snapshot until it closes.
+async fn read_frames(shared: Arc<Shared>, mut stream: SplitStream<WsStream>) {
+    let close = loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => on_server_text(&shared, text.as_str()),
+            Some(Ok(Message::Close(frame))) => {
+                break CloseInfo {
+                    code: frame.as_ref().map(|f| u16::from(f.code)),
+                    reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break CloseInfo { code: None, reason: e.to_string() },
+            None => break CloseInfo { code: None, reason: "end of stream".into() },
+        }
+    };
+    shared.update(|s| s.closed = Some(close.clone()));
+    shared.emit(ClientEvent::Closed(close));
+}
+
+impl Shared {
+    fn set_reader(&self, reader: JoinHandle<()>) {
+        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+    }
+
+    fn take_reader(&self) -> Option<JoinHandle<()>> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+fn on_server_text(shared: &Arc<Shared>, text: &str) {
+    let neg = &shared.neg;
     let msg: ServerMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -595,13 +730,20 @@ fn on_server_text(shared: &Arc<Shared>, neg: &mpsc::UnboundedSender<NegCmd>, tex
         ServerMessage::Offer { sdp } => Some(NegCmd::ServerOffer(sdp.clone())),
         ServerMessage::Answer { sdp } => Some(NegCmd::ServerAnswer(sdp.clone())),
         ServerMessage::Error { code: ErrorCode::OfferCollision, .. } => Some(NegCmd::Collision),
+        ServerMessage::Resumed { media_reset: true, .. } => Some(NegCmd::Reset),
         _ => None,
     };
     shared.update(|s| {
         match &msg {
-            ServerMessage::Joined { participant_id, role, .. } => {
+            ServerMessage::Joined { participant_id, role, resume_token, .. } => {
                 s.participant_id = Some(participant_id.clone());
                 s.role = Some(*role);
+                s.resume_token = resume_token.clone();
+            }
+            ServerMessage::Resumed { participant_id, role, resume_token, .. } => {
+                s.participant_id = Some(participant_id.clone());
+                s.role = Some(*role);
+                s.resume_token = Some(resume_token.clone());
             }
             ServerMessage::RoleChanged { participant_id, role }
                 if s.participant_id.as_ref() == Some(participant_id) =>
@@ -721,6 +863,18 @@ impl Negotiator {
                         let _ = peer.pc.close().await;
                     }
                     let _ = done.send(());
+                    Ok(())
+                }
+                NegCmd::Reset => {
+                    self.shared.stop_media.send_replace(true);
+                    if let Some(peer) = self.peer.take() {
+                        let _ = peer.pc.close().await;
+                    }
+                    *self.shared.pc.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    self.publication = None;
+                    self.offer_outstanding = false;
+                    self.reoffer = false;
+                    self.expected_collisions = 0;
                     Ok(())
                 }
             };

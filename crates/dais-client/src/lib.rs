@@ -28,7 +28,9 @@ mod peer;
 mod sender;
 mod stats;
 
-pub use client::{Client, ClientEvent, ClientOptions, CloseInfo, Joined, MediaHandle, ReceivedPacket, Snapshot};
+pub use client::{
+    Client, ClientEvent, ClientOptions, CloseInfo, Joined, MediaHandle, ReceivedPacket, Resumed, Snapshot,
+};
 pub use dais_proto::{ClientMessage, ErrorCode, MediaKind, Role, ServerMessage};
 pub use error::ClientError;
 pub use peer::{OPUS_PT, VP8_PT};
