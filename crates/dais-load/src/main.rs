@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dais_load::run::{run, LoadConfig};
+use dais_load::shard::{BlipPlan, Transport};
 
 /// Load-test a Dais server over its real protocol: synthetic speakers publish stamped VP8-like video and
 /// Opus-like audio, and synthetic viewers (str0m sessions with real ICE, DTLS and SRTP decryption) measure
@@ -110,6 +111,26 @@ struct Args {
     #[arg(long, value_name = "K", default_value_t = 1)]
     decrypt_one_in: usize,
 
+    /// How viewers carry their media: `udp`, or `tcp` (ICE over TCP to the server's passive TCP
+    /// candidate, one connection per viewer; speakers stay on UDP).
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: TransportArg,
+
+    /// Cut a share of the viewers (--blip-share) off the network for this many seconds in the middle of
+    /// the measured phase: nothing sent, nothing received. The report says how long each took to receive
+    /// media, and a key frame, again after the cut ended (they ask for a key frame as a decoder would).
+    #[arg(long, value_name = "SECONDS")]
+    blip: Option<f64>,
+
+    /// Share of viewers --blip cuts, 0 to 1.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+    blip_share: f64,
+
+    /// With --blip, the cut viewers also lose their signaling socket when the cut starts, and resume
+    /// their participant on a new one when it ends.
+    #[arg(long)]
+    blip_drop_signaling: bool,
+
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -120,6 +141,12 @@ struct Args {
 }
 
 /// Named scenarios.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Udp,
+    Tcp,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Preset {
     /// 1 speaker, N viewers.
@@ -182,6 +209,20 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
     if a.decrypt_one_in == 0 {
         return Err("--decrypt-one-in must be at least 1 (1: every viewer decrypts)".into());
     }
+    if !(0.0..=1.0).contains(&a.blip_share) {
+        return Err(format!("--blip-share must be between 0 and 1, not {}", a.blip_share));
+    }
+    let duration = seconds("duration", a.duration.unwrap_or(duration), 1.0)?;
+    let blip = match a.blip {
+        None => None,
+        Some(b) => {
+            let length = seconds("blip", b, 0.1)?;
+            if length >= duration {
+                return Err(format!("--blip ({b} s) must be shorter than --duration ({} s)", duration.as_secs_f64()));
+            }
+            Some(BlipPlan { length, share: a.blip_share, drop_signaling: a.blip_drop_signaling })
+        }
+    };
     Ok(LoadConfig {
         preset: a.preset.name().into(),
         url: a.url.clone(),
@@ -193,7 +234,7 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
         speakers,
         viewers: a.viewers.unwrap_or(viewers),
         join_rate,
-        duration: seconds("duration", a.duration.unwrap_or(duration), 1.0)?,
+        duration,
         lifetime: a.lifetime.or(lifetime).map(|l| seconds("lifetime", l, 0.1)).transpose()?,
         video_bitrate: a.video_kbps.saturating_mul(1000),
         fps: a.fps,
@@ -203,6 +244,11 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
         progress: !a.quiet,
         fanout: a.fanout,
         decrypt_one_in: a.decrypt_one_in,
+        transport: match a.transport {
+            TransportArg::Udp => Transport::Udp,
+            TransportArg::Tcp => Transport::Tcp,
+        },
+        blip,
     })
 }
 

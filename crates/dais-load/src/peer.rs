@@ -14,6 +14,15 @@
 //!
 //! A peer can also count SRTP packets from their headers instead of decrypting them ([`Peer::count_headers`],
 //! see [`crate::sendlog`]).
+//!
+//! ICE over TCP ([`Peer::connect_tcp`]): the peer connects to the server's passive TCP candidate and
+//! announces an active one; str0m's TCP transmits go out RFC 4571-framed on that connection, and frames
+//! read from it go to str0m (no kernel timestamps there: receive time is read time). A frame the
+//! connection cannot take at once waits in a bounded outgoing buffer.
+//!
+//! A *cut* ([`Peer::cut`]) plays a network outage: until it ends nothing is sent, UDP datagrams that
+//! arrive are read and thrown away, and a TCP connection is left unread (its data waits in the kernel,
+//! as TCP would keep it).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -28,11 +37,12 @@ use nix::sys::socket::{
 use nix::sys::time::TimeSpec;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::media::{KeyframeRequestKind, Mid, Pt};
+use str0m::net::{Protocol, Receive, TcpType};
+use str0m::rtp::Ssrc;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig, RtcError};
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::sendlog::{HeaderCounter, SendLog};
 use crate::stamp::{Clock, Stamp};
@@ -71,6 +81,71 @@ const RECV_BATCH: usize = 8;
 /// at 1,000 viewers waking each session every few milliseconds cost the generator more than the packets.
 const COUNTING_TICK: Duration = Duration::from_millis(200);
 
+/// Largest outgoing TCP backlog of one peer; frames beyond it are dropped (and counted as send errors).
+const TCP_OUT_LIMIT: usize = 256 * 1024;
+
+/// ICE over TCP: one connection to the server's passive candidate.
+#[derive(Debug)]
+struct TcpLink {
+    stream: TcpStream,
+    server: SocketAddr,
+    local: SocketAddr,
+    /// Bytes read and not yet framed.
+    inbuf: Vec<u8>,
+    /// Framed bytes not yet written.
+    outbuf: Vec<u8>,
+}
+
+impl TcpLink {
+    /// Queue one frame and write what the connection takes now.
+    fn send(&mut self, data: &[u8]) -> bool {
+        let Ok(len) = u16::try_from(data.len()) else { return false };
+        if self.outbuf.len() + data.len() + 2 > TCP_OUT_LIMIT {
+            return false;
+        }
+        self.outbuf.extend_from_slice(&len.to_be_bytes());
+        self.outbuf.extend_from_slice(data);
+        self.flush();
+        true
+    }
+
+    fn flush(&mut self) {
+        while !self.outbuf.is_empty() {
+            match self.stream.try_write(&self.outbuf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Read what the connection holds; false when it closed or failed.
+    fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The next whole frame read, if any.
+    fn frame(&mut self) -> Option<Vec<u8>> {
+        let len = usize::from(u16::from_be_bytes([*self.inbuf.first()?, *self.inbuf.get(1)?]));
+        if self.inbuf.len() < 2 + len {
+            return None;
+        }
+        let frame = self.inbuf[2..2 + len].to_vec();
+        self.inbuf.drain(..2 + len);
+        Some(frame)
+    }
+}
+
 /// A str0m session and its socket.
 #[derive(Debug)]
 pub struct Peer {
@@ -90,6 +165,12 @@ pub struct Peer {
     counting: Option<Counting>,
     /// When str0m was last given the time by [`Peer::tick`].
     last_tick: Instant,
+    /// ICE over TCP instead of UDP.
+    tcp: Option<TcpLink>,
+    /// A network outage until then ([`Peer::cut`]).
+    cut_until: Option<Instant>,
+    /// SSRCs of the video streams received, for keyframe requests.
+    video_ssrcs: Vec<Ssrc>,
 }
 
 impl Peer {
@@ -124,7 +205,69 @@ impl Peer {
             send_errors: 0,
             counting: None,
             last_tick: now,
+            tcp: None,
+            cut_until: None,
+            video_ssrcs: Vec::new(),
         })
+    }
+
+    /// A peer that uses ICE over TCP: connect to the passive TCP candidate of the server's offer `sdp`
+    /// and announce an active candidate on that connection's local address (and no UDP one).
+    pub async fn connect_tcp(ip: IpAddr, clock: Clock, sdp: &str) -> anyhow::Result<Peer> {
+        let server = passive_tcp_candidate(sdp).context("the server's offer has no passive TCP candidate")?;
+        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(server))
+            .await
+            .map_err(|_| anyhow!("TCP connect to {server} timed out"))?
+            .with_context(|| format!("TCP connect to {server}"))?;
+        stream.set_nodelay(true)?;
+        let local = stream.local_addr()?;
+        let mut peer = Peer::bind(ip, clock)?;
+        peer.rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .set_stats_interval(None)
+            .build(Instant::now());
+        let candidate = Candidate::builder()
+            .tcp()
+            .host(local)
+            .tcptype(TcpType::Active)
+            .build()
+            .map_err(|e| anyhow!("TCP candidate {local}: {e}"))?;
+        peer.rtc.add_local_candidate(candidate);
+        peer.tcp = Some(TcpLink { stream, server, local, inbuf: Vec::new(), outbuf: Vec::new() });
+        Ok(peer)
+    }
+
+    /// Play a network outage until `until` (see the module docs).
+    pub fn cut(&mut self, until: Instant) {
+        self.cut_until = Some(until);
+    }
+
+    fn is_cut(&mut self, now: Instant) -> bool {
+        match self.cut_until {
+            Some(t) if now < t => true,
+            Some(_) => {
+                self.cut_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Ask the server for a keyframe on every video stream received so far (as a decoder does after a
+    /// gap); how many were asked.
+    pub fn request_keyframes(&mut self) -> usize {
+        let mut asked = 0;
+        let mut api = self.rtc.direct_api();
+        for ssrc in &self.video_ssrcs {
+            if let Some(rx) = api.stream_rx(ssrc) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                asked += 1;
+            }
+        }
+        asked
     }
 
     /// Poll the session until it asks for time; send its transmits and pass its events to `on_event`
@@ -137,15 +280,26 @@ impl Peer {
         loop {
             match self.rtc.poll_output()? {
                 Output::Event(Event::RtpPacket(pkt)) => {
-                    if let Some(c) = self.counting.as_mut().filter(|c| c.armed) {
-                        if let Some(stamp) = Stamp::read(&pkt.payload) {
-                            c.counter.learn(*pkt.header.ssrc, *pkt.seq_no, &stamp);
+                    let stamp = Stamp::read(&pkt.payload);
+                    if let Some(stamp) = &stamp {
+                        if stamp.stream == crate::stamp::Stream::Video && !self.video_ssrcs.contains(&pkt.header.ssrc) {
+                            self.video_ssrcs.push(pkt.header.ssrc);
                         }
+                    }
+                    if let (Some(c), Some(stamp)) = (self.counting.as_mut().filter(|c| c.armed), &stamp) {
+                        c.counter.learn(*pkt.header.ssrc, *pkt.seq_no, stamp);
                     }
                     on_event(Event::RtpPacket(pkt), at);
                 }
                 Output::Transmit(t) => {
-                    if self.sender.send_to(&t.contents, t.destination).is_err() {
+                    let sent = if self.is_cut(Instant::now()) {
+                        true
+                    } else if let (Protocol::Tcp, Some(tcp)) = (t.proto, self.tcp.as_mut()) {
+                        tcp.send(&t.contents)
+                    } else {
+                        self.sender.send_to(&t.contents, t.destination).is_ok()
+                    };
+                    if !sent {
                         self.send_errors += 1;
                     }
                 }
@@ -189,9 +343,12 @@ impl Peer {
         Ok(answer.to_sdp_string())
     }
 
-    /// Wait until the socket is readable.
+    /// Wait until the socket (or the TCP connection) is readable.
     pub async fn readable(&self) -> io::Result<()> {
-        self.socket.readable().await
+        match &self.tcp {
+            Some(t) => t.stream.readable().await,
+            None => self.socket.readable().await,
+        }
     }
 
     /// From now on, once [`Peer::arm_counting`] was called, count SRTP packets of the speaker streams this
@@ -217,6 +374,10 @@ impl Peer {
     /// or, for a counting peer, counting it from its header. Datagrams str0m cannot parse are skipped.
     /// True if str0m got any of them.
     pub fn read(&mut self, on: &mut impl FnMut(Got, Instant)) -> Result<bool, RtcError> {
+        if self.tcp.is_some() {
+            return self.read_tcp(on);
+        }
+        let cut = self.is_cut(Instant::now());
         let mut fed = false;
         for _ in 0..READ_BATCH / RECV_BATCH {
             let n = match self.receive() {
@@ -225,6 +386,13 @@ impl Peer {
                 Err(_) => break,
             };
             let now = Instant::now();
+            if cut {
+                // The outage ate them.
+                if n < RECV_BATCH {
+                    break;
+                }
+                continue;
+            }
             for i in 0..n {
                 let Some(&(len, source, wall)) = self.recv.got.get(i) else { break };
                 let Some(source) = source else { continue };
@@ -248,6 +416,35 @@ impl Peer {
             if n < RECV_BATCH {
                 break;
             }
+        }
+        Ok(fed)
+    }
+
+    /// The TCP side of [`Peer::read`]: every whole frame the connection holds, unless cut.
+    fn read_tcp(&mut self, on: &mut impl FnMut(Got, Instant)) -> Result<bool, RtcError> {
+        let now = Instant::now();
+        if self.is_cut(now) {
+            return Ok(false);
+        }
+        let Some(tcp) = self.tcp.as_mut() else { return Ok(false) };
+        tcp.flush();
+        if !tcp.fill() && tcp.inbuf.is_empty() {
+            // Closed by the server: nothing more will come; str0m's own timers notice.
+            return Ok(false);
+        }
+        let mut fed = false;
+        while let Some(frame) = self.tcp.as_mut().and_then(TcpLink::frame) {
+            let Some((server, local)) = self.tcp.as_ref().map(|t| (t.server, t.local)) else { break };
+            if let Some(c) = self.counting.as_mut().filter(|c| c.armed && c.counter.ready()) {
+                if let Some(stamp) = c.counter.count(&frame, &c.log) {
+                    on(Got::Counted(stamp), now);
+                    continue;
+                }
+            }
+            let Ok(receive) = Receive::new(Protocol::Tcp, server, local, &frame) else { continue };
+            self.rtc.handle_input(Input::Receive(now, receive))?;
+            fed = true;
+            self.drive(now, &mut |e, t| on(Got::Event(e), t))?;
         }
         Ok(fed)
     }
@@ -355,4 +552,33 @@ fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
         return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
     }
     a.as_sockaddr_in6().map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
+}
+
+/// The address of the first passive TCP host candidate in an SDP (`a=candidate:... tcp ... typ host
+/// tcptype passive`).
+fn passive_tcp_candidate(sdp: &str) -> Option<SocketAddr> {
+    sdp.lines().find_map(|l| {
+        let c = l.trim().strip_prefix("a=candidate:")?;
+        let f: Vec<&str> = c.split_whitespace().collect();
+        let passive = f.windows(2).any(|w| w[0] == "tcptype" && w[1] == "passive");
+        if f.get(2)?.eq_ignore_ascii_case("tcp") && passive {
+            let ip: IpAddr = f.get(4)?.parse().ok()?;
+            let port: u16 = f.get(5)?.parse().ok()?;
+            return Some(SocketAddr::new(ip, port));
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_passive_tcp_candidate_is_found() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\
+                   a=candidate:2 1 tcp 1010828031 127.0.0.1 7881 typ host tcptype passive\r\n";
+        assert_eq!(passive_tcp_candidate(sdp), Some("127.0.0.1:7881".parse().unwrap()));
+        assert_eq!(passive_tcp_candidate("a=candidate:1 1 udp 1 127.0.0.1 7882 typ host"), None);
+    }
 }

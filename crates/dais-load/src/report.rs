@@ -28,6 +28,10 @@ pub struct Report {
     pub latency_us: Latency,
     /// Delivery to viewers.
     pub delivery: Delivery,
+    /// How viewers carried their media: `udp` or `tcp` (`--transport`).
+    pub transport: String,
+    /// The outage (`--blip`) and how the cut viewers came back; `null` without one.
+    pub blip: Option<Blip>,
     /// Per ingress packet, speaker send -> its last and its 32nd viewer; `null` without `--fanout`.
     pub fanout_us: Option<Fanout>,
     /// The server's own in-process forwarding latency over the measured phase (its
@@ -93,6 +97,8 @@ pub struct Viewers {
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
     /// Largest.
@@ -187,6 +193,45 @@ pub fn fanout(rec: &FanoutRecorder, viewers: usize) -> Fanout {
     Fanout { last_viewer: latency(&last), first_32_viewers: latency(&first) }
 }
 
+/// The outage and the way back, timed from its end, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Blip {
+    /// How long nothing got through, seconds.
+    pub length_s: f64,
+    /// Share of the viewers cut.
+    pub share: f64,
+    /// Whether their signaling socket was lost too (and resumed).
+    pub signaling_dropped: bool,
+    /// Viewers cut.
+    pub viewers_cut: usize,
+    /// Of those, viewers that received media again.
+    pub media_again: usize,
+    /// Of those, viewers that received a key frame again (could decode again).
+    pub keyframe_again: usize,
+    /// Of those, viewers that resumed their participant on a new socket.
+    pub resumed: usize,
+    /// Outage end -> first media packet.
+    pub media_after_ms: Percentiles,
+    /// Outage end -> first packet of a key frame.
+    pub keyframe_after_ms: Percentiles,
+}
+
+/// How the cut viewers came back.
+pub fn blip(viewers: &[ViewerRecord], plan: crate::shard::BlipPlan) -> Blip {
+    let cut: Vec<_> = viewers.iter().filter_map(|v| v.blip.as_ref()).collect();
+    Blip {
+        length_s: plan.length.as_secs_f64(),
+        share: plan.share,
+        signaling_dropped: plan.drop_signaling,
+        viewers_cut: cut.len(),
+        media_again: cut.iter().filter(|b| b.media_after.is_some()).count(),
+        keyframe_again: cut.iter().filter(|b| b.keyframe_after.is_some()).count(),
+        resumed: cut.iter().filter(|b| b.resumed).count(),
+        media_after_ms: percentiles(cut.iter().filter_map(|b| b.media_after)),
+        keyframe_after_ms: percentiles(cut.iter().filter_map(|b| b.keyframe_after)),
+    }
+}
+
 /// Speaker figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Speakers {
@@ -229,10 +274,11 @@ pub fn percentiles(values: impl Iterator<Item = Duration>) -> Percentiles {
     }
     let ms = |us: u64| (us as f64 / 1000.0 * 10.0).round() / 10.0;
     if h.is_empty() {
-        return Percentiles { p50: 0.0, p99: 0.0, max: 0.0, count: 0 };
+        return Percentiles { p50: 0.0, p95: 0.0, p99: 0.0, max: 0.0, count: 0 };
     }
     Percentiles {
         p50: ms(h.value_at_quantile(0.5)),
+        p95: ms(h.value_at_quantile(0.95)),
         p99: ms(h.value_at_quantile(0.99)),
         max: ms(h.max()),
         count: h.len(),
@@ -349,8 +395,8 @@ impl Report {
         };
         let _ = writeln!(
             o,
-            "  server {}; {:.0} packets/s per viewer; {} generator thread(s); {decryption}",
-            s.url, s.packets_per_viewer_per_s, s.generator_threads
+            "  server {}; {:.0} packets/s per viewer over {}; {} generator thread(s); {decryption}",
+            s.url, s.packets_per_viewer_per_s, self.transport, s.generator_threads
         );
         let v = &self.viewers;
         let failures = if v.failures.is_empty() {
@@ -403,6 +449,28 @@ impl Report {
             d.out_of_order.mean,
             d.missing_streams
         );
+        if let Some(b) = &self.blip {
+            let _ = writeln!(
+                o,
+                "{:<34} {} viewers cut for {} s{}: {} got media again, {} a key frame, {} resumed",
+                "blip",
+                b.viewers_cut,
+                b.length_s,
+                if b.signaling_dropped { " (signaling socket lost too)" } else { "" },
+                b.media_again,
+                b.keyframe_again,
+                b.resumed
+            );
+            for (label, p) in
+                [("blip end -> media again", &b.media_after_ms), ("blip end -> key frame again", &b.keyframe_after_ms)]
+            {
+                let _ = writeln!(
+                    o,
+                    "{label:<34} p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                    p.p50, p.p95, p.p99, p.max
+                );
+            }
+        }
         let sp = &self.speakers;
         let _ = writeln!(
             o,

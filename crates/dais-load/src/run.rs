@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::procfs::Sampler;
 use crate::report::{self, ProcessUsage, Report, Scenario, Viewers};
 use crate::sendlog::SendLog;
-use crate::shard::{Cmd, Progress, Shard, Target};
+use crate::shard::{BlipPlan, Cmd, Progress, Shard, Target, Transport};
 use crate::speaker::SpeakerPlan;
 use crate::stamp::Clock;
 use crate::stats::{latency_histogram, FanoutRecorder};
@@ -72,6 +72,10 @@ pub struct LoadConfig {
     pub fanout: bool,
     /// One viewer in this many decrypts every packet; the others count SRTP headers (1: all decrypt).
     pub decrypt_one_in: usize,
+    /// How viewers carry their media.
+    pub transport: Transport,
+    /// An outage for a share of the viewers in the middle of the measured phase.
+    pub blip: Option<BlipPlan>,
 }
 
 /// Longest wait for all speakers to connect.
@@ -161,12 +165,16 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         fanout: cfg.fanout,
         decrypt_one_in: cfg.decrypt_one_in.max(1),
         send_log: Arc::new(SendLog::new(cfg.speakers)),
+        transport: cfg.transport,
+        blip: cfg.blip,
     });
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (send_tx, send_rx) = watch::channel(true);
-    let spawn =
-        |name: String| Shard::spawn(name, target.clone(), clock, progress.clone(), stop_rx.clone(), send_rx.clone());
+    let (blip_tx, blip_rx) = watch::channel(None);
+    let spawn = |name: String| {
+        Shard::spawn(name, target.clone(), clock, progress.clone(), stop_rx.clone(), send_rx.clone(), blip_rx.clone())
+    };
     let speaker_shard = spawn("load-speakers".into())?;
     let threads = cfg.threads.max(1);
     let viewer_shards = (0..threads).map(|i| spawn(format!("load-viewers-{i}"))).collect::<anyhow::Result<Vec<_>>>()?;
@@ -215,11 +223,19 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
     let mut last_packets = 0u64;
     let mut last_progress = Instant::now();
     let mut forward_start = None;
+    let mut blip_started: Option<Instant> = None;
     loop {
         let now = Instant::now();
         if let Some(end) = ramp_end {
             if now >= end + cfg.duration {
                 break;
+            }
+            // The outage is centred in the measured phase.
+            if let (Some(b), None) = (cfg.blip, blip_started) {
+                if now >= end + cfg.duration.saturating_sub(b.length) / 2 {
+                    blip_started = Some(now);
+                    let _ = blip_tx.send(Some(now + b.length));
+                }
             }
         } else {
             let settled = progress.viewers_settled.load(Ordering::Relaxed);
@@ -359,6 +375,11 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         fanout_us: cfg.fanout.then(|| report::fanout(&spreads, present)),
         server_forward_us,
         delivery: report::delivery(&viewers, &speakers),
+        blip: cfg.blip.map(|b| report::blip(&viewers, b)),
+        transport: match cfg.transport {
+            Transport::Udp => "udp".into(),
+            Transport::Tcp => "tcp".into(),
+        },
         speakers: report::speakers(&speakers),
         server: server_usage,
         generator,

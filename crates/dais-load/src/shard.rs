@@ -44,6 +44,39 @@ pub struct Target {
     pub decrypt_one_in: usize,
     /// What the speakers sent, for viewers that count headers.
     pub send_log: Arc<SendLog>,
+    /// How viewers carry their media.
+    pub transport: Transport,
+    /// The outage some viewers go through mid-run (`--blip`).
+    pub blip: Option<BlipPlan>,
+}
+
+/// How viewers carry their media (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// ICE over UDP, one socket per viewer.
+    #[default]
+    Udp,
+    /// ICE over TCP to the server's passive candidate, one connection per viewer.
+    Tcp,
+}
+
+/// A network outage for a share of the viewers (`--blip`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlipPlan {
+    /// How long nothing gets through.
+    pub length: std::time::Duration,
+    /// Share of viewers cut, 0 to 1.
+    pub share: f64,
+    /// Also lose the signaling socket at the start, and resume on a new one at the end.
+    pub drop_signaling: bool,
+}
+
+impl BlipPlan {
+    /// Whether viewer `index` is among the cut ones (the same viewers every run).
+    pub fn cuts(&self, index: usize) -> bool {
+        let spread = (index as u64).wrapping_mul(2_654_435_761) % 10_000;
+        (spread as f64) < self.share * 10_000.0
+    }
 }
 
 /// Counters the run loop reads for progress.
@@ -94,6 +127,8 @@ pub struct Ctx {
     pub stop: watch::Receiver<bool>,
     /// Speakers send while this is true.
     pub sending: watch::Receiver<bool>,
+    /// Set when the blip starts: when it ends.
+    pub blip: watch::Receiver<Option<Instant>>,
     /// Latency of every packet this shard's viewers received, in microseconds.
     pub latency: RefCell<Histogram<u64>>,
     /// The same since the last progress report.
@@ -137,6 +172,7 @@ impl Shard {
         progress: Arc<Progress>,
         stop: watch::Receiver<bool>,
         sending: watch::Receiver<bool>,
+        blip: watch::Receiver<Option<Instant>>,
     ) -> anyhow::Result<Shard> {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = std::thread::Builder::new()
@@ -151,6 +187,7 @@ impl Shard {
                     progress,
                     stop,
                     sending,
+                    blip,
                     latency: RefCell::new(latency_histogram()),
                     recent: RefCell::new(latency_histogram()),
                     fanout,

@@ -89,7 +89,7 @@ impl Signal {
     pub fn spawn(mut self) -> SignalHandle {
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientMessage>();
         let (in_tx, in_rx) = mpsc::unbounded_channel();
-        tokio::task::spawn_local(async move {
+        let task = tokio::task::spawn_local(async move {
             loop {
                 tokio::select! {
                     msg = out_rx.recv() => match msg {
@@ -113,7 +113,7 @@ impl Signal {
                 }
             }
         });
-        SignalHandle { tx: out_tx, rx: in_rx }
+        SignalHandle { tx: out_tx, rx: in_rx, task }
     }
 
     /// The next message worth acting on. Cancel-safe: it can lose the race in a `select!` without losing a
@@ -156,6 +156,7 @@ impl Signal {
 pub struct SignalHandle {
     tx: mpsc::UnboundedSender<ClientMessage>,
     rx: mpsc::UnboundedReceiver<anyhow::Result<Incoming>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl SignalHandle {
@@ -170,6 +171,11 @@ impl SignalHandle {
             Some(r) => r,
             None => Ok(Incoming::Closed(None)),
         }
+    }
+
+    /// Lose the socket as a network outage would: no `leave`, no close frame.
+    pub fn abandon(self) {
+        self.task.abort();
     }
 
     /// Say `leave`, close the socket and wait (at most 2 s) until it is closed.

@@ -127,6 +127,19 @@ pub struct ViewerRecord {
     pub streams: BTreeMap<(u16, Stream), StreamRx>,
     /// Packets counted from their SRTP headers without decryption (`--decrypt-one-in`).
     pub counted: u64,
+    /// What the blip did to this viewer, if it was cut (`--blip`).
+    pub blip: Option<BlipRecord>,
+}
+
+/// One cut viewer's way back from the blip, timed from the end of the outage.
+#[derive(Debug, Clone, Default)]
+pub struct BlipRecord {
+    /// Outage end -> first media packet.
+    pub media_after: Option<Duration>,
+    /// Outage end -> first packet of a key frame (from which a decoder shows pictures again).
+    pub keyframe_after: Option<Duration>,
+    /// The signaling socket was dropped and the participant resumed on a new one.
+    pub resumed: bool,
 }
 
 impl ViewerRecord {

@@ -6,19 +6,26 @@
 //! [`Stamp`] feeds the viewer's [`ViewerRecord`] (loss, duplicates, reordering) and the shard's latency
 //! histogram. A viewer that gets no `joined` within 10 s, or no media within 15 s of `joined`, fails with
 //! `join_timeout` or `no_media`; a server `error` fails it with the server's code.
+//!
+//! A viewer whose signaling socket closes without a final code resumes on a new one (`resume` with the
+//! token of its last `joined`/`resumed`). With `--blip`, the cut viewers go through an outage mid-run
+//! ([`Peer::cut`]; with `drop_signaling` their socket is lost too and resumed when it ends); the first
+//! media packet after it asks for a key frame, as a decoder would, every second until one comes, and
+//! both times are recorded from the end of the outage.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dais_proto::{ClientMessage, Role, ServerMessage};
+use dais_proto::{ClientMessage, Role, ServerMessage, PROTOCOL_VERSION};
 use str0m::Event;
 
 use crate::peer::{Got, Peer};
 use crate::shard::Ctx;
-use crate::signal::Signal;
-use crate::stamp::Stamp;
-use crate::stats::ViewerRecord;
+use crate::shard::{Target, Transport};
+use crate::signal::{Incoming, Signal, SignalHandle};
+use crate::stamp::{Stamp, Stream};
+use crate::stats::{BlipRecord, ViewerRecord};
 use crate::Failure;
 
 /// Viewer failures described on stderr; the rest are only counted.
@@ -37,7 +44,13 @@ const COUNTING_READ_PAUSE: Duration = Duration::from_millis(20);
 /// Run viewer `index` until the run stops or `leave_at`; never fails, the failure is in the record.
 pub async fn run(ctx: Rc<Ctx>, index: usize, leave_at: Option<Instant>) -> ViewerRecord {
     ctx.progress.viewers_started.fetch_add(1, Ordering::Relaxed);
-    let mut v = Viewer { rec: ViewerRecord::default(), start: Instant::now(), ctx: ctx.clone() };
+    let mut v = Viewer {
+        rec: ViewerRecord::default(),
+        start: Instant::now(),
+        ctx: ctx.clone(),
+        cut_end: None,
+        want_keyframe: false,
+    };
     if let Err(f) = v.watch(index, leave_at).await {
         let failed = ctx.progress.viewers_failed.fetch_add(1, Ordering::Relaxed);
         if failed < FAILURES_SHOWN {
@@ -58,6 +71,30 @@ struct Viewer {
     rec: ViewerRecord,
     start: Instant,
     ctx: Rc<Ctx>,
+    /// The end of the outage this viewer went through.
+    cut_end: Option<Instant>,
+    /// Ask for a key frame: media came back after the outage and none arrived yet.
+    want_keyframe: bool,
+}
+
+/// Close codes after which a viewer does not resume: its own leave, too big, kicked, room closed, resumed
+/// elsewhere.
+const FINAL_CLOSES: [u16; 5] = [1000, 1009, 4001, 4002, 4003];
+
+/// A new socket that resumes the participant holding `token`.
+async fn resume(target: &Target, token: &str) -> Result<SignalHandle, Failure> {
+    let mut sig = Signal::connect(&target.url).await.map_err(Failure::with("connect_failed"))?;
+    let msg = ClientMessage::Resume { token: token.to_owned(), version: PROTOCOL_VERSION };
+    sig.send(&msg).await.map_err(Failure::with("ws_closed"))?;
+    Ok(sig.spawn())
+}
+
+/// The next message of the socket, or never while there is none.
+async fn next_message(sig: &mut Option<SignalHandle>) -> anyhow::Result<Incoming> {
+    match sig {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Viewer {
@@ -68,7 +105,13 @@ impl Viewer {
         let mut sig = Signal::connect(&target.url).await.map_err(Failure::with("connect_failed"))?;
         let token = crate::token(target, &name, Role::Viewer)?;
         sig.join(&target.room, &name, Role::Viewer, token).await.map_err(Failure::with("ws_closed"))?;
-        let mut sig = sig.spawn();
+        let mut sig = Some(sig.spawn());
+        let mut resume_token: Option<String> = None;
+        let blip = target.blip.filter(|b| b.cuts(index));
+        let mut blip_rx = ctx.blip.clone();
+        let cut_timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(cut_timer);
+        let mut cutting = false;
 
         let mut peer: Option<Peer> = None;
         // Viewers 0, K, 2K... decrypt every packet; the others count headers after their first key frame.
@@ -84,6 +127,8 @@ impl Viewer {
         let mut dirty = true;
         // While set, a counting viewer leaves its socket alone until then.
         let mut resume_reads: Option<Instant> = None;
+        // The first key frame request after the blip went out.
+        let mut asked_once = false;
 
         loop {
             if let Some(p) = peer.as_mut() {
@@ -111,7 +156,8 @@ impl Viewer {
             // a wake-up that is neither, which is also the wake-up their own events cause.
             tokio::select! {
                 biased;
-                r = readable(&peer), if resume_reads.is_none() => {
+                // A TCP connection under a cut is left unread (its readiness would spin the loop).
+                r = readable(&peer), if resume_reads.is_none() && !(cutting && target.transport == Transport::Tcp) => {
                     r.map_err(Failure::with("socket"))?;
                     if let Some(p) = peer.as_mut() {
                         dirty = p.read(&mut |g, at| match g {
@@ -120,6 +166,9 @@ impl Viewer {
                         })
                         .map_err(Failure::with("media_failed"))?;
                         self.rec.counted = p.counted();
+                        if self.want_keyframe && !std::mem::replace(&mut asked_once, true) {
+                            p.request_keyframes();
+                        }
                         if p.counted() > 0 {
                             resume_reads = Some(Instant::now() + COUNTING_READ_PAUSE);
                         }
@@ -131,39 +180,94 @@ impl Viewer {
                     }
                 }
                 _ = stop.changed() => {
-                    sig.leave().await;
+                    if let Some(s) = sig.take() {
+                        s.leave().await;
+                    }
                     return Ok(());
                 }
                 _ = &mut leave => {
-                    sig.leave().await;
+                    if let Some(s) = sig.take() {
+                        s.leave().await;
+                    }
                     self.rec.left_early = true;
                     return Ok(());
                 }
-                r = sig.next() => match r.map_err(Failure::with("ws_closed"))?.into_message()? {
-                    ServerMessage::Joined { .. } => {
-                        self.rec.joined = true;
-                        joined_at = Some(Instant::now());
-                        self.rec.joined_after = Some(self.start.elapsed());
+                _ = blip_rx.changed(), if blip.is_some() && self.rec.blip.is_none() => {
+                    let (Some(until), Some(p), Some(plan)) = (*blip_rx.borrow(), peer.as_mut(), blip) else { continue };
+                    p.cut(until);
+                    cutting = true;
+                    cut_timer.as_mut().reset(until.into());
+                    self.cut_end = Some(until);
+                    self.rec.blip = Some(BlipRecord::default());
+                    if plan.drop_signaling {
+                        if let Some(s) = sig.take() {
+                            s.abandon();
+                        }
                     }
-                    ServerMessage::Offer { sdp } => {
-                        let p = match peer.as_mut() {
-                            Some(p) => p,
-                            None => {
-                                let p = peer.insert(Peer::bind(target.bind_ip, ctx.clock).map_err(Failure::with("bind_failed"))?);
-                                if counting {
-                                    p.count_headers(target.send_log.clone());
-                                }
-                                p
+                }
+                _ = &mut cut_timer, if cutting => {
+                    cutting = false;
+                    if sig.is_none() {
+                        let token = resume_token.clone().ok_or_else(|| Failure::new("resume_failed", "no resume token"))?;
+                        sig = Some(resume(target, &token).await?);
+                        if let Some(b) = self.rec.blip.as_mut() {
+                            b.resumed = true;
+                        }
+                    }
+                }
+                r = next_message(&mut sig) => {
+                    let incoming = r.map_err(Failure::with("ws_closed"))?;
+                    if let (Incoming::Closed(code), Some(token)) = (&incoming, &resume_token) {
+                        if !code.is_some_and(|c| FINAL_CLOSES.contains(&c)) {
+                            // Lost, not ended: take the participant over on a new socket.
+                            sig = Some(resume(target, token).await?);
+                            continue;
+                        }
+                    }
+                    match incoming.into_message()? {
+                        ServerMessage::Joined { resume_token: t, .. } => {
+                            resume_token = t;
+                            self.rec.joined = true;
+                            joined_at = Some(Instant::now());
+                            self.rec.joined_after = Some(self.start.elapsed());
+                        }
+                        ServerMessage::Resumed { resume_token: t, media_reset, .. } => {
+                            resume_token = Some(t);
+                            if media_reset {
+                                return Err(Failure::new("media_reset", "the server lost the media session"));
                             }
-                        };
-                        let answer = p.answer_offer(&sdp)?;
-                        sig.send(ClientMessage::Answer { sdp: answer })
-                            .map_err(Failure::with("ws_closed"))?;
+                        }
+                        ServerMessage::Offer { sdp } => {
+                            let p = match peer.as_mut() {
+                                Some(p) => p,
+                                None => {
+                                    let fresh = match target.transport {
+                                        Transport::Udp => Peer::bind(target.bind_ip, ctx.clock),
+                                        Transport::Tcp => Peer::connect_tcp(target.bind_ip, ctx.clock, &sdp).await,
+                                    };
+                                    let p = peer.insert(fresh.map_err(Failure::with("bind_failed"))?);
+                                    if counting {
+                                        p.count_headers(target.send_log.clone());
+                                    }
+                                    p
+                                }
+                            };
+                            let answer = p.answer_offer(&sdp)?;
+                            if let Some(s) = sig.as_ref() {
+                                s.send(ClientMessage::Answer { sdp: answer }).map_err(Failure::with("ws_closed"))?;
+                            }
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 },
                 _ = watchdog.tick() => {
                     let now = Instant::now();
+                    if self.want_keyframe {
+                        // No key frame yet, a second after asking: ask again, as a decoder would.
+                        if let Some(p) = peer.as_mut() {
+                            p.request_keyframes();
+                        }
+                    }
                     match joined_at {
                         None if now - self.start > JOIN_TIMEOUT => {
                             return Err(Failure::new("join_timeout", "no `joined` within 10 s"));
@@ -202,6 +306,18 @@ impl Viewer {
         }
         if self.rec.first_keyframe.is_none() && stamp.starts_keyframe() {
             self.rec.first_keyframe = Some(now - self.start);
+        }
+        if let (Some(end), Some(b)) = (self.cut_end, self.rec.blip.as_mut()) {
+            if now >= end {
+                if b.media_after.is_none() {
+                    b.media_after = Some(now - end);
+                    self.want_keyframe = true;
+                }
+                if b.keyframe_after.is_none() && stamp.stream == Stream::Video && stamp.starts_keyframe() {
+                    b.keyframe_after = Some(now - end);
+                    self.want_keyframe = false;
+                }
+            }
         }
         let first_copy = self.rec.record(&stamp);
         let us = now.saturating_duration_since(self.ctx.clock.at(stamp.sent_ns)).as_micros();

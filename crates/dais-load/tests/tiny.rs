@@ -181,6 +181,26 @@ fn viewers_that_count_headers_measure_the_same_things() {
 }
 
 #[test]
+fn viewers_over_tcp_receive_everything() {
+    let (report, stdout) = tiny_run("tcp", &["--transport", "tcp"]);
+    assert_everyone_received(&report, &stdout);
+    assert_eq!(field(&report, "transport"), "tcp");
+    assert!(stdout.contains("over tcp"), "{stdout}");
+}
+
+#[test]
+fn viewers_cut_off_for_a_second_resume_and_see_media_and_a_key_frame_again() {
+    let (report, stdout) = tiny_run("blip", &["--blip", "1", "--blip-share", "0.5", "--blip-drop-signaling"]);
+    assert_eq!(field(&report, "viewers.failed"), 0, "{stdout}");
+    let cut = field(&report, "blip.viewers_cut").as_u64().expect("a number");
+    assert!((5..=15).contains(&cut), "about half of 20 viewers cut, not {cut}:\n{stdout}");
+    assert_eq!(field(&report, "blip.media_again"), cut, "{stdout}");
+    assert_eq!(field(&report, "blip.keyframe_again"), cut, "every cut viewer can decode again:\n{stdout}");
+    assert_eq!(field(&report, "blip.resumed"), cut, "each resumed its participant on a new socket:\n{stdout}");
+    assert_eq!(field(&report, "blip.keyframe_after_ms.count"), cut, "{stdout}");
+}
+
+#[test]
 fn help_documents_every_flag_and_preset() {
     let out = Command::new(env!("CARGO_BIN_EXE_dais-load")).arg("--help").output().expect("run dais-load --help");
     assert!(out.status.success());
@@ -205,6 +225,10 @@ fn help_documents_every_flag_and_preset() {
         "--token-secret",
         "--fanout",
         "--decrypt-one-in",
+        "--transport",
+        "--blip",
+        "--blip-share",
+        "--blip-drop-signaling",
         "--json",
         "--quiet",
     ] {
