@@ -18,6 +18,9 @@ use crate::stamp::{Stamp, Stream};
 /// Packets remembered per speaker stream: about 70 s of 1.5 Mbit/s video.
 const LOG_LEN: usize = 16_384;
 
+/// The send-time bits of a slot's time word.
+const NS_MASK: u64 = (1 << 56) - 1;
+
 /// Marks an empty slot (no sequence number is this large).
 const EMPTY: u64 = u64::MAX;
 
@@ -26,7 +29,8 @@ const EMPTY: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct SendLog {
     speakers: usize,
-    /// Per slot: the sequence number it holds, then its send time in [`crate::stamp::Clock`] nanoseconds.
+    /// Per slot: the sequence number it holds, then its send time in [`crate::stamp::Clock`] nanoseconds
+    /// (the low 56 bits: over two years) with the stamp's flags in the top byte.
     seqs: Vec<AtomicU64>,
     sent: Vec<AtomicU64>,
 }
@@ -61,13 +65,18 @@ impl SendLog {
             // Invalidate, write the time, then publish the sequence number: a reader that sees the number
             // sees the time written before it.
             seq.store(EMPTY, Ordering::Release);
-            sent.store(stamp.sent_ns, Ordering::Release);
+            sent.store((stamp.sent_ns & NS_MASK) | (u64::from(stamp.flags) << 56), Ordering::Release);
             seq.store(stamp.seq, Ordering::Release);
         }
     }
 
     /// When the speaker sent packet `seq` of `stream`, if the log still holds it.
     pub fn sent_ns(&self, speaker: u16, stream: Stream, seq: u64) -> Option<u64> {
+        self.sent(speaker, stream, seq).map(|(ns, _)| ns)
+    }
+
+    /// When the speaker sent packet `seq` of `stream`, and its stamp's flags (key frame, frame start).
+    pub fn sent(&self, speaker: u16, stream: Stream, seq: u64) -> Option<(u64, u8)> {
         let i = self.slot(speaker, stream, seq)?;
         let (slot_seq, sent) = (self.seqs.get(i)?, self.sent.get(i)?);
         if slot_seq.load(Ordering::Acquire) != seq {
@@ -75,7 +84,7 @@ impl SendLog {
         }
         let ns = sent.load(Ordering::Acquire);
         // Overwritten meanwhile (only after LOG_LEN more packets of the stream): treat as unknown.
-        (slot_seq.load(Ordering::Acquire) == seq).then_some(ns)
+        (slot_seq.load(Ordering::Acquire) == seq).then_some((ns & NS_MASK, (ns >> 56) as u8))
     }
 }
 
@@ -123,9 +132,9 @@ impl HeaderCounter {
         let ext = extend(l.ext, seq16);
         l.ext = l.ext.max(ext);
         let seq = u64::try_from((ext as i64).wrapping_add(l.offset)).ok()?;
-        let sent_ns = log.sent_ns(l.speaker, l.stream, seq)?;
+        let (sent_ns, flags) = log.sent(l.speaker, l.stream, seq)?;
         self.counted += 1;
-        Some(Stamp { speaker: l.speaker, stream: l.stream, flags: 0, seq, sent_ns })
+        Some(Stamp { speaker: l.speaker, stream: l.stream, flags, seq, sent_ns })
     }
 }
 
@@ -201,6 +210,22 @@ mod tests {
         assert!(c.count(&rtcp, &log).is_none(), "RTCP goes to str0m");
         assert!(c.count(&[0x80, 96, 0], &log).is_none(), "truncated");
         assert!(c.count(&[0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &log).is_none(), "DTLS");
+    }
+
+    #[test]
+    fn counted_packets_keep_their_key_frame_flags() {
+        let log = SendLog::new(1);
+        let key = Stamp {
+            flags: crate::stamp::FLAG_KEYFRAME | crate::stamp::FLAG_FRAME_START,
+            ..stamp(0, Stream::Video, 3, 1 << 40)
+        };
+        log.record(&key);
+        log.record(&stamp(0, Stream::Video, 4, 77));
+        assert_eq!(log.sent(0, Stream::Video, 3), Some((1 << 40, key.flags)));
+        let mut c = HeaderCounter::default();
+        c.learn(9, 3, &key);
+        assert!(c.count(&rtp(3, 9), &log).expect("known").starts_keyframe(), "a counted key frame is one");
+        assert!(!c.count(&rtp(4, 9), &log).expect("known").starts_keyframe());
     }
 
     #[test]
