@@ -171,6 +171,8 @@ export class DaisError extends Error {
  * - `reconnected`        `{resumed, mediaReset}`: `resumed`: the same participant carries on (with a new
  *                        peer connection when `mediaReset`); otherwise it joined afresh (a new participant
  *                        id; `participantleft`/`trackremoved` for everything before, then `joined` again)
+ * - `icerestart`         `{state}`: ICE was `failed`, or `disconnected` for `iceRestartAfterMs`: the client
+ *                        restarts it with a new offer (the participant and its streams stay)
  * - `error`              `{error: DaisError}`: a server error, or a failed negotiation step
  * - `close`              `{code, reason}`: the client is finished: left, kicked, room closed, token
  *                        refused, or reconnecting gave up
