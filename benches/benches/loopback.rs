@@ -67,6 +67,8 @@ fn config(dais: PathBuf, viewers: usize, workers: usize, duration: Duration) -> 
         progress: false,
         fanout: true,
         decrypt_one_in: 1,
+        transport: dais_load::shard::Transport::Udp,
+        blip: None,
     }
 }
 

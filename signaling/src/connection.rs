@@ -98,9 +98,17 @@ impl Signaling {
             Ok(mut p) => (self.run_joined(&mut p, &mut incoming, &mut outgoing, &mut phase, &mut live).await, Some(p)),
             Err(frame) => (End::Leave(frame), None),
         };
-        let frame = match &end {
-            End::Leave(f) | End::Lost(f) => f.clone(),
-            End::Replaced(_) => Some((CLOSE_REPLACED, "resumed on another socket".into())),
+        // What becomes of the participant, and the close frame. One taken over goes to its new socket
+        // before this one is closed: closing can wait on a dead peer for up to the send timeout.
+        let (frame, after) = match (end, participant) {
+            (End::Leave(f), p) => (f, p.map(|p| (*p, false))),
+            (End::Lost(f), p) => (f, p.map(|p| (*p, true))),
+            (End::Replaced(reply), Some(p)) => {
+                let frame = Some((CLOSE_REPLACED, "resumed on another socket".into()));
+                // The resuming socket stopped waiting: keep the participant for another try.
+                (frame, reply.send(*p).err().map(|p| (p, true)))
+            }
+            (End::Replaced(_), None) => (None, None),
         };
         if let Some((code, reason)) = frame {
             let _ = tokio::time::timeout(SEND_TIMEOUT, outgoing.send(OutFrame::Close(code, reason))).await;
@@ -109,16 +117,10 @@ impl Signaling {
         drop((incoming, outgoing));
         // Counted until the close frame is out: shutdown waits for this to reach zero.
         self.connections.fetch_sub(1, Ordering::Relaxed);
-        let Some(p) = participant else { return };
-        match end {
-            End::Leave(_) => self.finish(*p),
-            End::Lost(_) => self.park(*p).await,
-            End::Replaced(reply) => {
-                if let Err(p) = reply.send(*p) {
-                    // The resuming socket stopped waiting: keep the participant for another try.
-                    self.park(p).await;
-                }
-            }
+        match after {
+            Some((p, true)) => self.park(p).await,
+            Some((p, false)) => self.finish(p),
+            None => {}
         }
     }
 

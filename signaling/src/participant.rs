@@ -18,7 +18,7 @@
 //!
 //! [`SignalingConfig::resume_grace`]: crate::SignalingConfig::resume_grace
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use dais_proto::{ErrorCode, Role, ServerMessage, PROTOCOL_VERSION};
@@ -34,8 +34,10 @@ use crate::Signaling;
 pub(crate) const ENDED_MEMORY: Duration = Duration::from_secs(300);
 /// Most such tokens remembered; the oldest go first.
 pub(crate) const MAX_ENDED: usize = 10_000;
-/// Longest wait for the task holding a participant to hand it over.
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the task holding a participant to hand it over: longer than the longest write it
+/// may be blocked in (the connection's 10 s send timeout), so a handover is never given up on while it
+/// is merely slow.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A request to hand the participant over to a new socket.
 pub(crate) type Takeover = oneshot::Sender<Participant>;
@@ -76,6 +78,8 @@ pub(crate) struct Participant {
 pub(crate) struct Resumable {
     live: HashMap<String, mpsc::UnboundedSender<Takeover>>,
     ended: HashMap<String, (ErrorCode, Instant)>,
+    /// `ended`'s tokens, oldest first.
+    ended_order: VecDeque<(Instant, String)>,
 }
 
 /// Why a resume did not take a participant over.
@@ -173,13 +177,18 @@ impl Signaling {
     pub(crate) fn remember_ended(&self, token: &str, code: ErrorCode) {
         let Ok(mut r) = self.resumable.lock() else { return };
         let now = Instant::now();
-        r.ended.retain(|_, (_, at)| now.saturating_duration_since(*at) < ENDED_MEMORY);
-        if r.ended.len() >= MAX_ENDED {
-            if let Some(oldest) = r.ended.iter().min_by_key(|(_, (_, at))| *at).map(|(t, _)| t.clone()) {
-                r.ended.remove(&oldest);
+        // Closing a room of thousands ends each of them: O(1) per token, oldest evicted first.
+        while let Some((at, _)) = r.ended_order.front() {
+            if now.saturating_duration_since(*at) < ENDED_MEMORY && r.ended_order.len() < MAX_ENDED {
+                break;
+            }
+            if let Some((_, old)) = r.ended_order.pop_front() {
+                r.ended.remove(&old);
             }
         }
-        r.ended.insert(token.to_owned(), (code, now));
+        if r.ended.insert(token.to_owned(), (code, now)).is_none() {
+            r.ended_order.push_back((now, token.to_owned()));
+        }
     }
 
     /// Keep a participant whose socket was lost until a resume takes it over, an operator ends it, the
@@ -261,10 +270,21 @@ impl Signaling {
             r.live.remove(token).ok_or(ResumeError::Failed)?
         };
         let (reply, rx) = oneshot::channel();
-        takeover.send(reply).map_err(|_| ResumeError::Failed)?;
-        let mut p = match tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await {
-            Ok(Ok(p)) => p,
-            _ => return Err(ResumeError::Failed),
+        let handed = match takeover.send(reply) {
+            Ok(()) => tokio::time::timeout(TAKEOVER_TIMEOUT, rx).await.ok().and_then(Result::ok),
+            Err(_) => None,
+        };
+        let Some(mut p) = handed else {
+            // The participant ended meanwhile (an operator's end says so), or its task never answered:
+            // the token stays good for a later try in that case.
+            let Ok(mut r) = self.resumable.lock() else { return Err(ResumeError::Failed) };
+            if let Some((code, _)) = r.ended.get(token) {
+                return Err(ResumeError::Ended(*code));
+            }
+            if !takeover.is_closed() {
+                r.live.insert(token.to_owned(), takeover);
+            }
+            return Err(ResumeError::Failed);
         };
         let (token, takeover) = self.issue_token();
         p.token = token;

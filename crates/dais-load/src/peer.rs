@@ -84,14 +84,20 @@ const COUNTING_TICK: Duration = Duration::from_millis(200);
 /// Largest outgoing TCP backlog of one peer; frames beyond it are dropped (and counted as send errors).
 const TCP_OUT_LIMIT: usize = 256 * 1024;
 
+/// Most bytes one read of a TCP connection takes before the peer handles them.
+const TCP_READ_LIMIT: usize = 64 * 1024;
+
 /// ICE over TCP: one connection to the server's passive candidate.
 #[derive(Debug)]
 struct TcpLink {
     stream: TcpStream,
     server: SocketAddr,
     local: SocketAddr,
-    /// Bytes read and not yet framed.
+    /// Bytes read; those before `consumed` are framed already.
     inbuf: Vec<u8>,
+    consumed: usize,
+    /// The server closed the connection: nothing more to read.
+    eof: bool,
     /// Framed bytes not yet written.
     outbuf: Vec<u8>,
 }
@@ -121,27 +127,39 @@ impl TcpLink {
         }
     }
 
-    /// Read what the connection holds; false when it closed or failed.
-    fn fill(&mut self) -> bool {
+    /// Read up to [`TCP_READ_LIMIT`] of what the connection holds (the rest waits for the next wake-up);
+    /// a closed or failed connection is marked `eof`.
+    fn fill(&mut self) {
+        // Drop what was framed, once per fill, so framing costs no front-of-buffer moves per frame.
+        self.inbuf.drain(..self.consumed);
+        self.consumed = 0;
         let mut buf = [0u8; 16 * 1024];
-        loop {
+        let mut read = 0;
+        while read < TCP_READ_LIMIT {
             match self.stream.try_read(&mut buf) {
-                Ok(0) => return false,
-                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(_) => return false,
+                Ok(0) => {
+                    self.eof = true;
+                    return;
+                }
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(&buf[..n]);
+                    read += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.eof = true;
+                    return;
+                }
             }
         }
     }
 
     /// The next whole frame read, if any.
     fn frame(&mut self) -> Option<Vec<u8>> {
-        let len = usize::from(u16::from_be_bytes([*self.inbuf.first()?, *self.inbuf.get(1)?]));
-        if self.inbuf.len() < 2 + len {
-            return None;
-        }
-        let frame = self.inbuf[2..2 + len].to_vec();
-        self.inbuf.drain(..2 + len);
+        let rest = self.inbuf.get(self.consumed..)?;
+        let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+        let frame = rest.get(2..2 + len)?.to_vec();
+        self.consumed += 2 + len;
         Some(frame)
     }
 }
@@ -236,7 +254,8 @@ impl Peer {
             .build()
             .map_err(|e| anyhow!("TCP candidate {local}: {e}"))?;
         peer.rtc.add_local_candidate(candidate);
-        peer.tcp = Some(TcpLink { stream, server, local, inbuf: Vec::new(), outbuf: Vec::new() });
+        peer.tcp =
+            Some(TcpLink { stream, server, local, inbuf: Vec::new(), consumed: 0, eof: false, outbuf: Vec::new() });
         Ok(peer)
     }
 
@@ -346,6 +365,8 @@ impl Peer {
     /// Wait until the socket (or the TCP connection) is readable.
     pub async fn readable(&self) -> io::Result<()> {
         match &self.tcp {
+            // A closed connection stays readable: never wake for it again (str0m's timers notice).
+            Some(t) if t.eof => std::future::pending().await,
             Some(t) => t.stream.readable().await,
             None => self.socket.readable().await,
         }
@@ -428,10 +449,7 @@ impl Peer {
         }
         let Some(tcp) = self.tcp.as_mut() else { return Ok(false) };
         tcp.flush();
-        if !tcp.fill() && tcp.inbuf.is_empty() {
-            // Closed by the server: nothing more will come; str0m's own timers notice.
-            return Ok(false);
-        }
+        tcp.fill();
         let mut fed = false;
         while let Some(frame) = self.tcp.as_mut().and_then(TcpLink::frame) {
             let Some((server, local)) = self.tcp.as_ref().map(|t| (t.server, t.local)) else { break };
@@ -573,6 +591,36 @@ fn passive_tcp_candidate(sdp: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tcp_frames_are_rebuilt_across_reads_and_a_close_is_noticed() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        let local = stream.local_addr().expect("local");
+        let mut link =
+            TcpLink { stream, server: addr, local, inbuf: Vec::new(), consumed: 0, eof: false, outbuf: Vec::new() };
+        // One frame split in two writes, then two frames in one write.
+        server.write_all(&[0, 3, b'a']).await.expect("write");
+        link.stream.readable().await.expect("readable");
+        link.fill();
+        assert_eq!(link.frame(), None, "half a frame");
+        server.write_all(&[b'b', b'c', 0, 1, b'x', 0, 0]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        link.fill();
+        assert_eq!(link.frame().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(link.frame().as_deref(), Some(&b"x"[..]));
+        assert_eq!(link.frame().as_deref(), Some(&b""[..]), "a zero-length frame");
+        assert_eq!(link.frame(), None);
+        assert!(!link.eof);
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        link.fill();
+        assert!(link.eof, "the close is noticed");
+        assert!(link.inbuf.is_empty(), "framed bytes were dropped");
+    }
 
     #[test]
     fn the_passive_tcp_candidate_is_found() {

@@ -470,14 +470,7 @@ export class DaisClient extends EventTarget {
         const p = this.participants.get(msg.participant_id);
         if (p) p.role = msg.role;
         const self = msg.participant_id === this.participantId;
-        if (self) {
-          this.role = msg.role;
-          if (msg.role === 'viewer') {
-            // The server stops our m-lines; stop capturing too.
-            for (const track of this.localStream?.getTracks() ?? []) track.stop();
-            this.localStream = null;
-          }
-        }
+        if (self) this._setOwnRole(msg.role);
         return this._emit('rolechanged', { participantId: msg.participant_id, role: msg.role, self });
       }
       case 'error': return this._handleError(msg);
@@ -524,7 +517,9 @@ export class DaisClient extends EventTarget {
   _handleResumed(msg) {
     this._hello = null;
     this._resumeToken = msg.resume_token;
-    this.role = msg.role;
+    // An operator may have promoted or demoted us meanwhile: as if `role_changed` had come.
+    const roleChanged = msg.role !== this.role;
+    if (roleChanged) this._setOwnRole(msg.role);
     this._reconcile(msg.participants ?? []);
     if (typeof msg.viewers === 'number' && msg.viewers !== this.viewers) {
       this.viewers = msg.viewers;
@@ -550,6 +545,16 @@ export class DaisClient extends EventTarget {
       if (ice === 'failed' || ice === 'disconnected' || this._iceRestartWanted) this._restartIce();
     }
     this._endReconnect({ resumed: true, mediaReset: Boolean(msg.media_reset) });
+    if (roleChanged) this._emit('rolechanged', { participantId: this.participantId, role: msg.role, self: true });
+  }
+
+  // Our own role changed: a demoted speaker stops capturing (the server stops its m-lines).
+  _setOwnRole(role) {
+    this.role = role;
+    if (role === 'viewer') {
+      for (const track of this.localStream?.getTracks() ?? []) track.stop();
+      this.localStream = null;
+    }
   }
 
   // The server's STUN/TURN servers (TURN credentials minted for this participant), unless the
@@ -826,6 +831,8 @@ export class DaisClient extends EventTarget {
       return;
     }
     this._hello = 'join';
+    // A participant this client had is gone (a server without resume tokens): start over cleanly.
+    if (this.participantId !== null) this._dropRoom();
     const join = { type: 'join', room: this.room, name: this.name, role: this.role, version: PROTOCOL_VERSION };
     if (this._token) join.token = this._token;
     this._send(join);
@@ -969,6 +976,14 @@ export class DaisClient extends EventTarget {
   _finish(code, reason) {
     if (this._closed) return;
     this._closed = true;
+    this._settleInitial(new DaisError('socket_closed', `the client closed (${code}${reason ? `: ${reason}` : ''})`));
+    if (this._ws && this._ws.readyState <= WebSocket.OPEN) {
+      try {
+        this._ws.close(1000, 'client finished');
+      } catch {
+        // already closing
+      }
+    }
     clearInterval(this._pingTimer);
     clearTimeout(this._iceTimer);
     if (this._reconnecting) clearTimeout(this._reconnecting.timer);

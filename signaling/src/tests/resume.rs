@@ -332,3 +332,18 @@ async fn resume_errors() {
     assert!(matches!(p.resume(&token_of(&joined)).await, ServerMessage::Error { code: ErrorCode::AlreadyJoined, .. }));
     assert_eq!(sig.metrics().resume_failures, 3, "the version, and the two unknown tokens");
 }
+
+#[tokio::test]
+async fn ended_tokens_are_remembered_within_their_bound() {
+    let (_media, sig) = setup();
+    for i in 0..crate::participant::MAX_ENDED + 5 {
+        sig.remember_ended(&format!("t{i}"), ErrorCode::Kicked);
+    }
+    let mut p = connect(&sig);
+    assert!(
+        matches!(p.resume("t0").await, ServerMessage::Error { code: ErrorCode::ResumeFailed, .. }),
+        "the oldest went"
+    );
+    let last = format!("t{}", crate::participant::MAX_ENDED + 4);
+    assert!(matches!(p.resume(&last).await, ServerMessage::Error { code: ErrorCode::Kicked, .. }), "the newest stays");
+}
