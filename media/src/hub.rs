@@ -402,6 +402,10 @@ impl Hub {
             let live = |k: ProducerKey| keys.contains_key(&k);
             let Some(output) = slot.session.poll_output(now, &live) else {
                 slot.dirty = false;
+                let refused = slot.session.take_refused_moves();
+                if refused > 0 {
+                    self.shared.stats.path_moves_refused.fetch_add(refused, Ordering::Relaxed);
+                }
                 if let Some(t) = slot.session.poll_timeout() {
                     if slot.scheduled.is_none_or(|at| t < at) {
                         slot.scheduled = Some(t);

@@ -22,6 +22,9 @@
 //!   whatever str0m's ICE-lite agent says meanwhile (it calls the connection "disconnected" 15 s after
 //!   the last check, and "checking" during an ICE restart): checks that come back, or an ICE restart
 //!   (a client offer with new credentials), carry on with the same DTLS, producers and consumers.
+//! - The media path moves only on proof: the vendored str0m follows a new ICE nomination only once
+//!   media from that address decrypts (`set_latch_on_authenticated`), so a check forged with the
+//!   session's credentials from another address gets its STUN response and nothing else.
 //! - New local ICE credentials (answering a client's ICE restart) are reported as
 //!   [`SessionOutput::Credentials`] before anything else, so the endpoint's route follows them.
 //! - A failed session reports [`SessionEvent::Disconnected`] once, then stays inert; [`FAILED_GRACE`]
@@ -151,6 +154,8 @@ pub(crate) struct Session {
     connected: bool,
     /// When the client was last heard from (any datagram routed here).
     last_heard: Instant,
+    /// `Rtc::refused_path_moves` at the last `take_refused_moves`.
+    refused_moves_seen: u64,
     failed_at: Option<Instant>,
     expired: bool,
     /// str0m's next timeout, from the last poll.
@@ -180,6 +185,7 @@ impl Session {
             negotiation: Negotiation::new(now, publisher),
             connected: false,
             last_heard: now,
+            refused_moves_seen: 0,
             failed_at: None,
             expired: false,
             rtc_timeout: None,
@@ -193,6 +199,14 @@ impl Session {
             last_source: None,
             unpolled: true,
         }
+    }
+
+    /// ICE nominations that did not move the media path since the last call.
+    pub fn take_refused_moves(&mut self) -> u64 {
+        let now = self.rtc.refused_path_moves();
+        let new = now.saturating_sub(self.refused_moves_seen);
+        self.refused_moves_seen = now;
+        new
     }
 
     /// Whether the session failed (and now only waits to be closed).
@@ -693,6 +707,7 @@ pub(crate) fn build_rtc(
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
         .set_rtp_mode(true)
+        .set_latch_on_authenticated(true)
         .set_local_ice_credentials(creds.clone())
         .clear_codecs()
         .enable_opus(true, false);

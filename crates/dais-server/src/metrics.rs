@@ -95,6 +95,13 @@ pub fn render(sig: &Signaling, media: &MediaStats) -> String {
     }
     single(
         &mut out,
+        "dais_path_moves_refused_total",
+        "counter",
+        "ICE nominations of a new address that did not move a session's media path (it moves only on media that decrypts).",
+        get(&media.path_moves_refused),
+    );
+    single(
+        &mut out,
         "dais_tcp_media_connections",
         "gauge",
         "TCP media connections (ICE over TCP) open now.",

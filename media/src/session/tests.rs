@@ -37,6 +37,10 @@ struct Pair {
     creds: Vec<IceCreds>,
     /// The client's ICE connection states, in order.
     client_ice: Vec<IceConnectionState>,
+    /// Every datagram the server sent: its destination and first byte.
+    sent: Vec<(SocketAddr, u8)>,
+    /// A NAT rebinding: the client's datagrams arrive from this address, and reach it when sent here.
+    nat: Option<SocketAddr>,
     /// Client datagrams reach the server only while this holds.
     deliver_to_server: bool,
 }
@@ -94,6 +98,8 @@ impl Pair {
             expired: false,
             creds: Vec::new(),
             client_ice: Vec::new(),
+            sent: Vec::new(),
+            nat: None,
             deliver_to_server: true,
         }
     }
@@ -104,8 +110,13 @@ impl Pair {
         while let Some(o) = self.server.poll_output(now, &|_| true) {
             match o {
                 SessionOutput::Transmit(t) => {
+                    self.sent.push((t.destination, t.contents.first().copied().unwrap_or(0)));
+                    if t.destination != self.nat.unwrap_or(self.client_addr) {
+                        // Sent elsewhere: it never reaches the client.
+                        continue;
+                    }
                     let contents = DatagramRecv::try_from(&t.contents[..]).expect("server sends valid datagrams");
-                    let r = Receive { proto: Protocol::Udp, source: t.source, destination: t.destination, contents };
+                    let r = Receive { proto: Protocol::Udp, source: t.source, destination: self.client_addr, contents };
                     self.client.handle_input(Input::Receive(now, r)).expect("client takes it");
                     self.drain_client();
                 }
@@ -142,7 +153,7 @@ impl Pair {
         }
         for t in out {
             if self.deliver_to_server {
-                let from = Addr::udp(t.source);
+                let from = Addr::udp(self.nat.unwrap_or(t.source));
                 self.server.handle_receive(now, from, t.destination, &t.contents);
                 self.drain_server();
             }
@@ -570,4 +581,86 @@ fn an_offer_without_new_credentials_reports_none() {
     p.server.client_offer(p.now, &offer.to_sdp_string()).expect("accepted");
     p.drain_server();
     assert!(p.creds.is_empty(), "no restart, no new route");
+}
+
+/// A STUN binding request for the server, as the client would send it (its credentials), from anywhere.
+fn forged_check(p: &mut Pair, prio: u32) -> Vec<u8> {
+    let client = p.client.direct_api().local_ice_credentials();
+    let username = format!("{}:{}", p.server.creds.ufrag, client.ufrag);
+    let msg = str0m::ice::StunMessage::binding_request(&username, str0m::ice::TransId::new(), true, 7, prio, true);
+    let mut buf = vec![0u8; 512];
+    let hmac = str0m::crypto::from_feature_flags().sha1_hmac_provider;
+    let pass = p.server.creds.pass.clone();
+    let n = msg.to_bytes(Some(pass.as_bytes()), &mut buf, |k, d| hmac.sha1_hmac(k, d)).expect("serializes");
+    buf.truncate(n);
+    buf
+}
+
+impl Pair {
+    /// Write one RTP packet to the first ready consumer and deliver what comes out.
+    fn send_one(&mut self, seq: u64) {
+        let r = self.ready.first().cloned().expect("a ready consumer");
+        let pt = r.payload_types.first().map(|(_, pt)| *pt).expect("a payload type");
+        let out = RtpOut {
+            consumer: ConsumerId(1),
+            sink: 1,
+            ssrc: r.ssrc,
+            seq,
+            timestamp: seq as u32 * 3000,
+            payload_type: pt,
+            marker: true,
+            keyframe: false,
+            resend: false,
+            payload: Arc::from(vec![1u8; 200]),
+            ext: Default::default(),
+            wallclock: self.now,
+        };
+        assert!(self.server.send_rtp(out));
+        self.run(Duration::from_millis(5), 2);
+    }
+}
+
+#[test]
+fn a_check_forged_with_the_sessions_credentials_from_elsewhere_does_not_move_the_media() {
+    let mut p = Pair::connected_viewer(&[consumer(1, Kind::Video)]);
+    p.send_one(1);
+    assert!(p.sent.iter().any(|(to, b)| *to == p.client_addr && (128..=191).contains(b)), "media reaches the client");
+    let attacker: SocketAddr = "10.66.0.9:4444".parse().expect("addr");
+    let check = forged_check(&mut p, u32::MAX);
+    let before = p.sent.len();
+    p.server.handle_receive(p.now, Addr::udp(attacker), server_addr(), &check);
+    p.drain_server();
+    for seq in 2..40 {
+        p.send_one(seq);
+    }
+    p.run(Duration::from_millis(200), 20);
+    let after = &p.sent[before..];
+    let to_attacker: Vec<u8> = after.iter().filter(|(to, _)| *to == attacker).map(|(_, b)| *b).collect();
+    assert!(!to_attacker.is_empty(), "the check is answered");
+    assert!(to_attacker.iter().all(|b| *b < 4), "the forged source gets STUN only, got first bytes {to_attacker:?}");
+    let media = after.iter().filter(|(to, b)| *to == p.client_addr && (128..=191).contains(b)).count();
+    assert!(media >= 38, "the client keeps receiving: {media} RTP/RTCP datagrams");
+    assert!(p.server.take_refused_moves() >= 1, "the refused move is counted");
+    assert_eq!(p.disconnections(), 0);
+}
+
+#[test]
+fn a_client_whose_nat_rebinds_is_followed_once_its_media_decrypts_from_the_new_address() {
+    let mut p = Pair::connected_viewer(&[consumer(1, Kind::Video)]);
+    p.send_one(1);
+    let rebound: SocketAddr = "10.1.0.1:50000".parse().expect("addr");
+    p.nat = Some(rebound);
+    // Checks and receiver reports now come from the new port; str0m's client sends a report about
+    // every second.
+    for seq in 2..60 {
+        p.send_one(seq);
+        p.run(Duration::from_millis(100), 1);
+    }
+    let last: Vec<_> =
+        p.sent.iter().rev().take(20).filter(|(_, b)| (128..=191).contains(b)).map(|(to, _)| *to).collect();
+    assert!(
+        !last.is_empty() && last.iter().all(|to| *to == rebound),
+        "media follows the client to {rebound}: {last:?}"
+    );
+    assert_eq!(p.disconnections(), 0);
 }

@@ -57,6 +57,7 @@ pub struct RtcConfig {
     pub(crate) dtls_version: DtlsVersion,
     pub(crate) vp9_packetizer_mode: Vp9PacketizerMode,
     pub(crate) snap_enabled: bool,
+    pub(crate) latch_on_authenticated: bool,
     pub(crate) mtu: RangeInclusive<usize>,
 }
 
@@ -783,6 +784,17 @@ impl RtcConfig {
         self
     }
 
+    /// Move the send path only on proof (Dais patch): once a path exists, a new ICE nomination does
+    /// not move it; an SRTP or SRTCP packet that decrypts, from an address with a viable candidate
+    /// pair, does. A forged check that reuses the session's credentials then gets its STUN response
+    /// and nothing else. [`Rtc::refused_path_moves`] counts the nominations not followed.
+    ///
+    /// Default: `false` (upstream behaviour: the latest nomination is the send path).
+    pub fn set_latch_on_authenticated(mut self, enabled: bool) -> Self {
+        self.latch_on_authenticated = enabled;
+        self
+    }
+
     /// Set which DTLS version to use.
     ///
     /// Defaults to [`DtlsVersion::Dtls12`].
@@ -909,6 +921,7 @@ impl Default for RtcConfig {
             dtls_version: DtlsVersion::Dtls12,
             vp9_packetizer_mode: Vp9PacketizerMode::default(),
             snap_enabled: false,
+            latch_on_authenticated: false,
             mtu: DATAGRAM_MTU_TARGET..=DATAGRAM_MTU_WARN,
         }
     }

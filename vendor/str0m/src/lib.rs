@@ -926,6 +926,10 @@ pub struct Rtc {
     remote_fingerprint: Option<Fingerprint>,
     remote_addrs: Vec<SocketAddr>,
     send_addr: Option<SendAddr>,
+    /// Dais patch: move `send_addr` only on authenticated media ([`RtcConfig::set_latch_on_authenticated`]).
+    latch_on_authenticated: bool,
+    /// Nominations that did not move the send path under `latch_on_authenticated`.
+    refused_path_moves: u64,
     need_init_time: bool,
     last_now: Instant,
     peer_bytes_rx: u64,
@@ -1308,6 +1312,8 @@ impl Rtc {
             remote_fingerprint: None,
             remote_addrs: vec![],
             send_addr: None,
+            latch_on_authenticated: config.latch_on_authenticated,
+            refused_path_moves: 0,
             need_init_time: true,
             last_now: start,
             peer_bytes_rx: 0,
@@ -1664,11 +1670,18 @@ impl Rtc {
                         Pii(destination),
                         proto,
                     );
-                    self.send_addr = Some(SendAddr {
-                        proto,
-                        source,
-                        destination,
-                    });
+                    let moves = self.send_addr.as_ref().is_some_and(|s| s.destination != destination);
+                    if self.latch_on_authenticated && moves {
+                        // Only media that decrypts from that address moves the path (do_handle_receive).
+                        debug!("ICE nomination of {:?} does not move the send path", Pii(destination));
+                        self.refused_path_moves += 1;
+                    } else {
+                        self.send_addr = Some(SendAddr {
+                            proto,
+                            source,
+                            destination,
+                        });
+                    }
                 }
             }
         }
@@ -2205,11 +2218,43 @@ impl Rtc {
                 let _wake = readiness.wake();
                 dtls.handle_receive(dtls_packet)?;
             }
-            Rtp(rtp) => session.handle_rtp_receive(recv_time, rtp, &mut readiness.wake()),
-            Rtcp(rtcp) => session.handle_rtcp_receive(recv_time, rtcp, &mut readiness.wake()),
+            Rtp(rtp) => {
+                let before = session.authenticated_rx;
+                session.handle_rtp_receive(recv_time, rtp, &mut readiness.wake());
+                if session.authenticated_rx != before {
+                    self.follow_authenticated(&r.proto, r.source, r.destination);
+                }
+            }
+            Rtcp(rtcp) => {
+                let before = session.authenticated_rx;
+                session.handle_rtcp_receive(recv_time, rtcp, &mut readiness.wake());
+                if session.authenticated_rx != before {
+                    self.follow_authenticated(&r.proto, r.source, r.destination);
+                }
+            }
         }
 
         Ok(())
+    }
+
+    /// Dais patch: media that decrypted arrived from `source`; under `latch_on_authenticated` the send
+    /// path moves there if ICE has a viable pair with it.
+    fn follow_authenticated(&mut self, proto: &net::Protocol, source: SocketAddr, destination: SocketAddr) {
+        if !self.latch_on_authenticated {
+            return;
+        }
+        let Some(send) = &self.send_addr else { return };
+        if send.destination == source || !self.ice.has_viable_remote_candidate(source) {
+            return;
+        }
+        debug!("authenticated media from {:?}: the send path moves there", Pii(source));
+        self.send_addr = Some(SendAddr { proto: *proto, source: destination, destination: source });
+    }
+
+    /// Dais patch: ICE nominations that did not move the send path (see
+    /// [`RtcConfig::set_latch_on_authenticated`]).
+    pub fn refused_path_moves(&self) -> u64 {
+        self.refused_path_moves
     }
 
     /// Obtain handle for writing to a data channel.

@@ -59,6 +59,9 @@ const MAX_DLRR_PER_REPORT: usize = 50;
 pub(crate) struct Session {
     id: SessionId,
 
+    /// SRTP and SRTCP packets that decrypted (Dais patch: the send path follows them).
+    pub authenticated_rx: u64,
+
     // These fields are pub to allow session_sdp.rs modify them.
     // Notice the fields are maybe not in m-line index order since the app
     // might be spliced in somewhere.
@@ -178,6 +181,7 @@ impl Session {
 
         Session {
             id,
+            authenticated_rx: 0,
             medias: vec![],
             streams: Streams::new(enable_stats, *config.mtu.end(), config.pause_threshold),
             app: None,
@@ -687,7 +691,10 @@ impl Session {
         // narrow it down to the actual payload via slicing only, then build
         // the final `Arc<[u8]>` in a single allocation at the end.
         let data = match srtp.unprotect_rtp(buf, &header, *seq_no) {
-            Some(d) => d,
+            Some(d) => {
+                self.authenticated_rx += 1;
+                d
+            }
             None => {
                 trace!(
                     "Failed to unprotect SRTP for SSRC: {} pt: {}  mid: {:?} \
@@ -914,6 +921,7 @@ impl Session {
     fn handle_rtcp(&mut self, now: Instant, buf: &[u8], wake: &mut Wake) -> Option<()> {
         let srtp: &mut SrtpContext = self.srtp_rx.as_mut()?;
         let unprotected = srtp.unprotect_rtcp(buf)?;
+        self.authenticated_rx += 1;
 
         Rtcp::read_packet(&unprotected, &mut self.feedback_rx);
         let mut need_configure_pacer = false;
