@@ -124,7 +124,12 @@ impl MediaServer {
         let tcp = Arc::new(TcpConns::default());
         let links = Arc::new(Links { control: control_tx, media: media_tx, tcp: tcp.clone() });
         let wall_anchor = (Instant::now(), SystemTime::now());
-        let session = SessionConfig { candidates: candidates.clone(), tcp_candidates, wall_anchor };
+        let session = SessionConfig {
+            candidates: candidates.clone(),
+            tcp_candidates,
+            wall_anchor,
+            stream_limits: config.stream_limits,
+        };
         let shared = Arc::new(Shared { stats: stats.clone(), next_key: 1.into(), session });
         let placement = Placement { by_session: HashMap::new(), load: vec![0; count] };
         let handle = MediaHandle {

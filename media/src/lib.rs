@@ -79,7 +79,7 @@ pub mod fuzzing {
     }
 }
 pub use handle::{worker_count, MediaHandle, MediaServer, MAX_WORKERS};
-pub use sdp_check::offers_to_send;
+pub use sdp_check::{offers_to_send, sending_mlines};
 pub use stats::{Histogram, MediaStats, LATENCY_BOUNDS_US};
 
 /// Identifies one participant's WebRTC session. Chosen by the caller, unique while the session lives.
@@ -144,6 +144,16 @@ pub enum OfferError {
     /// A server offer is outstanding; answer it first.
     #[error("a server offer is outstanding")]
     Collision,
+    /// The offer sends more streams of a kind than a publisher may have ([`StreamLimits`]).
+    #[error("too many streams: {audio} audio and {video} video, at most {limits:?}")]
+    TooManyStreams {
+        /// Audio m-lines that send.
+        audio: usize,
+        /// Video m-lines that send.
+        video: usize,
+        /// The limits.
+        limits: StreamLimits,
+    },
     /// No such session.
     #[error("no such session")]
     NoSession,
@@ -205,6 +215,25 @@ pub struct MediaConfig {
     /// TCP address for ICE over TCP (passive candidates, RFC 4571 framing); `None` offers UDP only.
     /// Port 0 picks a free one. Its candidates advertise the same IPs as the UDP ones.
     pub tcp_bind: Option<SocketAddr>,
+    /// Most streams one publisher may send.
+    pub stream_limits: StreamLimits,
+}
+
+/// Most streams of each kind one publisher may send (an m-line with simulcast layers is one stream).
+/// An offer beyond them is refused whole ([`OfferError::TooManyStreams`]): a publisher of hundreds of
+/// m-lines would otherwise grow every receiver's SDP past the size the server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Audio streams (default 1: the microphone).
+    pub audio: usize,
+    /// Video streams (default 2: the camera and a screen).
+    pub video: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits { audio: 1, video: 2 }
+    }
 }
 
 /// Host candidate addresses for a socket bound to `local`: the advertised IPs with the bound port; else

@@ -183,9 +183,13 @@ impl Negotiation {
 
     /// The checks of a client offer that need no parsing by str0m: a non-publisher that sends media,
     /// a collision, and an offer without an audio or video m-line Dais can forward.
-    pub fn check_client_offer(&self, sdp: &str) -> Result<(), OfferError> {
-        if !self.publisher && sdp_check::offers_to_send(sdp) {
+    pub fn check_client_offer(&self, sdp: &str, limits: crate::StreamLimits) -> Result<(), OfferError> {
+        let (audio, video) = sdp_check::sending_mlines(sdp);
+        if !self.publisher && audio + video > 0 {
             return Err(OfferError::NotAPublisher);
+        }
+        if audio > limits.audio || video > limits.video {
+            return Err(OfferError::TooManyStreams { audio, video, limits });
         }
         if self.outstanding.is_some() {
             return Err(OfferError::Collision);

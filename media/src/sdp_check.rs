@@ -10,17 +10,29 @@
 /// A direction attribute at session level is the default for every m-line; without any, the
 /// direction is `sendrecv` (RFC 4566). m-lines with port 0 are rejected lines and do not count.
 pub fn offers_to_send(sdp: &str) -> bool {
+    let (audio, video) = sending_mlines(sdp);
+    audio + video > 0
+}
+
+/// How many audio and how many video m-lines of `sdp` send media, in the sense of
+/// [`offers_to_send`]: a publisher's streams (one m-line with simulcast layers is one).
+pub fn sending_mlines(sdp: &str) -> (usize, usize) {
     let mut session_dir: Option<&str> = None;
     let mut in_media = false;
-    let mut media_counts = false;
+    // The current m-line's kind, if it is audio or video with a non-zero port.
+    let mut media_kind: Option<bool> = None;
     let mut media_dir: Option<&str> = None;
-    let mut any = false;
+    let mut counts = (0, 0);
 
-    let mut finish = |counts: bool, dir: Option<&str>, session: Option<&str>| {
-        if counts {
+    let mut finish = |kind: Option<bool>, dir: Option<&str>, session: Option<&str>| {
+        if let Some(video) = kind {
             let d = dir.or(session).unwrap_or("sendrecv");
             if d == "sendrecv" || d == "sendonly" {
-                any = true;
+                if video {
+                    counts.1 += 1;
+                } else {
+                    counts.0 += 1;
+                }
             }
         }
     };
@@ -29,14 +41,14 @@ pub fn offers_to_send(sdp: &str) -> bool {
         let line = line.trim_end_matches('\r');
         if let Some(m) = line.strip_prefix("m=") {
             if in_media {
-                finish(media_counts, media_dir, session_dir);
+                finish(media_kind, media_dir, session_dir);
             }
             in_media = true;
             media_dir = None;
             let mut parts = m.split_whitespace();
             let kind = parts.next().unwrap_or("");
             let port = parts.next().unwrap_or("0");
-            media_counts = (kind == "audio" || kind == "video") && port != "0";
+            media_kind = ((kind == "audio" || kind == "video") && port != "0").then_some(kind == "video");
             continue;
         }
         if let Some(a) = line.strip_prefix("a=") {
@@ -54,9 +66,9 @@ pub fn offers_to_send(sdp: &str) -> bool {
         }
     }
     if in_media {
-        finish(media_counts, media_dir, session_dir);
+        finish(media_kind, media_dir, session_dir);
     }
-    any
+    counts
 }
 
 /// Whether some audio or video m-line of `sdp` with a non-zero port offers a codec Dais forwards
@@ -198,6 +210,9 @@ mod tests {
         assert!(offers_to_send(send));
         let default = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
         assert!(offers_to_send(default));
+        assert_eq!(sending_mlines(send), (0, 1));
+        let many = "v=0\r\nm=audio 9 X 111\r\nm=audio 9 X 111\r\na=sendonly\r\nm=video 9 X 96\r\na=sendrecv\r\nm=video 0 X 96\r\nm=video 9 X 96\r\na=inactive\r\n";
+        assert_eq!(sending_mlines(many), (2, 1), "the stopped and the inactive video do not count");
         let session_level = "v=0\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
         assert!(!offers_to_send(session_level));
         let rejected = "v=0\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";

@@ -127,6 +127,8 @@ pub(crate) struct SessionConfig {
     /// One reading of both clocks, taken by the driver: the session maps publishers' NTP capture times
     /// onto its monotonic time through it, and reads no clock itself.
     pub wall_anchor: (Instant, SystemTime),
+    /// Most streams a publisher may send.
+    pub stream_limits: crate::StreamLimits,
 }
 
 /// One step of str0m's output.
@@ -513,7 +515,7 @@ impl Session {
         if self.failed() {
             return Err(OfferError::NoSession);
         }
-        self.negotiation.check_client_offer(sdp)?;
+        self.negotiation.check_client_offer(sdp, self.config.stream_limits)?;
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| OfferError::BadSdp(e.to_string()))?;
         if self.negotiation.fresh() {
             // Nothing was negotiated yet, so the session can be rebuilt around the publisher's codec

@@ -401,6 +401,7 @@ impl Signaling {
                     Err(OfferRejection::Collision) => {
                         err(ErrorCode::OfferCollision, "answer the outstanding server offer, then offer again")
                     }
+                    Err(OfferRejection::TooManyStreams { detail }) => err(ErrorCode::TooManyStreams, &detail),
                     Err(OfferRejection::Gone) => err(ErrorCode::Internal, "the media session is gone"),
                 }
             }

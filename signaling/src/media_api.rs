@@ -44,6 +44,11 @@ pub enum OfferRejection {
     NotAPublisher,
     /// A server offer is outstanding.
     Collision,
+    /// The offer sends more streams than a publisher may (the detail is safe to show).
+    TooManyStreams {
+        /// What was offered, against the limits.
+        detail: String,
+    },
     /// The session no longer exists.
     Gone,
 }

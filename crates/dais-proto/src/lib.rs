@@ -376,6 +376,9 @@ pub enum ErrorCode {
     TokenWrongRoom,
     /// The `resume` token is unknown, used or expired: the participant is gone. Join afresh.
     ResumeFailed,
+    /// The offer sends more audio or video streams than a publisher may (by default 1 audio and 2
+    /// video: a camera and a screen); nothing of it was applied.
+    TooManyStreams,
 }
 
 impl ErrorCode {
@@ -409,6 +412,7 @@ impl ErrorCode {
             ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::TokenWrongRoom => "token_wrong_room",
             ErrorCode::ResumeFailed => "resume_failed",
+            ErrorCode::TooManyStreams => "too_many_streams",
         }
     }
 }
@@ -647,6 +651,7 @@ mod tests {
             ErrorCode::TokenWrongRoom,
             ErrorCode::NegotiationTimeout,
             ErrorCode::ResumeFailed,
+            ErrorCode::TooManyStreams,
         ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));
         }

@@ -45,6 +45,12 @@ impl MediaPlane for MediaAdapter {
                 OfferError::BadSdp(d) => OfferRejection::BadSdp(d),
                 OfferError::NotAPublisher => OfferRejection::NotAPublisher,
                 OfferError::Collision => OfferRejection::Collision,
+                OfferError::TooManyStreams { audio, video, limits } => OfferRejection::TooManyStreams {
+                    detail: format!(
+                        "the offer sends {audio} audio and {video} video streams; a publisher may send at most {} and {}",
+                        limits.audio, limits.video
+                    ),
+                },
                 _ => OfferRejection::Gone,
             })
         }

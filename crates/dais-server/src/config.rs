@@ -190,11 +190,19 @@ pub struct RoomsConfig {
     /// `rooms.resume_grace_secs`: how long a participant whose WebSocket was lost stays in its room
     /// (its media flowing) for a `resume`; 0 ends it with the socket.
     pub resume_grace_secs: u64,
+    /// `rooms.max_audio_streams`: most audio streams one publisher may send, at most [`MAX_STREAMS`].
+    pub max_audio_streams: usize,
+    /// `rooms.max_video_streams`: most video streams one publisher may send (camera and screen), at
+    /// most [`MAX_STREAMS`].
+    pub max_video_streams: usize,
 }
+
+/// Highest accepted `rooms.max_audio_streams` and `rooms.max_video_streams`.
+pub const MAX_STREAMS: usize = 16;
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        RoomsConfig { max_participants: 10_000, resume_grace_secs: 20 }
+        RoomsConfig { max_participants: 10_000, resume_grace_secs: 20, max_audio_streams: 1, max_video_streams: 2 }
     }
 }
 
@@ -268,6 +276,10 @@ pub struct Overrides {
     pub max_participants: Option<usize>,
     /// `rooms.resume_grace_secs`.
     pub resume_grace_secs: Option<u64>,
+    /// `rooms.max_audio_streams`.
+    pub max_audio_streams: Option<usize>,
+    /// `rooms.max_video_streams`.
+    pub max_video_streams: Option<usize>,
     /// `drain.timeout_secs`.
     pub drain_timeout_secs: Option<u64>,
     /// `log.level`.
@@ -362,6 +374,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DAIS_MEDIA_TCP_ADDR", "media.tcp_addr"),
     ("DAIS_MAX_PARTICIPANTS", "rooms.max_participants"),
     ("DAIS_RESUME_GRACE", "rooms.resume_grace_secs"),
+    ("DAIS_MAX_AUDIO_STREAMS", "rooms.max_audio_streams"),
+    ("DAIS_MAX_VIDEO_STREAMS", "rooms.max_video_streams"),
     ("DAIS_DRAIN_TIMEOUT", "drain.timeout_secs"),
     ("DAIS_LOG", "log.level"),
     ("DAIS_LOG_FORMAT", "log.format"),
@@ -409,6 +423,8 @@ impl Config {
         })?;
         let source = Source::File(path.to_owned(), None);
         check_max_participants(config.rooms.max_participants, &source)?;
+        check_streams("rooms.max_audio_streams", config.rooms.max_audio_streams, &source)?;
+        check_streams("rooms.max_video_streams", config.rooms.max_video_streams, &source)?;
         check_media_workers(config.media.workers, &source)?;
         check_log_level(&config.log.level, &source)?;
         check_secret("auth.token_secret", config.auth.token_secret.as_deref(), &source)?;
@@ -451,6 +467,12 @@ impl Config {
         }
         if let Some(v) = o.resume_grace_secs {
             self.rooms.resume_grace_secs = v;
+        }
+        if let Some(v) = o.max_audio_streams {
+            self.rooms.max_audio_streams = v;
+        }
+        if let Some(v) = o.max_video_streams {
+            self.rooms.max_video_streams = v;
         }
         if let Some(v) = o.drain_timeout_secs {
             self.drain.timeout_secs = v;
@@ -601,6 +623,15 @@ impl Overrides {
                     check_secret(key, Some(&value), &source)?;
                     o.turn_secret = Some(value);
                 }
+                "DAIS_MAX_AUDIO_STREAMS" | "DAIS_MAX_VIDEO_STREAMS" => {
+                    let n = value.trim().parse::<usize>().map_err(|_| bad(format!("`{value}` is not a number")))?;
+                    check_streams(key, n, &source)?;
+                    if var == "DAIS_MAX_AUDIO_STREAMS" {
+                        o.max_audio_streams = Some(n);
+                    } else {
+                        o.max_video_streams = Some(n);
+                    }
+                }
                 "DAIS_RESUME_GRACE" => {
                     let n = value
                         .trim()
@@ -652,6 +683,17 @@ fn check_max_participants(n: usize, source: &Source) -> Result<(), ConfigError> 
             origin: source.clone(),
             key: "rooms.max_participants".into(),
             detail: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_streams(key: &str, n: usize, source: &Source) -> Result<(), ConfigError> {
+    if n > MAX_STREAMS {
+        return Err(ConfigError::Invalid {
+            origin: source.clone(),
+            key: key.into(),
+            detail: format!("must be at most {MAX_STREAMS}"),
         });
     }
     Ok(())

@@ -124,6 +124,8 @@ impl Args {
             tcp_addr: self.media_tcp_addr,
             max_participants: self.max_participants,
             resume_grace_secs: self.resume_grace,
+            max_audio_streams: None,
+            max_video_streams: None,
             drain_timeout_secs: self.drain_timeout,
             log_level: self.log.clone(),
             log_format: self.log_format,
@@ -285,6 +287,10 @@ async fn main() -> anyhow::Result<()> {
         advertise: config.media.public_ips.clone(),
         workers: config.media.workers,
         tcp_bind: config.media.tcp_addr.resolve(config.media.addr),
+        stream_limits: dais_media::StreamLimits {
+            audio: config.rooms.max_audio_streams,
+            video: config.rooms.max_video_streams,
+        },
     })
     .context("starting the media plane")?;
     let tokens = match config.auth.token_secret.as_deref() {

@@ -56,6 +56,7 @@ fn config(now: Instant) -> SessionConfig {
         candidates: Arc::from(vec![server_addr()]),
         tcp_candidates: Arc::from(Vec::new()),
         wall_anchor: (now, SystemTime::now()),
+        stream_limits: crate::StreamLimits::default(),
     }
 }
 
@@ -488,6 +489,32 @@ fn a_viewer_that_offers_to_send_is_refused() {
     api.add_media(SKind::Video, Direction::SendOnly, None, None, None);
     let (offer, _) = api.apply().expect("an offer");
     assert_eq!(p.server.client_offer(p.now, &offer.to_sdp_string()), Err(OfferError::NotAPublisher));
+}
+
+#[test]
+fn a_publisher_offering_more_streams_than_allowed_is_refused_and_nothing_changes() {
+    let mut p = Pair::new(true);
+    let mut api = p.client.sdp_api();
+    api.add_media(SKind::Audio, Direction::SendOnly, None, None, None);
+    for _ in 0..3 {
+        api.add_media(SKind::Video, Direction::SendOnly, None, None, None);
+    }
+    let (offer, _) = api.apply().expect("an offer");
+    let limits = crate::StreamLimits::default();
+    assert_eq!(
+        p.server.client_offer(p.now, &offer.to_sdp_string()),
+        Err(OfferError::TooManyStreams { audio: 1, video: 3, limits })
+    );
+    p.drain_server();
+    assert!(p.offers.is_empty() && p.published.is_empty(), "nothing was applied");
+    // A fresh client within the limits (a camera and a screen) is accepted on the same session.
+    p.client = client_rtc(p.now, p.client_addr);
+    let mut api = p.client.sdp_api();
+    api.add_media(SKind::Audio, Direction::SendOnly, None, None, None);
+    api.add_media(SKind::Video, Direction::SendOnly, None, None, None);
+    api.add_media(SKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, _) = api.apply().expect("an offer");
+    assert!(p.server.client_offer(p.now, &offer.to_sdp_string()).is_ok(), "1 audio and 2 video are fine");
 }
 
 #[test]
