@@ -27,6 +27,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::admin::Control;
 use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
 use crate::participant::{Joined, Participant, Takeover};
+use crate::rate::{RateLimit, Verdict};
 use crate::room::{self, media_wire_id, participant_wire_id};
 use crate::{Frame, OutFrame, Phase, Signaling};
 
@@ -49,10 +50,36 @@ enum Unjoined {
     Leave,
 }
 
-/// Keep-alive of one socket: server pings, and the last frame from the client.
+/// Keep-alive and pace of one socket: server pings, the last frame from the client, its rate limit.
 struct Liveness {
     ping: tokio::time::Interval,
     last_seen: Instant,
+    rate: RateLimit,
+}
+
+impl Liveness {
+    /// Whether a text or binary frame just arrived may be handled: `Err` with the reply to send
+    /// instead (`rate_limited`, or nothing), or with the close frame for a flood.
+    fn admit(&mut self, frame: &Frame) -> Result<(), Result<Vec<ServerMessage>, (u16, String)>> {
+        if !matches!(frame, Frame::Text(_) | Frame::Binary) {
+            return Ok(());
+        }
+        match self.rate.frame(Instant::now()) {
+            Verdict::Allow => Ok(()),
+            Verdict::Refuse(report) => {
+                let m = ServerMessage::error(
+                    ErrorCode::RateLimited,
+                    "too many messages: at most 20 a second (bursts of 200); this one was dropped",
+                    None,
+                );
+                Err(Ok(if report { vec![m] } else { vec![] }))
+            }
+            Verdict::Close => {
+                warn!("message flood, closing");
+                Err(Err((CLOSE_POLICY, "rate_limited".into())))
+            }
+        }
+    }
 }
 
 /// Close code for a socket whose participant was resumed on another socket.
@@ -92,7 +119,7 @@ impl Signaling {
         }
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.tick().await;
-        let mut live = Liveness { ping, last_seen: Instant::now() };
+        let mut live = Liveness { ping, last_seen: Instant::now(), rate: RateLimit::new(Instant::now()) };
 
         let (end, participant) = match self.until_joined(&mut incoming, &mut outgoing, &mut phase, &mut live).await {
             Ok(mut p) => (self.run_joined(&mut p, &mut incoming, &mut outgoing, &mut phase, &mut live).await, Some(p)),
@@ -141,9 +168,20 @@ impl Signaling {
             tokio::select! {
                 frame = incoming.next() => {
                     live.last_seen = Instant::now();
-                    let step = match frame.unwrap_or(Frame::Close) {
-                        Frame::Text(text) => self.handle_unjoined(&text).await,
-                        other => match socket_frame(other) {
+                    let frame = frame.unwrap_or(Frame::Close);
+                    let step = match live.admit(&frame) {
+                        Ok(()) => None,
+                        Err(Ok(reply)) => Some(Unjoined::Reply(reply)),
+                        Err(Err(close)) => {
+                            let m = ServerMessage::error(ErrorCode::RateLimited, "message flood; closing", None);
+                            let _ = send_all(outgoing, vec![m]).await;
+                            return Err(Some(close));
+                        }
+                    };
+                    let step = match (step, frame) {
+                        (Some(step), _) => step,
+                        (None, Frame::Text(text)) => self.handle_unjoined(&text).await,
+                        (None, other) => match socket_frame(other) {
                             Ok(m) => Unjoined::Reply(m),
                             Err(close) => return Err(close),
                         },
@@ -208,13 +246,24 @@ impl Signaling {
                 }
                 frame = incoming.next() => {
                     live.last_seen = Instant::now();
-                    let step = match frame.unwrap_or(Frame::Close) {
-                        Frame::Text(text) => self.handle_text(&text, p).await,
-                        Frame::TooBig => {
-                            warn!("oversized frame, closing");
-                            return End::Leave(Some((CLOSE_MESSAGE_TOO_BIG, "message too big".into())));
+                    let frame = frame.unwrap_or(Frame::Close);
+                    let step = match live.admit(&frame) {
+                        Ok(()) => None,
+                        Err(Ok(reply)) => Some(Step::Reply(reply)),
+                        Err(Err(close)) => {
+                            let m = ServerMessage::error(ErrorCode::RateLimited, "message flood; closing", None);
+                            let _ = send_all(outgoing, vec![m]).await;
+                            return End::Leave(Some(close));
                         }
-                        other => match socket_frame(other) {
+                    };
+                    let step = match (step, frame) {
+                        (Some(step), _) => step,
+                        (None, Frame::Text(text)) => self.handle_text(&text, p).await,
+                        (None, f @ (Frame::TooBig | Frame::InvalidUtf8)) => {
+                            // A broken client: it leaves, with the close code that says why.
+                            return End::Leave(socket_frame(f).err().flatten());
+                        }
+                        (None, other) => match socket_frame(other) {
                             Ok(m) => Step::Reply(m),
                             Err(_) => return End::Lost(None),
                         },
@@ -643,6 +692,12 @@ enum Step {
 /// offer/answer contract).
 const CLOSE_NEGOTIATION_TIMEOUT: u16 = 1008;
 
+/// Close code for a text frame that is not UTF-8 (RFC 6455 1007, invalid frame payload data).
+const CLOSE_INVALID_DATA: u16 = 1007;
+
+/// Close code for a message flood (RFC 6455 1008, policy violation).
+const CLOSE_POLICY: u16 = 1008;
+
 enum MediaStep {
     /// Send this server offer.
     Offer(String),
@@ -672,6 +727,10 @@ fn socket_frame(frame: Frame) -> Result<Vec<ServerMessage>, Option<(u16, String)
         Frame::TooBig => {
             warn!("oversized frame, closing");
             Err(Some((CLOSE_MESSAGE_TOO_BIG, "message too big".into())))
+        }
+        Frame::InvalidUtf8 => {
+            warn!("text frame that is not UTF-8, closing");
+            Err(Some((CLOSE_INVALID_DATA, "invalid UTF-8".into())))
         }
         Frame::Close => Err(None),
         Frame::Error(e) => {

@@ -13,6 +13,7 @@ mod connection;
 pub mod ice;
 mod media_api;
 mod participant;
+pub mod rate;
 mod room;
 pub mod token;
 
@@ -38,6 +39,8 @@ pub enum Frame {
     Close,
     /// The frame exceeded the size limit.
     TooBig,
+    /// A text frame that is not valid UTF-8.
+    InvalidUtf8,
     /// The transport failed.
     Error(String),
 }

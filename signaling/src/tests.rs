@@ -596,3 +596,36 @@ async fn joined_carries_the_ice_servers_with_credentials_minted_for_the_particip
 }
 
 mod resume;
+
+#[tokio::test]
+async fn a_message_flood_gets_rate_limited_then_closed_and_a_bystander_is_unaffected() {
+    let (_, sig) = setup();
+    let mut bystander = connect(&sig);
+    bystander.join("flood", "B", "viewer").await;
+    let mut flood = connect(&sig);
+    flood.join("flood", "F", "viewer").await;
+    for i in 0..50_000u64 {
+        if flood.to_server.send(Frame::Text(format!(r#"{{"type":"ping","id":{i}}}"#))).is_err() {
+            break;
+        }
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    let close = loop {
+        match flood.next().await {
+            OutFrame::Close(code, reason) => break (code, reason),
+            OutFrame::Text(t) => match serde_json::from_str::<ServerMessage>(&t).expect("json") {
+                ServerMessage::Pong { .. } => pongs += 1,
+                ServerMessage::Error { code: ErrorCode::RateLimited, .. } => limited += 1,
+                other => panic!("unexpected {other:?}"),
+            },
+            OutFrame::Ping => {}
+        }
+    };
+    assert_eq!(close, (1008, "rate_limited".into()), "the flood is closed");
+    assert!((190..=260).contains(&pongs), "the burst was served, then the rate: {pongs} pongs");
+    assert!((10..=12).contains(&limited), "refusals reported about once per 100: {limited}");
+    for id in 0..5 {
+        bystander.send(&format!(r#"{{"type":"ping","id":{id}}}"#));
+        assert_eq!(bystander.msg().await, ServerMessage::Pong { id: Some(id) }, "the bystander is answered");
+    }
+}

@@ -30,13 +30,24 @@ pub struct TokenClaims {
     pub iat: u64,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// Not before, seconds since the Unix epoch (optional, RFC 7519 §4.1.5): earlier joins are refused
+    /// with `token_not_yet_valid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 impl TokenClaims {
     /// Claims for `room`, `name` and `role`, valid from now for `ttl`.
     pub fn new(room: impl Into<String>, name: impl Into<String>, role: Role, ttl: Duration) -> TokenClaims {
         let iat = unix_now();
-        TokenClaims { room: room.into(), name: name.into(), role, iat, exp: iat.saturating_add(ttl.as_secs()) }
+        TokenClaims {
+            room: room.into(),
+            name: name.into(),
+            role,
+            iat,
+            exp: iat.saturating_add(ttl.as_secs()),
+            nbf: None,
+        }
     }
 }
 
@@ -65,6 +76,9 @@ pub enum VerifyError {
     /// The token is for another room.
     #[error("the join token is for another room")]
     WrongRoom,
+    /// The token's `nbf` is still ahead (beyond the leeway).
+    #[error("the join token is not valid yet")]
+    NotYetValid,
 }
 
 impl VerifyError {
@@ -75,6 +89,7 @@ impl VerifyError {
             VerifyError::Expired => ErrorCode::TokenExpired,
             VerifyError::Invalid => ErrorCode::TokenInvalid,
             VerifyError::WrongRoom => ErrorCode::TokenWrongRoom,
+            VerifyError::NotYetValid => ErrorCode::TokenNotYetValid,
         }
     }
 }
@@ -136,6 +151,7 @@ impl TokenVerifier {
         let key = DecodingKey::from_secret(secret.as_bytes()).map_err(|_| EmptySecret)?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         Ok(TokenVerifier { key, validation })
     }
@@ -146,6 +162,7 @@ impl TokenVerifier {
         let data =
             jsonwebtoken::decode::<TokenClaims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => VerifyError::Expired,
+                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
                 _ => VerifyError::Invalid,
             })?;
         let c = data.claims;
@@ -198,6 +215,12 @@ mod tests {
 
         let other = mint(SECRET, &claims("other", Role::Speaker, 60)).expect("mint");
         assert_eq!(code(Some(&other), "panel"), ErrorCode::TokenWrongRoom);
+
+        let mut early = claims("panel", Role::Speaker, 7200);
+        early.nbf = Some(unix_now() + 3600);
+        assert_eq!(code(Some(&mint(SECRET, &early).expect("mint")), "panel"), ErrorCode::TokenNotYetValid);
+        early.nbf = Some(unix_now() + 10);
+        assert!(v.verify(Some(&mint(SECRET, &early).expect("mint")), "panel").is_ok(), "within the leeway");
     }
 
     #[test]

@@ -77,9 +77,9 @@ struct Viewer {
     want_keyframe: bool,
 }
 
-/// Close codes after which a viewer does not resume: its own leave, too big, kicked, room closed, resumed
-/// elsewhere.
-const FINAL_CLOSES: [u16; 5] = [1000, 1009, 4001, 4002, 4003];
+/// Close codes after which a viewer does not resume: its own leave, not UTF-8, too big, kicked, room
+/// closed, resumed elsewhere.
+const FINAL_CLOSES: [u16; 6] = [1000, 1007, 1009, 4001, 4002, 4003];
 
 /// A new socket that resumes the participant holding `token`.
 async fn resume(target: &Target, token: &str) -> Result<SignalHandle, Failure> {

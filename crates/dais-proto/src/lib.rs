@@ -374,11 +374,16 @@ pub enum ErrorCode {
     TokenInvalid,
     /// The join token grants another room than the one in `join`.
     TokenWrongRoom,
+    /// The join token's `nbf` (not before) is still ahead.
+    TokenNotYetValid,
     /// The `resume` token is unknown, used or expired: the participant is gone. Join afresh.
     ResumeFailed,
     /// The offer sends more audio or video streams than a publisher may (by default 1 audio and 2
     /// video: a camera and a screen); nothing of it was applied.
     TooManyStreams,
+    /// The client sent messages faster than allowed (20 a second, bursts of 200); the message was
+    /// dropped. A flood (over 1,000 dropped within 10 s) closes the socket (1008).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -411,8 +416,10 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::TokenWrongRoom => "token_wrong_room",
+            ErrorCode::TokenNotYetValid => "token_not_yet_valid",
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::TooManyStreams => "too_many_streams",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -652,6 +659,8 @@ mod tests {
             ErrorCode::NegotiationTimeout,
             ErrorCode::ResumeFailed,
             ErrorCode::TooManyStreams,
+            ErrorCode::RateLimited,
+            ErrorCode::TokenNotYetValid,
         ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));
         }

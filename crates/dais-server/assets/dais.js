@@ -994,13 +994,14 @@ export class DaisClient extends EventTarget {
   }
 }
 
-/** Close codes after which the client does not come back: its own leave, a frame too big, kicked,
- * room closed, resumed on another socket. */
-const TERMINAL_CLOSES = new Set([1000, 1009, 4001, 4002, 4003]);
+/** Close codes after which the client does not come back: its own leave, a frame that is not UTF-8
+ * or too big, kicked, room closed, resumed on another socket. */
+const TERMINAL_CLOSES = new Set([1000, 1007, 1009, 4001, 4002, 4003]);
 
 /** Errors after which the client does not come back. */
 const TERMINAL_CODES = new Set([
-  'kicked', 'room_closed', 'token_required', 'token_expired', 'token_invalid', 'token_wrong_room', 'invalid_room',
+  'kicked', 'room_closed', 'token_required', 'token_expired', 'token_invalid', 'token_wrong_room', 'token_not_yet_valid',
+  'invalid_room',
   'invalid_name', 'unsupported_version',
 ]);
 

@@ -461,6 +461,8 @@ async fn serve_socket(sig: Arc<Signaling>, socket: WebSocket) {
             let text = e.to_string();
             if text.contains("Message too long") || text.contains("Space limit exceeded") || text.contains("too big") {
                 Frame::TooBig
+            } else if text.contains("UTF-8") || text.contains("utf-8") {
+                Frame::InvalidUtf8
             } else {
                 Frame::Error(text)
             }

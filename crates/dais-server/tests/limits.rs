@@ -87,3 +87,28 @@ async fn a_stream_bomb_is_refused_and_the_room_keeps_its_media() {
         .unwrap_or(0);
     assert!(biggest <= 8, "no offer to the viewer carries the bomb: at most {biggest} m-lines");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = Server::start();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("connect");
+    let join =
+        ClientMessage::Join { room: "utf".into(), name: "U".into(), role: Role::Viewer, version: 1, token: None };
+    ws.send(Message::text(join.to_json())).await.expect("join");
+    let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(bad)).await.expect("send");
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    let code = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("an answer within 10 s") {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1007);
+}
