@@ -137,10 +137,13 @@ impl Signaling {
             }
             (End::Replaced(_), None) => (None, None),
         };
-        if let Some((code, reason)) = frame {
-            let _ = tokio::time::timeout(SEND_TIMEOUT, outgoing.send(OutFrame::Close(code, reason))).await;
-        }
-        let _ = tokio::time::timeout(SEND_TIMEOUT, outgoing.close()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if let Some((code, reason)) = frame {
+                let _ = outgoing.send(OutFrame::Close(code, reason)).await;
+            }
+            let _ = outgoing.close().await;
+        })
+        .await;
         drop((incoming, outgoing));
         // Counted until the close frame is out: shutdown waits for this to reach zero.
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -707,6 +710,10 @@ enum MediaStep {
 /// A client that does not read for this long (its TCP window stays full) is dropped, so a dead
 /// network cannot freeze its connection task and, with it, kicks, drains and leaves.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The close frame and the close together take at most this long: a client that stopped reading is
+/// let go (its socket dropped) once it runs out.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The room's next viewer count; once the room is gone, never.
 async fn audience_changed(rx: &mut watch::Receiver<u64>) -> Option<u64> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dais_proto::{ErrorCode, MediaKind, Role, ServerMessage, CLOSE_MESSAGE_TOO_BIG};
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, Sink, Stream};
+use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::{AnswerRejection, Frame, MediaEvent, MediaPlane, OfferRejection, OutFrame, Signaling, SignalingConfig};
@@ -628,4 +628,38 @@ async fn a_message_flood_gets_rate_limited_then_closed_and_a_bystander_is_unaffe
         bystander.send(&format!(r#"{{"type":"ping","id":{id}}}"#));
         assert_eq!(bystander.msg().await, ServerMessage::Pong { id: Some(id) }, "the bystander is answered");
     }
+}
+
+/// A WebSocket whose client stopped reading: its sink never takes a frame.
+struct Stuck;
+
+impl Sink<OutFrame> for Stuck {
+    type Error = ();
+    fn poll_ready(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ()>> {
+        std::task::Poll::Pending
+    }
+    fn start_send(self: Pin<&mut Self>, _: OutFrame) -> Result<(), ()> {
+        Ok(())
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ()>> {
+        std::task::Poll::Pending
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ()>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_socket_that_takes_nothing_is_let_go_within_the_send_and_close_timeouts() {
+    let (_, sig) = setup();
+    // Messages that each want an error reply, then a flood that asks for a close: neither can be sent.
+    let frames = (0..2000).map(|_| Frame::Text(r#"{"type":"teleport"}"#.into()));
+    let incoming: In = Box::pin(futures_util::stream::iter(frames).chain(futures_util::stream::pending()));
+    let started = tokio::time::Instant::now();
+    let serving = tokio::spawn(sig.clone().serve(incoming, Box::pin(Stuck) as Out));
+    tokio::time::timeout(Duration::from_secs(60), serving).await.expect("serve returns").unwrap();
+    let took = started.elapsed();
+    assert!(took <= Duration::from_secs(15), "let go after {took:?}: at most the send (10 s) and close (5 s) timeouts");
+    assert!(took >= Duration::from_secs(10), "the first reply had its send timeout: {took:?}");
+    assert_eq!(sig.metrics().connections, 0, "the connection is no longer counted");
 }

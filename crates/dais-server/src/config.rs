@@ -83,11 +83,25 @@ pub struct IceServerConfig {
 pub struct HttpConfig {
     /// `http.addr`: TCP address of the pages, `/ws`, `/metrics` and the probes. Port 0 picks a free port.
     pub addr: SocketAddr,
+    /// `http.max_connections`: open HTTP connections (WebSockets included), at least 1; lowered at
+    /// start-up to what the process's file-descriptor limit allows.
+    pub max_connections: usize,
+    /// `http.max_connections_per_ip`: open connections from one IP address, at least 1 (scaled down
+    /// with `max_connections` when the descriptors lower it). Behind a proxy every client shares its
+    /// address: raise it.
+    pub max_connections_per_ip: usize,
+    /// `http.header_timeout_secs`: longest wait for a whole request head, at least 1.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { addr: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            header_timeout_secs: 10,
+        }
     }
 }
 
@@ -264,6 +278,12 @@ pub struct AuthConfig {
 pub struct Overrides {
     /// `http.addr`.
     pub http_addr: Option<SocketAddr>,
+    /// `http.max_connections`.
+    pub max_connections: Option<usize>,
+    /// `http.max_connections_per_ip`.
+    pub max_connections_per_ip: Option<usize>,
+    /// `http.header_timeout_secs`.
+    pub header_timeout_secs: Option<u64>,
     /// `media.addr`.
     pub media_addr: Option<SocketAddr>,
     /// `media.public_ips` (replaces the whole list).
@@ -368,6 +388,9 @@ pub enum ConfigError {
 /// named `dais`).
 pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DAIS_HTTP_ADDR", "http.addr"),
+    ("DAIS_MAX_CONNECTIONS", "http.max_connections"),
+    ("DAIS_MAX_CONNECTIONS_PER_IP", "http.max_connections_per_ip"),
+    ("DAIS_HEADER_TIMEOUT", "http.header_timeout_secs"),
     ("DAIS_MEDIA_ADDR", "media.addr"),
     ("DAIS_PUBLIC_IP", "media.public_ips"),
     ("DAIS_MEDIA_WORKERS", "media.workers"),
@@ -423,6 +446,9 @@ impl Config {
         })?;
         let source = Source::File(path.to_owned(), None);
         check_max_participants(config.rooms.max_participants, &source)?;
+        check_at_least_one("http.max_connections", config.http.max_connections as u64, &source)?;
+        check_at_least_one("http.max_connections_per_ip", config.http.max_connections_per_ip as u64, &source)?;
+        check_at_least_one("http.header_timeout_secs", config.http.header_timeout_secs, &source)?;
         check_streams("rooms.max_audio_streams", config.rooms.max_audio_streams, &source)?;
         check_streams("rooms.max_video_streams", config.rooms.max_video_streams, &source)?;
         check_media_workers(config.media.workers, &source)?;
@@ -449,6 +475,15 @@ impl Config {
         let o = o.clone();
         if let Some(v) = o.http_addr {
             self.http.addr = v;
+        }
+        if let Some(v) = o.max_connections {
+            self.http.max_connections = v;
+        }
+        if let Some(v) = o.max_connections_per_ip {
+            self.http.max_connections_per_ip = v;
+        }
+        if let Some(v) = o.header_timeout_secs {
+            self.http.header_timeout_secs = v;
         }
         if let Some(v) = o.media_addr {
             self.media.addr = v;
@@ -564,6 +599,15 @@ impl Overrides {
             let bad = |detail: String| ConfigError::Invalid { origin: source.clone(), key: (*key).to_owned(), detail };
             match var.as_str() {
                 "DAIS_HTTP_ADDR" => o.http_addr = Some(parse_addr(&value).map_err(bad)?),
+                "DAIS_MAX_CONNECTIONS" | "DAIS_MAX_CONNECTIONS_PER_IP" | "DAIS_HEADER_TIMEOUT" => {
+                    let n = value.trim().parse::<u64>().map_err(|_| bad(format!("`{value}` is not a number")))?;
+                    check_at_least_one(key, n, &source)?;
+                    match var.as_str() {
+                        "DAIS_MAX_CONNECTIONS" => o.max_connections = Some(n as usize),
+                        "DAIS_MAX_CONNECTIONS_PER_IP" => o.max_connections_per_ip = Some(n as usize),
+                        _ => o.header_timeout_secs = Some(n),
+                    }
+                }
                 "DAIS_MEDIA_ADDR" => o.media_addr = Some(parse_addr(&value).map_err(bad)?),
                 "DAIS_MEDIA_TCP_ADDR" => o.tcp_addr = Some(value.parse().map_err(bad)?),
                 "DAIS_PUBLIC_IP" => {
@@ -682,6 +726,17 @@ fn check_max_participants(n: usize, source: &Source) -> Result<(), ConfigError> 
         return Err(ConfigError::Invalid {
             origin: source.clone(),
             key: "rooms.max_participants".into(),
+            detail: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_at_least_one(key: &str, n: u64, source: &Source) -> Result<(), ConfigError> {
+    if n == 0 {
+        return Err(ConfigError::Invalid {
+            origin: source.clone(),
+            key: key.into(),
             detail: "must be at least 1".into(),
         });
     }

@@ -15,6 +15,7 @@ mod adapter;
 mod admin;
 mod assets;
 mod config;
+mod http;
 mod metrics;
 
 use std::net::{IpAddr, SocketAddr};
@@ -118,6 +119,9 @@ impl Args {
     fn overrides(&self) -> Overrides {
         Overrides {
             http_addr: self.http_addr,
+            max_connections: None,
+            max_connections_per_ip: None,
+            header_timeout_secs: None,
             media_addr: self.media_addr,
             public_ips: (!self.public_ip.is_empty()).then(|| self.public_ip.clone()),
             media_workers: self.media_workers,
@@ -309,6 +313,8 @@ async fn main() -> anyhow::Result<()> {
         },
     );
 
+    let http_limits = connection_limits(&config.http);
+    let http_stats = Arc::new(http::HttpStats::default());
     let app = axum::Router::new()
         .route("/", get(|| async { assets::page("index.html") }))
         .route("/speak", get(|| async { assets::page("speak.html") }))
@@ -319,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
         .merge(admin::routes(config.auth.admin_key.clone()))
-        .with_state(AppState { signaling: signaling.clone(), media: handle.stats().clone() });
+        .with_state(AppState { signaling: signaling.clone(), media: handle.stats().clone(), http: http_stats.clone() });
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
@@ -332,14 +338,14 @@ async fn main() -> anyhow::Result<()> {
     let sig = signaling.clone();
     let drain_timeout = Duration::from_secs(config.drain.timeout_secs);
     let mut signals = Signals::new()?;
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let shutdown = async move {
         if signals.next().await == Sig::Term {
             drain(&sig, &mut signals, drain_timeout).await;
         }
         info!("shutting down");
         sig.shutdown();
-    });
-    serve.await.context("HTTP server failed")?;
+    };
+    http::serve(listener, app, http_limits, http_stats, shutdown).await.context("HTTP server failed")?;
     // Upgraded WebSockets outlive the HTTP server: wait until each has sent its close frame (a
     // connection counts until then), at most 2 s, so that exiting never cuts a goodbye short.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -351,6 +357,50 @@ async fn main() -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || media.shutdown()).await.ok();
     info!("stopped");
     Ok(())
+}
+
+/// File descriptors kept back from HTTP connections: the probe lane, the media sockets, logs, and
+/// TCP media connections' first few.
+const RESERVED_FDS: u64 = http::PROBE_LANE as u64 + 64;
+
+/// The HTTP connection limits, after raising the file-descriptor limit as far as it goes: at most
+/// what the descriptors allow.
+fn connection_limits(c: &config::HttpConfig) -> http::Limits {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let nofile = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => u64::MAX,
+    };
+    let by_fds = usize::try_from(nofile.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+    let total = c.max_connections.min(by_fds);
+    // When the descriptors lower the total, the per-address cap shrinks by the same ratio, so one
+    // address still cannot take every place (and a proxy configured with per_ip == total keeps it).
+    let per_ip = if total < c.max_connections {
+        let scaled = (c.max_connections_per_ip as u128 * total as u128 / c.max_connections as u128) as usize;
+        scaled.clamp(1, total)
+    } else {
+        c.max_connections_per_ip.min(total)
+    };
+    info!(
+        file_descriptors = nofile,
+        max_connections = total,
+        max_connections_per_ip = per_ip,
+        "HTTP connection limits"
+    );
+    if total < c.max_connections {
+        warn!(
+            configured = c.max_connections,
+            effective = total,
+            "http.max_connections lowered to what the file-descriptor limit allows"
+        );
+    }
+    http::Limits { total, per_ip, header_timeout: Duration::from_secs(c.header_timeout_secs) }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +471,7 @@ async fn drain(sig: &Signaling, signals: &mut Signals, timeout: Duration) {
 struct AppState {
     signaling: Arc<Signaling>,
     media: Arc<dais_media::MediaStats>,
+    http: Arc<http::HttpStats>,
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
@@ -432,7 +483,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics_page(State(st): State<AppState>) -> Response {
-    let body = metrics::render(&st.signaling, &st.media);
+    let body = metrics::render(&st.signaling, &st.media, &st.http);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

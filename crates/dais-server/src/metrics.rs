@@ -19,7 +19,7 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 }
 
 /// Render every metric.
-pub fn render(sig: &Signaling, media: &MediaStats) -> String {
+pub fn render(sig: &Signaling, media: &MediaStats, http: &crate::http::HttpStats) -> String {
     let mut out = String::with_capacity(4096);
     let m = sig.metrics();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -30,6 +30,17 @@ pub fn render(sig: &Signaling, media: &MediaStats) -> String {
     let _ = writeln!(out, "dais_participants{{role=\"speaker\"}} {}", m.speakers);
     let _ = writeln!(out, "dais_participants{{role=\"viewer\"}} {}", m.viewers);
     single(&mut out, "dais_connections", "gauge", "Open signaling WebSockets, joined or not.", m.connections);
+    single(&mut out, "dais_http_connections", "gauge", "Open HTTP connections (WebSockets included).", get(&http.open));
+    header(&mut out, "dais_http_refused_total", "counter", "HTTP connections closed at accept, by reason.");
+    let _ = writeln!(out, "dais_http_refused_total{{reason=\"per_ip\"}} {}", get(&http.refused_per_ip));
+    let _ = writeln!(out, "dais_http_refused_total{{reason=\"full\"}} {}", get(&http.refused_full));
+    single(
+        &mut out,
+        "dais_http_probe_lane_total",
+        "counter",
+        "HTTP connections served only /healthz and /readyz because max_connections was reached.",
+        get(&http.probe_lane),
+    );
     single(
         &mut out,
         "dais_parked_participants",

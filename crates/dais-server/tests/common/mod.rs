@@ -41,8 +41,24 @@ impl Server {
 
     /// Start with exactly these arguments and extra environment variables.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dais"))
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dais"));
+        command.args(args);
+        Server::spawn_command(command, env)
+    }
+
+    /// Start with the usual loopback arguments under `ulimit -n nofile` (soft and hard).
+    pub fn start_with_nofile(nofile: u32, env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_dais"))
+            .args(["--http-addr", "127.0.0.1:0", "--media-addr", "127.0.0.1:0"]);
+        Server::spawn_command(command, env)
+    }
+
+    fn spawn_command(mut command: Command, env: &[(&str, &str)]) -> Server {
+        let mut child = command
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -119,6 +135,14 @@ pub async fn viewer(server: &Server, room: &str, name: &str) -> (Client, String)
 pub fn has_media_from(s: &Snapshot, publisher: &str, audio: u64, video: u64) -> bool {
     let enough = |kind, n| s.streams_of(publisher).any(|st| st.kind == kind && st.packets >= n);
     enough(MediaKind::Audio, audio) && enough(MediaKind::Video, video)
+}
+
+/// One sample of `/metrics`, by its name and labels exactly as rendered (`name{label="v"}`).
+pub fn metric(server: &Server, key: &str) -> f64 {
+    let (_, body) = http_get(server.http, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /metrics"))
 }
 
 /// A plain HTTP/1.1 GET: status and body.
