@@ -149,3 +149,59 @@ fn without_an_admin_key_the_api_is_disabled() {
     assert_eq!(status, 404);
     assert!(body.contains("admin_disabled"), "{body}");
 }
+
+/// The `curl` lines of docs/operations.md's admin section, in order, with `p2` and `p7` standing for
+/// the ids the doc's room gets here.
+fn documented_curls(p2: &str, p7: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operations.md")).expect("doc");
+    let section = doc.split("## Admin API").nth(1).expect("an Admin API section");
+    section
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with("curl "))
+        .map(|l| {
+            l.replace("/participants/p2", &format!("/participants/{p2}"))
+                .replace("/participants/p7", &format!("/participants/{p7}"))
+        })
+        .collect()
+}
+
+/// Run one documented line with `sh`, as an operator would paste it: its standard output.
+fn run_curl(line: &str, dais: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", line])
+        .env("KEY", KEY)
+        .env("DAIS", dais)
+        .output()
+        .expect("run sh (and curl)");
+    assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_examples_in_operations_md_run_as_written() {
+    let server = Server::start_with_env(&[], &[("DAIS_ADMIN_KEY", KEY)]);
+    let dais = format!("http://{}", server.http);
+    let (s, sp, _) = speaker(&server, "panel-1", "Ann").await;
+    let (v, vp) = viewer(&server, "panel-1", "Bo").await;
+    v.wait_until(MEDIA_TIMEOUT, "the viewer receives", |x| has_media_from(x, &sp, 5, 5)).await.unwrap();
+    let lines = documented_curls(&sp, &vp);
+    assert_eq!(lines.len(), 6, "list, mute, promote, demote, kick, close: {lines:#?}");
+
+    let list: serde_json::Value = serde_json::from_str(&run_curl(&lines[0], &dais)).expect("the list is JSON");
+    assert_eq!(list["rooms"][0]["name"], "panel-1");
+    assert_eq!(run_curl(&lines[1], &dais), r#"{"changed":1}"#, "{}", lines[1]);
+    // A 204 has no body; an error would have one.
+    assert_eq!(run_curl(&lines[2], &dais), "", "{}", lines[2]);
+    v.wait_for_message(0, |m| matches!(m, ServerMessage::RoleChanged { role: Role::Speaker, .. }), REPLY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("promoted: {e}"));
+    assert_eq!(run_curl(&lines[3], &dais), "", "{}", lines[3]);
+    v.wait_for_message(0, |m| matches!(m, ServerMessage::RoleChanged { role: Role::Viewer, .. }), REPLY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("demoted: {e}"));
+    assert_eq!(run_curl(&lines[4], &dais), "", "{}", lines[4]);
+    assert_eq!(v.wait_closed(REPLY_TIMEOUT).await.expect("kicked").code, Some(4001));
+    assert_eq!(run_curl(&lines[5], &dais), r#"{"closed":1}"#, "{}", lines[5]);
+    assert_eq!(s.wait_closed(REPLY_TIMEOUT).await.expect("closed").code, Some(4002));
+}
