@@ -92,6 +92,9 @@ pub struct HttpConfig {
     pub max_connections_per_ip: usize,
     /// `http.header_timeout_secs`: longest wait for a whole request head, at least 1.
     pub header_timeout_secs: u64,
+    /// `http.request_timeout_secs`: longest a request may take after its head (body and answer), at
+    /// least 1; then 408.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -101,6 +104,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             header_timeout_secs: 10,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -284,6 +288,8 @@ pub struct Overrides {
     pub max_connections_per_ip: Option<usize>,
     /// `http.header_timeout_secs`.
     pub header_timeout_secs: Option<u64>,
+    /// `http.request_timeout_secs`.
+    pub request_timeout_secs: Option<u64>,
     /// `media.addr`.
     pub media_addr: Option<SocketAddr>,
     /// `media.public_ips` (replaces the whole list).
@@ -391,6 +397,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DAIS_MAX_CONNECTIONS", "http.max_connections"),
     ("DAIS_MAX_CONNECTIONS_PER_IP", "http.max_connections_per_ip"),
     ("DAIS_HEADER_TIMEOUT", "http.header_timeout_secs"),
+    ("DAIS_REQUEST_TIMEOUT", "http.request_timeout_secs"),
     ("DAIS_MEDIA_ADDR", "media.addr"),
     ("DAIS_PUBLIC_IP", "media.public_ips"),
     ("DAIS_MEDIA_WORKERS", "media.workers"),
@@ -449,6 +456,7 @@ impl Config {
         check_at_least_one("http.max_connections", config.http.max_connections as u64, &source)?;
         check_at_least_one("http.max_connections_per_ip", config.http.max_connections_per_ip as u64, &source)?;
         check_at_least_one("http.header_timeout_secs", config.http.header_timeout_secs, &source)?;
+        check_at_least_one("http.request_timeout_secs", config.http.request_timeout_secs, &source)?;
         check_streams("rooms.max_audio_streams", config.rooms.max_audio_streams, &source)?;
         check_streams("rooms.max_video_streams", config.rooms.max_video_streams, &source)?;
         check_media_workers(config.media.workers, &source)?;
@@ -484,6 +492,9 @@ impl Config {
         }
         if let Some(v) = o.header_timeout_secs {
             self.http.header_timeout_secs = v;
+        }
+        if let Some(v) = o.request_timeout_secs {
+            self.http.request_timeout_secs = v;
         }
         if let Some(v) = o.media_addr {
             self.media.addr = v;
@@ -599,13 +610,17 @@ impl Overrides {
             let bad = |detail: String| ConfigError::Invalid { origin: source.clone(), key: (*key).to_owned(), detail };
             match var.as_str() {
                 "DAIS_HTTP_ADDR" => o.http_addr = Some(parse_addr(&value).map_err(bad)?),
-                "DAIS_MAX_CONNECTIONS" | "DAIS_MAX_CONNECTIONS_PER_IP" | "DAIS_HEADER_TIMEOUT" => {
+                "DAIS_MAX_CONNECTIONS"
+                | "DAIS_MAX_CONNECTIONS_PER_IP"
+                | "DAIS_HEADER_TIMEOUT"
+                | "DAIS_REQUEST_TIMEOUT" => {
                     let n = value.trim().parse::<u64>().map_err(|_| bad(format!("`{value}` is not a number")))?;
                     check_at_least_one(key, n, &source)?;
                     match var.as_str() {
                         "DAIS_MAX_CONNECTIONS" => o.max_connections = Some(n as usize),
                         "DAIS_MAX_CONNECTIONS_PER_IP" => o.max_connections_per_ip = Some(n as usize),
-                        _ => o.header_timeout_secs = Some(n),
+                        "DAIS_HEADER_TIMEOUT" => o.header_timeout_secs = Some(n),
+                        _ => o.request_timeout_secs = Some(n),
                     }
                 }
                 "DAIS_MEDIA_ADDR" => o.media_addr = Some(parse_addr(&value).map_err(bad)?),

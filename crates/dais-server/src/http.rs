@@ -7,7 +7,8 @@
 //! (counted). Beyond [`Limits::total`], up to [`PROBE_LANE`] more are served only `/healthz` and
 //! `/readyz` (everything else gets 503), so an orchestrator still sees the process alive while it is
 //! full. A client that has not sent a whole request head within [`Limits::header_timeout`] is closed
-//! (hyper's header-read timeout, which needs the timer this module gives it). A connection that ends
+//! (hyper's header-read timeout, which needs the timer this module gives it); one whose request
+//! (body and answer) takes longer than [`Limits::request_timeout`] gets 408. A connection that ends
 //! lingers for at most [`LINGER`], so that its last bytes reach the client instead of a reset.
 
 use std::collections::HashMap;
@@ -49,6 +50,9 @@ pub struct Limits {
     pub per_ip: usize,
     /// Longest wait for a whole request head.
     pub header_timeout: Duration,
+    /// Longest a request may take after its head, its body and the answer included (not the life of
+    /// an upgraded WebSocket, which begins after the answer).
+    pub request_timeout: Duration,
 }
 
 /// Counters for `/metrics`.
@@ -271,7 +275,17 @@ async fn connection(
                     .unwrap_or_default();
                 return Ok::<_, std::convert::Infallible>(busy);
             }
-            app.call(req).await
+            match tokio::time::timeout(limits.request_timeout, app.call(req)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    let late = axum::http::Response::builder()
+                        .status(408)
+                        .header("connection", "close")
+                        .body(Body::from("request timeout\n"))
+                        .unwrap_or_default();
+                    Ok(late)
+                }
+            }
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -302,7 +316,12 @@ async fn connection(
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { total: 4, per_ip: 2, header_timeout: Duration::from_secs(10) };
+    const LIMITS: Limits = Limits {
+        total: 4,
+        per_ip: 2,
+        header_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(30),
+    };
 
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, n])
@@ -333,15 +352,10 @@ mod tests {
         assert_eq!(admit(&mut c, &LIMITS, ip(200)), Admit::RefuseFull, "the probe lane is full too");
         assert_eq!(c.total, 4 + PROBE_LANE);
     }
-}
-
-#[cfg(test)]
-mod lane_tests {
-    use super::*;
 
     #[test]
     fn the_address_that_filled_the_listener_gets_no_probe_lane() {
-        let limits = Limits { total: 10, per_ip: 100, header_timeout: Duration::from_secs(10) };
+        let limits = Limits { total: 10, per_ip: 100, ..LIMITS };
         let mut c = Counts::default();
         let attacker = IpAddr::from([10, 9, 9, 9]);
         for _ in 0..10 {

@@ -122,6 +122,7 @@ impl Args {
             max_connections: None,
             max_connections_per_ip: None,
             header_timeout_secs: None,
+            request_timeout_secs: None,
             media_addr: self.media_addr,
             public_ips: (!self.public_ip.is_empty()).then(|| self.public_ip.clone()),
             media_workers: self.media_workers,
@@ -400,7 +401,12 @@ fn connection_limits(c: &config::HttpConfig) -> http::Limits {
             "http.max_connections lowered to what the file-descriptor limit allows"
         );
     }
-    http::Limits { total, per_ip, header_timeout: Duration::from_secs(c.header_timeout_secs) }
+    http::Limits {
+        total,
+        per_ip,
+        header_timeout: Duration::from_secs(c.header_timeout_secs),
+        request_timeout: Duration::from_secs(c.request_timeout_secs),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

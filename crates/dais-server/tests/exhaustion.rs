@@ -1,6 +1,7 @@
 //! Connection exhaustion over loopback, without credentials: half-open HTTP requests from one
 //! address (127.0.0.2) against a server under `ulimit -n 256` leave `/healthz` answering and room for
-//! a participant from 127.0.0.1, and are closed after the header timeout; past the connection cap the
+//! a participant from 127.0.0.1, and are closed after the header timeout; a body that never ends gets
+//! 408 after the request timeout; past the connection cap the
 //! probes are still served; a WebSocket client that stops reading is let go with its descriptor; an
 //! oversized frame's 1009 close arrives instead of a reset.
 
@@ -202,4 +203,26 @@ async fn an_oversized_frame_gets_its_1009_not_a_reset() {
             &got[..got.len().min(8)]
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_body_never_ends_gets_408() {
+    let env = [("DAIS_ADMIN_KEY", "test-admin-key-0123456789"), ("DAIS_REQUEST_TIMEOUT", "2")];
+    let server = Server::start_with_env(&[], &env);
+    let mut s = connect_from([127, 0, 0, 1], server.http, None).await;
+    // A whole head promising 100 bytes of body, then 10 of them.
+    s.write_all(
+        b"POST /admin/rooms/r/participants/p1/mute HTTP/1.1\r\nHost: x\r\n\
+          Authorization: Bearer test-admin-key-0123456789\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"kind\":\"",
+    )
+    .await
+    .expect("write");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer and no close within 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "answered after the timeout, not before");
 }
