@@ -14,6 +14,11 @@
 //! [`MAX_ADDRS_PER_SESSION`] addresses (the least recently heard goes first) and forgets one it has not
 //! heard from for [`ADDR_IDLE`]; the endpoint is told the time for that and reads no clock.
 //!
+//! Binding requests are rationed ([`CHECKS_PER_SEC`], bursts of [`CHECK_BURST`]): per known address
+//! (each check is answered, so a forged flood from a victim's address would be reflected to it), and
+//! per session for checks from addresses it does not know yet (each costs an HMAC). Browsers send a
+//! few a second while connecting and one every few seconds after (RFC 7675 consent).
+//!
 //! The transport is part of every address, so UDP and TCP (RFC 4571 framed) datagrams share this path.
 //! Bytes never make the endpoint fail: they become a [`Demux::Drop`] with a reason.
 
@@ -32,6 +37,37 @@ pub(crate) const MAX_ADDRS_PER_SESSION: usize = 4;
 /// An address not heard from for this long is forgotten: ICE consent (RFC 7675) expires after 30 s
 /// without a check, and browsers check every few seconds.
 pub(crate) const ADDR_IDLE: Duration = Duration::from_secs(30);
+
+/// Binding requests per second one known address, or one session's unknown addresses together, may
+/// send, sustained.
+pub(crate) const CHECKS_PER_SEC: f32 = 20.0;
+/// Binding requests at once, see [`CHECKS_PER_SEC`].
+pub(crate) const CHECK_BURST: f32 = 40.0;
+
+/// A token bucket of binding requests.
+#[derive(Debug, Clone, Copy)]
+struct CheckBudget {
+    tokens: f32,
+    last: Instant,
+}
+
+impl CheckBudget {
+    fn full(now: Instant) -> Self {
+        CheckBudget { tokens: CHECK_BURST, last: now }
+    }
+
+    /// Whether one more check at `now` is within the budget.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f32() * CHECKS_PER_SEC;
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + refill).min(CHECK_BURST);
+        let ok = self.tokens >= 1.0;
+        if ok {
+            self.tokens -= 1.0;
+        }
+        ok
+    }
+}
 
 /// How often idle addresses are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -90,16 +126,21 @@ pub(crate) enum DemuxDrop {
     UnknownUfrag,
     /// A STUN binding request whose MESSAGE-INTEGRITY does not verify with the session's password.
     BadIntegrity,
+    /// A STUN binding request beyond its address's (or its session's) budget of checks.
+    CheckRate,
 }
 
 struct Registered {
     route: Route,
     pass: String,
+    /// Checks from addresses the session does not know yet.
+    unknown_checks: CheckBudget,
 }
 
 struct Latched {
     route: Route,
     last_seen: Instant,
+    checks: CheckBudget,
 }
 
 /// The demultiplexer. See the module docs.
@@ -142,11 +183,15 @@ impl Endpoint {
 
     /// A session can now be reached with `creds` (a new session, or new credentials after an ICE
     /// restart: the old ufrag stops working, the session's addresses stay).
-    pub fn register(&mut self, route: Route, creds: &IceCreds) {
+    pub fn register(&mut self, now: Instant, route: Route, creds: &IceCreds) {
+        let mut unknown_checks = CheckBudget::full(now);
         if let Some(old) = self.ufrag_of.insert(route.session, creds.ufrag.clone()) {
-            self.ufrags.remove(&old);
+            if let Some(old) = self.ufrags.remove(&old) {
+                // An ICE restart does not refill the budget.
+                unknown_checks = old.unknown_checks;
+            }
         }
-        self.ufrags.insert(creds.ufrag.clone(), Registered { route, pass: creds.pass.clone() });
+        self.ufrags.insert(creds.ufrag.clone(), Registered { route, pass: creds.pass.clone(), unknown_checks });
     }
 
     /// The session is gone: forget its ufrag and its addresses.
@@ -188,13 +233,19 @@ impl Endpoint {
             };
         };
         let local = message.split_username().map(|(local, _)| local);
-        let Some(reg) = local.and_then(|u| self.ufrags.get(u)) else {
+        let Some(reg) = local.and_then(|u| self.ufrags.get_mut(u)) else {
             return Demux::Drop(DemuxDrop::UnknownUfrag);
         };
         let route = reg.route;
         if let Some(l) = self.addrs.get_mut(&from).filter(|l| l.route == route) {
+            if !l.checks.take(now) {
+                return Demux::Drop(DemuxDrop::CheckRate);
+            }
             l.last_seen = now;
             return Demux::Session(route);
+        }
+        if !reg.unknown_checks.take(now) {
+            return Demux::Drop(DemuxDrop::CheckRate);
         }
         let hmac = self.hmac;
         if !message.verify(reg.pass.as_bytes(), |key, payloads| hmac.sha1_hmac(key, payloads)) {
@@ -222,7 +273,10 @@ impl Endpoint {
             }
         }
         list.push(from);
-        self.addrs.insert(from, Latched { route, last_seen: now });
+        // The check that latched it counts against its budget too.
+        let mut checks = CheckBudget::full(now);
+        checks.take(now);
+        self.addrs.insert(from, Latched { route, last_seen: now, checks });
         self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
     }
 
@@ -316,8 +370,8 @@ mod tests {
 
     fn endpoint() -> Endpoint {
         let mut e = Endpoint::new();
-        e.register(route(0, 1), &creds("aaaa"));
-        e.register(route(1, 2), &creds("bbbb"));
+        e.register(Instant::now(), route(0, 1), &creds("aaaa"));
+        e.register(Instant::now(), route(1, 2), &creds("bbbb"));
         e
     }
 
@@ -380,6 +434,34 @@ mod tests {
     }
 
     #[test]
+    fn checks_are_rationed_per_known_address_and_per_session_for_new_ones() {
+        let now = Instant::now();
+        let mut e = endpoint();
+        let good = check("aaaa", Some("aaaa-password-0123456789"));
+        // One known address: a burst of 40, then 20 a second.
+        for i in 0..CHECK_BURST as usize {
+            assert_eq!(e.handle(now, from(1), &good), Demux::Session(route(0, 1)), "check {i}");
+        }
+        assert_eq!(e.handle(now, from(1), &good), Demux::Drop(DemuxDrop::CheckRate));
+        assert_eq!(e.handle(now, from(1), RTP), Demux::Session(route(0, 1)), "media is not rationed");
+        let later = now + Duration::from_millis(500);
+        let allowed = (0..30).filter(|_| e.handle(later, from(1), &good) == Demux::Session(route(0, 1))).count();
+        assert_eq!(allowed, 10, "half a second refills 10");
+        // New addresses of one session share one budget (each would cost an HMAC)...
+        let mut latched = 1; // port 1's first check came out of it
+        for port in 100..200 {
+            if e.handle(now, from(port), &good) == Demux::Session(route(0, 1)) {
+                latched += 1;
+            }
+        }
+        assert_eq!(latched, CHECK_BURST as usize);
+        assert!(e.known() <= MAX_ADDRS_PER_SESSION, "and the table stays capped");
+        // ... which is not another session's.
+        let other = check("bbbb", Some("bbbb-password-0123456789"));
+        assert_eq!(e.handle(now, from(300), &other), Demux::Session(route(1, 2)));
+    }
+
+    #[test]
     fn idle_addresses_expire_and_closing_forgets_everything() {
         let now = Instant::now();
         let mut e = endpoint();
@@ -423,7 +505,7 @@ mod tests {
     fn new_credentials_replace_the_old_ufrag() {
         let now = Instant::now();
         let mut e = endpoint();
-        e.register(route(0, 1), &creds("cccc"));
+        e.register(Instant::now(), route(0, 1), &creds("cccc"));
         assert_eq!(
             e.handle(now, from(1), &check("aaaa", Some("aaaa-password-0123456789"))),
             Demux::Drop(DemuxDrop::UnknownUfrag)

@@ -60,11 +60,11 @@ pub mod fuzzing {
     /// MESSAGE-INTEGRITY for the random passwords).
     pub fn endpoint(mut data: &[u8]) {
         let mut e = Endpoint::new();
+        let mut now = Instant::now();
         for s in 0..2u64 {
             let creds = str0m::ice::IceCreds::new();
-            e.register(Route { worker: s as usize, session: SessionId(s) }, &creds);
+            e.register(now, Route { worker: s as usize, session: SessionId(s) }, &creds);
         }
-        let mut now = Instant::now();
         while let [len, who, rest @ ..] = data {
             let n = usize::from(*len).min(rest.len());
             let (datagram, tail) = rest.split_at(n);

@@ -41,6 +41,8 @@ pub struct MediaStats {
     pub retransmission_misses: AtomicU64,
     /// STUN binding requests from unknown addresses whose MESSAGE-INTEGRITY did not verify.
     pub dropped_stun_auth: AtomicU64,
+    /// STUN binding requests beyond their address's or session's budget (the endpoint's `CheckRate`).
+    pub dropped_stun_rate: AtomicU64,
     /// ICE nominations of a new address that did not move a session's media path: only media that
     /// decrypts from an address moves it there.
     pub path_moves_refused: AtomicU64,

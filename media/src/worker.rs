@@ -192,7 +192,7 @@ impl Worker {
             Control::SetPaused { producer, paused } => self.hub.set_paused(now, producer, paused),
             Control::Route { session, worker, creds } => {
                 if let Some(e) = &mut self.endpoint {
-                    e.register(Route { worker, session }, &creds);
+                    e.register(now, Route { worker, session }, &creds);
                 }
             }
             Control::Unroute { session } => {
@@ -238,6 +238,7 @@ impl Worker {
                     DemuxDrop::Unparseable => &stats.dropped_unparseable,
                     DemuxDrop::UnknownSource | DemuxDrop::UnknownUfrag => &stats.dropped_unknown_source,
                     DemuxDrop::BadIntegrity => &stats.dropped_stun_auth,
+                    DemuxDrop::CheckRate => &stats.dropped_stun_rate,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -257,7 +258,7 @@ impl Worker {
     fn route(&mut self, session: SessionId, creds: IceCreds) {
         let route = Route { worker: self.index, session };
         match &mut self.endpoint {
-            Some(e) => e.register(route, &creds),
+            Some(e) => e.register(Instant::now(), route, &creds),
             None => {
                 if let Some(tx) = self.links.control.first() {
                     let _ = tx.send(Control::Route { session, worker: self.index, creds });

@@ -100,6 +100,7 @@ pub fn render(sig: &Signaling, media: &MediaStats, http: &crate::http::HttpStats
         ("unparseable", &media.dropped_unparseable),
         ("unknown_source", &media.dropped_unknown_source),
         ("stun_auth", &media.dropped_stun_auth),
+        ("stun_rate", &media.dropped_stun_rate),
         ("send_error", &media.send_errors),
     ] {
         let _ = writeln!(out, "dais_datagrams_dropped_total{{reason=\"{reason}\"}} {}", get(c));
