@@ -50,6 +50,8 @@ pub mod fuzzing {
     /// Every text check of client SDP.
     pub fn sdp_text(sdp: &str) {
         let _ = sdp_check::offers_to_send(sdp);
+        let (audio, video) = sdp_check::sending_mlines(sdp);
+        assert!(audio + video <= sdp.matches("m=").count(), "more sending m-lines than m-lines");
         let _ = sdp_check::has_usable_media(sdp);
         let _ = sdp_check::bundle_tag(sdp);
         let _ = sdp_check::with_version(sdp, 7);
@@ -79,6 +81,7 @@ pub mod fuzzing {
     }
 }
 pub use handle::{worker_count, MediaHandle, MediaServer, MAX_WORKERS};
+pub use negotiation::MAX_OFFER_BYTES;
 pub use sdp_check::{offers_to_send, sending_mlines};
 pub use stats::{Histogram, MediaStats, LATENCY_BOUNDS_US};
 

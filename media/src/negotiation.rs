@@ -15,6 +15,10 @@
 //! - Every SDP the session produces, offer or answer, carries a higher `o=` version than the one before
 //!   (RFC 3264 §8); str0m itself always writes 2.
 //! - A consumer m-line offers only the payload types compatible with its producer's codecs (plus RTX).
+//! - No server offer is longer than [`MAX_OFFER_BYTES`], so its answer fits the SDP limit the server
+//!   enforces on answers. Adds that would make it longer wait (in order) until an answered stop
+//!   frees an m-line slot (str0m recycles it); a viewer of a room with very many streams gets the
+//!   first ones and a warning is logged.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,10 @@ use crate::{codec, AnswerError, Kind, OfferError, ProducerKey};
 /// A publisher normally offers first (so its first offer never collides with ours); one that has not
 /// offered this long after joining (no camera, denied permission) gets server offers anyway.
 pub(crate) const PUBLISHER_OFFER_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest server offer: three quarters of the 128 KiB SDP limit enforced on every client SDP,
+/// leaving room for an answer longer than its offer (a browser adds its own lines).
+pub const MAX_OFFER_BYTES: usize = 96 * 1024;
 
 /// A consumer m-line to put in the next server offer.
 #[derive(Debug, Clone)]
@@ -68,6 +76,9 @@ pub(crate) struct Negotiation {
     queued_stops: Vec<Mid>,
     bundle_tag: Option<Mid>,
     version: u64,
+    max_offer_bytes: usize,
+    /// The queued adds did not fit in an offer: wait for an answered stop before trying again.
+    held: bool,
 }
 
 impl Negotiation {
@@ -82,7 +93,15 @@ impl Negotiation {
             queued_stops: Vec::new(),
             bundle_tag: None,
             version: 0,
+            max_offer_bytes: MAX_OFFER_BYTES,
+            held: false,
         }
+    }
+
+    /// A smaller offer bound, for tests.
+    #[cfg(test)]
+    pub fn limit_offers_to(&mut self, bytes: usize) {
+        self.max_offer_bytes = bytes;
     }
 
     /// Whether the session may publish.
@@ -150,35 +169,72 @@ impl Negotiation {
             return None;
         }
         self.queued_adds.retain(|a| live(a.producer));
-        if self.queued_adds.is_empty() && self.queued_stops.is_empty() {
+        let adds_due = !self.queued_adds.is_empty() && !self.held;
+        if !adds_due && self.queued_stops.is_empty() {
             return None;
         }
-        let adds = std::mem::take(&mut self.queued_adds);
-        let mut stops = std::mem::take(&mut self.queued_stops);
+        let stops = std::mem::take(&mut self.queued_stops);
         let keep = self.bundle_tag.filter(|t| stops.contains(t));
-        stops.retain(|m| Some(*m) != self.bundle_tag);
+        let stops: Vec<Mid> = stops.into_iter().filter(|m| Some(*m) != self.bundle_tag).collect();
+        // As many of the queued adds as fit, halving until they do. The trial offers carry the adds
+        // alone: dropping their pending offer leaves the Rtc as it was, whereas str0m applies a stop
+        // or a direction change at once, so those go in only once, below (and only shorten it).
+        let mut n = if self.held { 0 } else { self.queued_adds.len() };
+        while n > 0 {
+            match self.build_offer(rtc, &self.queued_adds[..n], &[], None) {
+                Some((offer, ..)) if offer.len() > self.max_offer_bytes => n /= 2,
+                _ => break,
+            }
+        }
+        if n < self.queued_adds.len() && !self.held {
+            // Fewer may still fit after this one is answered; none: wait for a stop.
+            self.held = n == 0;
+            tracing::warn!(
+                offered = n,
+                waiting = self.queued_adds.len() - n,
+                limit = self.max_offer_bytes,
+                "a server offer with every stream would be too long: the rest wait for streams to end"
+            );
+        }
+        if n == 0 && stops.is_empty() && keep.is_none() {
+            return None;
+        }
+        let (offer, pending, mids) = self.build_offer(rtc, &self.queued_adds[..n], &stops, keep)?;
+        let adds: Vec<(Mid, PendingConsumer)> = mids.into_iter().zip(self.queued_adds.drain(..n)).collect();
+        let sdp = self.produced(offer);
+        self.outstanding = Some(Outstanding { pending, sdp: sdp.clone(), adds, stops, resend: false });
+        Some(sdp)
+    }
+
+    /// A server offer adding `adds` and stopping `stops` (and `keep`, the bundle tag, made
+    /// inactive): its text, the pending offer and the new m-lines' mids, in the order of `adds`.
+    fn build_offer(
+        &self,
+        rtc: &mut Rtc,
+        adds: &[PendingConsumer],
+        stops: &[Mid],
+        keep: Option<Mid>,
+    ) -> Option<(String, SdpPendingOffer, Vec<Mid>)> {
         let pts: Vec<Vec<Pt>> = adds.iter().map(|a| codec::offer_pts(rtc.codec_config().params(), &a.specs)).collect();
         let mut api = rtc.sdp_api();
-        let mut planned = Vec::with_capacity(adds.len());
-        for (a, pts) in adds.into_iter().zip(pts) {
+        let mut mids = Vec::with_capacity(adds.len());
+        for (a, pts) in adds.iter().zip(pts) {
             let kind = codec::str0m_kind(a.kind);
             let mid =
                 api.add_media(kind, Direction::SendOnly, Some(a.stream_id.clone()), Some(a.track_id.clone()), None);
             if !pts.is_empty() {
                 api.restrict_media_pts(mid, &pts);
             }
-            planned.push((mid, a));
+            mids.push(mid);
         }
-        for mid in &stops {
+        for mid in stops {
             api.stop_media(*mid);
         }
         if let Some(mid) = keep {
             api.set_direction(mid, Direction::Inactive);
         }
         let (offer, pending) = api.apply()?;
-        let sdp = self.produced(offer.to_sdp_string());
-        self.outstanding = Some(Outstanding { pending, sdp: sdp.clone(), adds: planned, stops, resend: false });
-        Some(sdp)
+        Some((offer.to_sdp_string(), pending, mids))
     }
 
     /// The checks of a client offer that need no parsing by str0m: a non-publisher that sends media,
@@ -233,6 +289,10 @@ impl Negotiation {
             return Err(AnswerError::BadSdp(e.to_string()));
         }
         self.negotiated_at.get_or_insert(now);
+        if !o.stops.is_empty() {
+            // Stopped m-lines' slots are recycled by the next adds: try the held ones again.
+            self.held = false;
+        }
         Ok(o.adds)
     }
 

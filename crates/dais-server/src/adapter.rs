@@ -8,6 +8,9 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
+// A server offer's answer must fit the limit signaling enforces on every client SDP.
+const _: () = assert!(dais_media::MAX_OFFER_BYTES < dais_proto::MAX_SDP_BYTES);
+
 /// [`MediaPlane`] over a [`MediaHandle`].
 #[derive(Debug, Clone)]
 pub struct MediaAdapter {
