@@ -194,6 +194,8 @@ mod tests {
                 sdp.push_str(PARTS[(state % PARTS.len() as u64) as usize]);
             }
             let _ = (offers_to_send(&sdp), has_usable_media(&sdp), bundle_tag(&sdp));
+            let (audio, video) = sending_mlines(&sdp);
+            assert!(audio + video <= sdp.matches("m=").count(), "{sdp:?}");
             let stamped = with_version(&sdp, 9);
             let strip = |s: &str| s.lines().filter(|l| !l.starts_with("o=")).collect::<Vec<_>>().join("\n");
             assert_eq!(strip(&stamped), strip(&sdp));
