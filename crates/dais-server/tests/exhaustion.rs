@@ -1,9 +1,9 @@
 //! Connection exhaustion over loopback, without credentials: half-open HTTP requests from one
 //! address (127.0.0.2) against a server under `ulimit -n 256` leave `/healthz` answering and room for
 //! a participant from 127.0.0.1, and are closed after the header timeout; a body that never ends gets
-//! 408 after the request timeout; past the connection cap the
-//! probes are still served; a WebSocket client that stops reading is let go with its descriptor; an
-//! oversized frame's 1009 close arrives instead of a reset.
+//! 408 after the request timeout; past the connection cap the probes are still served; a WebSocket
+//! client that stops reading is let go with its descriptor; an oversized frame's 1009 close arrives
+//! instead of a reset.
 
 mod common;
 
@@ -151,7 +151,12 @@ async fn a_websocket_client_that_stops_reading_is_let_go() {
     let server = Server::start();
     let mut s = connect_from([127, 0, 0, 1], server.http, Some(1024)).await;
     ws_handshake(&mut s).await;
-    assert_eq!(metric(&server, "dais_connections"), 1.0);
+    // The socket's task starts just after the 101 is written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&server, "dais_connections") != 1.0 {
+        assert!(Instant::now() < deadline, "the WebSocket is not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Messages that each get a ~200-byte error reply, then a flood that gets the socket closed; the
     // client never reads, so the replies fill its window and the close frame cannot be sent.
     let bad = r#"{"type":"join","room":"r","name":"n","role":"viewer","version":1,"an_unknown_field_to_make_the_error_long":1}"#;
