@@ -180,10 +180,14 @@ impl Negotiation {
         // alone: dropping their pending offer leaves the Rtc as it was, whereas str0m applies a stop
         // or a direction change at once, so those go in only once, below (and only shorten it).
         let mut n = if self.held { 0 } else { self.queued_adds.len() };
+        let mut fitting = None;
         while n > 0 {
             match self.build_offer(rtc, &self.queued_adds[..n], &[], None) {
                 Some((offer, ..)) if offer.len() > self.max_offer_bytes => n /= 2,
-                _ => break,
+                built => {
+                    fitting = built;
+                    break;
+                }
             }
         }
         if n < self.queued_adds.len() && !self.held {
@@ -199,7 +203,13 @@ impl Negotiation {
         if n == 0 && stops.is_empty() && keep.is_none() {
             return None;
         }
-        let (offer, pending, mids) = self.build_offer(rtc, &self.queued_adds[..n], &stops, keep)?;
+        // The trial that fit is the offer when there is nothing to stop (it is the newest offer
+        // built, so its pending change set is still valid).
+        let built = match fitting {
+            Some(trial) if stops.is_empty() && keep.is_none() => Some(trial),
+            _ => self.build_offer(rtc, &self.queued_adds[..n], &stops, keep),
+        };
+        let (offer, pending, mids) = built?;
         let adds: Vec<(Mid, PendingConsumer)> = mids.into_iter().zip(self.queued_adds.drain(..n)).collect();
         let sdp = self.produced(offer);
         self.outstanding = Some(Outstanding { pending, sdp: sdp.clone(), adds, stops, resend: false });

@@ -13,6 +13,14 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A counter with one sample per `reason` label.
+fn by_reason(out: &mut String, name: &str, help: &str, samples: &[(&str, u64)]) {
+    header(out, name, "counter", help);
+    for (reason, value) in samples {
+        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {value}");
+    }
+}
+
 fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     header(out, name, kind, help);
     let _ = writeln!(out, "{name} {value}");
@@ -31,9 +39,12 @@ pub fn render(sig: &Signaling, media: &MediaStats, http: &crate::http::HttpStats
     let _ = writeln!(out, "dais_participants{{role=\"viewer\"}} {}", m.viewers);
     single(&mut out, "dais_connections", "gauge", "Open signaling WebSockets, joined or not.", m.connections);
     single(&mut out, "dais_http_connections", "gauge", "Open HTTP connections (WebSockets included).", get(&http.open));
-    header(&mut out, "dais_http_refused_total", "counter", "HTTP connections closed at accept, by reason.");
-    let _ = writeln!(out, "dais_http_refused_total{{reason=\"per_ip\"}} {}", get(&http.refused_per_ip));
-    let _ = writeln!(out, "dais_http_refused_total{{reason=\"full\"}} {}", get(&http.refused_full));
+    by_reason(
+        &mut out,
+        "dais_http_refused_total",
+        "HTTP connections closed at accept, by reason.",
+        &[("per_ip", get(&http.refused_per_ip)), ("full", get(&http.refused_full))],
+    );
     single(
         &mut out,
         "dais_http_probe_lane_total",
@@ -95,16 +106,18 @@ pub fn render(sig: &Signaling, media: &MediaStats, http: &crate::http::HttpStats
     single(&mut out, "dais_datagrams_sent_total", "counter", "UDP datagrams sent.", get(&media.datagrams_out));
     single(&mut out, "dais_bytes_received_total", "counter", "UDP bytes received.", get(&media.bytes_in));
     single(&mut out, "dais_bytes_sent_total", "counter", "UDP bytes sent.", get(&media.bytes_out));
-    header(&mut out, "dais_datagrams_dropped_total", "counter", "Datagrams dropped before any session, by reason.");
-    for (reason, c) in [
-        ("unparseable", &media.dropped_unparseable),
-        ("unknown_source", &media.dropped_unknown_source),
-        ("stun_auth", &media.dropped_stun_auth),
-        ("stun_rate", &media.dropped_stun_rate),
-        ("send_error", &media.send_errors),
-    ] {
-        let _ = writeln!(out, "dais_datagrams_dropped_total{{reason=\"{reason}\"}} {}", get(c));
-    }
+    by_reason(
+        &mut out,
+        "dais_datagrams_dropped_total",
+        "Datagrams dropped before any session, by reason.",
+        &[
+            ("unparseable", get(&media.dropped_unparseable)),
+            ("unknown_source", get(&media.dropped_unknown_source)),
+            ("stun_auth", get(&media.dropped_stun_auth)),
+            ("stun_rate", get(&media.dropped_stun_rate)),
+            ("send_error", get(&media.send_errors)),
+        ],
+    );
     single(
         &mut out,
         "dais_path_moves_refused_total",
@@ -119,15 +132,17 @@ pub fn render(sig: &Signaling, media: &MediaStats, http: &crate::http::HttpStats
         "TCP media connections (ICE over TCP) open now.",
         get(&media.tcp_connections),
     );
-    header(&mut out, "dais_tcp_media_closed_total", "counter", "TCP media connections the server closed, by reason.");
-    for (reason, c) in [
-        ("framing", &media.tcp_closed_framing),
-        ("not_stun", &media.tcp_closed_not_stun),
-        ("silent", &media.tcp_closed_silent),
-        ("limit", &media.tcp_refused_limit),
-    ] {
-        let _ = writeln!(out, "dais_tcp_media_closed_total{{reason=\"{reason}\"}} {}", get(c));
-    }
+    by_reason(
+        &mut out,
+        "dais_tcp_media_closed_total",
+        "TCP media connections the server closed, by reason.",
+        &[
+            ("framing", get(&media.tcp_closed_framing)),
+            ("not_stun", get(&media.tcp_closed_not_stun)),
+            ("silent", get(&media.tcp_closed_silent)),
+            ("limit", get(&media.tcp_refused_limit)),
+        ],
+    );
     single(
         &mut out,
         "dais_tcp_send_drops_total",

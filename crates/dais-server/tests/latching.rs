@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{http_get, speaker, Server};
-use dais_proto::{ClientMessage, Role, ServerMessage, PROTOCOL_VERSION};
+use dais_proto::{ClientMessage, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use str0m::change::SdpOffer;
 use str0m::ice::{StunMessage, TransId};
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, RtcConfig};
+use str0m::{Event, Input, Output};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,19 +33,8 @@ fn sdp_attr(sdp: &str, name: &str) -> Option<String> {
 
 /// A str0m viewer: joins, answers every server offer, counts the RTP packets it decrypts.
 async fn viewer(url: String, room: &'static str, rtp: Arc<AtomicU64>, creds: Arc<Mutex<Creds>>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let (socket, mut rtc, mut ws) = common::raw_viewer(&url, room).await;
     let local = socket.local_addr().expect("addr");
-    let mut rtc = RtcConfig::new().set_rtp_mode(true).build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").expect("candidate"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("websocket");
-    let join = ClientMessage::Join {
-        room: room.into(),
-        name: "raw".into(),
-        role: Role::Viewer,
-        version: PROTOCOL_VERSION,
-        token: None,
-    };
-    ws.send(Message::text(join.to_json())).await.expect("join");
     let mut buf = vec![0u8; 2048];
     let mut next = Instant::now();
     loop {

@@ -4,16 +4,8 @@
 
 mod common;
 
-use common::{has_media_from, http_get, speaker, viewer, Server, MEDIA_TIMEOUT, REPLY_TIMEOUT};
+use common::{has_media_from, metric, speaker, viewer, Server, MEDIA_TIMEOUT, REPLY_TIMEOUT};
 use dais_client::{ClientError, ErrorCode, ServerMessage};
-
-fn metric(server: &Server, name: &str) -> u64 {
-    let (_, body) = http_get(server.http, "/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_loses_its_socket_resumes_as_the_same_participant() {
@@ -27,7 +19,7 @@ async fn a_viewer_that_loses_its_socket_resumes_as_the_same_participant() {
     // Without a socket the media keeps coming: the participant is parked, not gone.
     let before = v.snapshot().packets_from(&s_id);
     v.wait_until(MEDIA_TIMEOUT, "media while parked", |snap| snap.packets_from(&s_id) > before + 50).await.unwrap();
-    assert_eq!(metric(&server, "dais_parked_participants"), 1);
+    assert_eq!(metric(&server, "dais_parked_participants"), 1.0);
 
     let resumed = v.resume(&server.ws_url()).await.expect("the resume is accepted");
     assert_eq!(resumed.participant_id, v_id, "the same participant");
@@ -36,8 +28,8 @@ async fn a_viewer_that_loses_its_socket_resumes_as_the_same_participant() {
     let after = v.snapshot().packets_from(&s_id);
     v.wait_until(MEDIA_TIMEOUT, "media after the resume", |snap| snap.packets_from(&s_id) > after + 50).await.unwrap();
     v.ping(7, REPLY_TIMEOUT).await.expect("the new socket carries the participant");
-    assert_eq!(metric(&server, "dais_resumes_total"), 1);
-    assert_eq!(metric(&server, "dais_parked_participants"), 0);
+    assert_eq!(metric(&server, "dais_resumes_total"), 1.0);
+    assert_eq!(metric(&server, "dais_parked_participants"), 0.0);
     let left = s.snapshot().messages.iter().any(|m| matches!(m, ServerMessage::ParticipantLeft { .. }));
     assert!(!left, "the speaker never heard the viewer leave");
     // Every stream it received is still intact: no packet was replayed or reordered by the swap.
@@ -72,5 +64,5 @@ async fn past_the_grace_period_the_resume_fails_and_a_fresh_join_works() {
     v.wait_until(MEDIA_TIMEOUT, "the new participant receives", |snap| snap.packets_from(&s_id) > before + 50)
         .await
         .unwrap();
-    assert_eq!(metric(&server, "dais_resume_failures_total"), 1);
+    assert_eq!(metric(&server, "dais_resume_failures_total"), 1.0);
 }

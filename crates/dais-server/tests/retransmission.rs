@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{http_get, speaker, Server};
-use dais_proto::{ClientMessage, Role, ServerMessage, PROTOCOL_VERSION};
+use dais_proto::{ClientMessage, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -54,19 +54,8 @@ async fn viewer(
     target: Arc<AtomicU32>,
     seen: Arc<std::sync::Mutex<Seen>>,
 ) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let (socket, mut rtc, mut ws) = common::raw_viewer(&url, room).await;
     let local = socket.local_addr().expect("addr");
-    let mut rtc = RtcConfig::new().set_rtp_mode(true).build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp").expect("candidate"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("websocket");
-    let join = ClientMessage::Join {
-        room: room.into(),
-        name: "raw".into(),
-        role: Role::Viewer,
-        version: PROTOCOL_VERSION,
-        token: None,
-    };
-    ws.send(Message::text(serde_json::to_string(&join).expect("json"))).await.expect("join");
     let mut buf = vec![0u8; 2048];
     let mut pts: Option<(u8, u8)> = None;
     let mut next = Instant::now();

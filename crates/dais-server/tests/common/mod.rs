@@ -137,6 +137,33 @@ pub fn has_media_from(s: &Snapshot, publisher: &str, audio: u64, video: u64) -> 
     enough(MediaKind::Audio, audio) && enough(MediaKind::Video, video)
 }
 
+/// A raw str0m viewer's start: a UDP socket on 127.0.0.1, an RTP-mode `Rtc` with its host
+/// candidate, and a WebSocket that has sent `join` as a viewer of `room`.
+pub async fn raw_viewer(
+    url: &str,
+    room: &str,
+) -> (
+    tokio::net::UdpSocket,
+    str0m::Rtc,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) {
+    use futures_util::SinkExt;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = socket.local_addr().expect("addr");
+    let mut rtc = str0m::RtcConfig::new().set_rtp_mode(true).build(std::time::Instant::now());
+    rtc.add_local_candidate(str0m::Candidate::host(local, "udp").expect("candidate"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket");
+    let join = dais_proto::ClientMessage::Join {
+        room: room.into(),
+        name: "raw".into(),
+        role: Role::Viewer,
+        version: dais_proto::PROTOCOL_VERSION,
+        token: None,
+    };
+    ws.send(tokio_tungstenite::tungstenite::Message::text(join.to_json())).await.expect("join");
+    (socket, rtc, ws)
+}
+
 /// One sample of `/metrics`, by its name and labels exactly as rendered (`name{label="v"}`).
 pub fn metric(server: &Server, key: &str) -> f64 {
     let (_, body) = http_get(server.http, "/metrics");
