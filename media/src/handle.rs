@@ -304,6 +304,13 @@ impl MediaHandle {
             let _ = tx.send(Control::SetPaused { producer, paused });
         }
     }
+
+    /// The client of `session` shows `producer` at `width` x `height` device pixels; 0 in either
+    /// hides it, which pauses that video ([`crate::SessionEvent::VideoPaused`]). Remembered for
+    /// producers it does not receive yet; ignored for audio.
+    pub fn video_size(&self, session: SessionId, producer: ProducerKey, width: u16, height: u16) {
+        self.send_to(session, Control::VideoSize { session, producer, width, height });
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dais_forward::{
-    ConsumerId, ConsumerSpec, DropReason, KeyframeKind, LayerId, Output, ProducerId, ProducerSpec, Router,
+    ConsumerId, ConsumerSpec, DropReason, KeyframeKind, LayerCensus, LayerId, Output, ProducerId, ProducerSpec, Router,
     RouterConfig, RtpIn,
 };
 use str0m::format::CodecSpec;
@@ -47,6 +47,9 @@ const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(550);
 
 /// How often the router's counters are added to the shared [`MediaStats`].
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most tile sizes a session remembers for producers it does not receive yet.
+const MAX_TILES: usize = 64;
 
 /// What every worker's hub shares.
 #[derive(Debug)]
@@ -123,6 +126,9 @@ struct Slot {
     session: Session,
     dirty: bool,
     scheduled: Option<Instant>,
+    /// The sizes its client shows producers at (`video_size`), applied to their consumers when they
+    /// are created.
+    tiles: HashMap<ProducerKey, (u16, u16)>,
 }
 
 /// One worker's sessions and router. See the module docs.
@@ -151,6 +157,14 @@ struct Reported {
     drops: [u64; DropReason::ALL.len()],
     resends: u64,
     resend_misses: u64,
+    layer_switches: u64,
+    probe_packets: u64,
+    probe_bytes: u64,
+    census: LayerCensus,
+    /// REMB reports since the last report, and what was last added to the shared per-second gauge.
+    remb_window: u64,
+    remb_rate: u64,
+    viewer_sessions: u64,
 }
 
 impl Hub {
@@ -186,7 +200,7 @@ impl Hub {
             self.close(now, id);
         }
         let session = Session::new(now, id, publisher, creds, self.shared.session.clone());
-        self.sessions.insert(id, Slot { session, dirty: false, scheduled: None });
+        self.sessions.insert(id, Slot { session, dirty: false, scheduled: None, tiles: HashMap::new() });
         self.stats().sessions.fetch_add(1, Ordering::Relaxed);
         self.mark(id);
     }
@@ -203,6 +217,7 @@ impl Hub {
         for pid in slot.session.producers().collect::<Vec<_>>() {
             self.end_producer(pid);
         }
+        self.router.forget_sink(id.0);
         info!(?id, "session closed");
     }
 
@@ -273,6 +288,21 @@ impl Hub {
         self.drain_router();
         if self.is_local(pid) {
             info!(?producer, paused, "producer pause changed");
+        }
+    }
+
+    /// The client of session `id` shows `producer` at `width` x `height` (0x0: hidden): remembered
+    /// for the consumer to come, and applied to the one that exists.
+    pub fn video_size(&mut self, now: Instant, id: SessionId, producer: ProducerKey, width: u16, height: u16) {
+        let Some(slot) = self.sessions.get_mut(&id) else { return };
+        if slot.tiles.len() < MAX_TILES || slot.tiles.contains_key(&producer) {
+            slot.tiles.insert(producer, (width, height));
+        }
+        let Some(pid) = self.keys.get(&producer).copied() else { return };
+        let consumer = self.router.consumers(pid).find(|c| self.consumers.get(c) == Some(&id));
+        if let Some(cid) = consumer {
+            self.router.set_video_size(now, cid, width, height);
+            self.drain_router();
         }
     }
 
@@ -443,24 +473,32 @@ impl Hub {
                 self.router.handle_nack(now, cid, &seqs);
                 self.drain_router();
             }
+            SessionOutput::Estimate(bps) => {
+                self.stats().remb_received.fetch_add(1, Ordering::Relaxed);
+                self.stats().record_estimate(bps);
+                self.reported.remb_window += 1;
+                self.router.set_estimate(now, id.0, bps);
+                self.drain_router();
+            }
             SessionOutput::Expired => self.close(now, id),
             SessionOutput::Credentials(creds) => self.out.push_back(HubOutput::Route(id, creds)),
         }
     }
 
     fn add_producer(&mut self, now: Instant, id: SessionId, p: Published) {
-        let spec = ProducerSpec { kind: p.kind, clock_rate: p.clock_rate, payload_types: p.payload_types, layers: 1 };
+        let layers = u8::try_from(p.rids.len().max(1)).unwrap_or(1);
+        let spec = ProducerSpec { kind: p.kind, clock_rate: p.clock_rate, payload_types: p.payload_types, layers };
         let pid = self.router.add_producer(now, spec.clone());
         let key = ProducerKey(self.shared.next_key.fetch_add(1, Ordering::Relaxed));
         if let Some(slot) = self.sessions.get_mut(&id) {
-            slot.session.bind_producer(p.mid, pid, p.clock_rate);
+            slot.session.bind_producer(p.mid, pid, p.clock_rate, p.rids.clone());
         }
         // Mirrors exist before anyone hears of the producer, so no subscription can arrive first.
         let mirror = Mirror { producer: key, home: self.index, spec, specs: p.specs.clone() };
         self.tell_others(|| PeerMessage::MirrorAdd(mirror.clone()));
         self.producers.insert(pid, ProducerRec { origin: Origin::Local(id), key, kind: p.kind, specs: p.specs });
         self.keys.insert(key, pid);
-        info!(?id, mid = %p.mid, ?key, codec = %p.codec_name, "producer added");
+        info!(?id, mid = %p.mid, ?key, codec = %p.codec_name, layers, "producer added");
         let event = SessionEvent::ProducerAdded { producer: key, kind: p.kind, codec: p.codec_name };
         self.out.push_back(HubOutput::Event(id, event));
     }
@@ -496,6 +534,9 @@ impl Hub {
             Ok(cid) => {
                 self.consumers.insert(cid, id);
                 slot.session.bind_consumer(r.mid, cid);
+                if let Some(&(w, h)) = slot.tiles.get(&r.consumer.producer) {
+                    self.router.set_video_size(now, cid, w, h);
+                }
                 debug!(?id, mid = %r.mid, producer = ?r.consumer.producer, "consumer added");
             }
             Err(e) => {
@@ -551,8 +592,25 @@ impl Hub {
                     }
                 }
                 Output::KeyframeRequest { producer, layer, kind } => self.keyframe_request(producer, layer, kind),
+                Output::Paused { consumer, sink, reason } => {
+                    if let Some(producer) = self.consumer_key(consumer) {
+                        let event = SessionEvent::VideoPaused { producer, reason };
+                        self.out.push_back(HubOutput::Event(SessionId(sink), event));
+                    }
+                }
+                Output::Resumed { consumer, sink, .. } => {
+                    if let Some(producer) = self.consumer_key(consumer) {
+                        self.out.push_back(HubOutput::Event(SessionId(sink), SessionEvent::VideoResumed { producer }));
+                    }
+                }
             }
         }
+    }
+
+    /// The producer key of a consumer's producer.
+    fn consumer_key(&self, consumer: ConsumerId) -> Option<ProducerKey> {
+        let pid = self.router.consumer_producer(consumer)?;
+        Some(self.producers.get(&pid)?.key)
     }
 
     /// The router asks a producer's publisher for a keyframe: send it, or pass it home for a mirror.
@@ -565,7 +623,7 @@ impl Hub {
             }
             Origin::Local(session) => {
                 let Some(slot) = self.sessions.get_mut(&session) else { return };
-                if slot.session.request_keyframe(pid, kind) {
+                if slot.session.request_keyframe(pid, layer, kind) {
                     self.shared.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
                     debug!(?session, ?kind, "keyframe requested from publisher");
                 }
@@ -597,5 +655,36 @@ impl Hub {
         stats.retransmission_misses.fetch_add(st.resend_misses - self.reported.resend_misses, Ordering::Relaxed);
         self.reported.resends = st.resends;
         self.reported.resend_misses = st.resend_misses;
+        stats.layer_switches.fetch_add(st.layer_switches - self.reported.layer_switches, Ordering::Relaxed);
+        stats.probe_packets.fetch_add(st.probe_packets - self.reported.probe_packets, Ordering::Relaxed);
+        stats.probe_bytes.fetch_add(st.probe_bytes - self.reported.probe_bytes, Ordering::Relaxed);
+        self.reported.layer_switches = st.layer_switches;
+        self.reported.probe_packets = st.probe_packets;
+        self.reported.probe_bytes = st.probe_bytes;
+        // Gauges: add this worker's change since its last report.
+        let census = self.router.layer_census();
+        let old = self.reported.census;
+        for (i, gauge) in stats.consumers_per_layer.iter().enumerate() {
+            move_gauge(gauge, old.forwarding[i], census.forwarding[i]);
+        }
+        move_gauge(&stats.consumers_paused_bandwidth, old.paused_bandwidth, census.paused_bandwidth);
+        move_gauge(&stats.consumers_paused_hidden, old.paused_hidden, census.paused_hidden);
+        move_gauge(&stats.consumers_starting, old.starting, census.starting);
+        self.reported.census = census;
+        let rate = std::mem::take(&mut self.reported.remb_window);
+        move_gauge(&stats.remb_last_second, self.reported.remb_rate, rate);
+        self.reported.remb_rate = rate;
+        let viewers = self.sessions.values().filter(|s| s.session.consumers().next().is_some()).count() as u64;
+        move_gauge(&stats.receiving_sessions, self.reported.viewer_sessions, viewers);
+        self.reported.viewer_sessions = viewers;
+    }
+}
+
+/// Move a gauge shared by every worker from this worker's `old` share to its `new` one.
+fn move_gauge(gauge: &AtomicU64, old: u64, new: u64) {
+    if new >= old {
+        gauge.fetch_add(new - old, Ordering::Relaxed);
+    } else {
+        gauge.fetch_sub(old - new, Ordering::Relaxed);
     }
 }

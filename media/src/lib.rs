@@ -36,7 +36,7 @@ mod worker;
 
 use std::net::{IpAddr, SocketAddr};
 
-pub use dais_forward::DropReason;
+pub use dais_forward::{DropReason, PauseReason};
 
 /// Entry points for the cargo-fuzz targets in `media/fuzz` (not an API).
 #[doc(hidden)]
@@ -83,7 +83,7 @@ pub mod fuzzing {
 pub use handle::{worker_count, MediaHandle, MediaServer, MAX_WORKERS};
 pub use negotiation::MAX_OFFER_BYTES;
 pub use sdp_check::{offers_to_send, sending_mlines};
-pub use stats::{Histogram, MediaStats, LATENCY_BOUNDS_US};
+pub use stats::{Histogram, MediaStats, ESTIMATE_BOUNDS_KBPS, LATENCY_BOUNDS_US};
 
 /// Identifies one participant's WebRTC session. Chosen by the caller, unique while the session lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,6 +126,19 @@ pub enum SessionEvent {
     /// The session lost its connection (ICE consent expired, DTLS closed, or ICE and DTLS did not
     /// complete within [`CONNECT_TIMEOUT`] of the first completed negotiation). The owner must close it.
     Disconnected,
+    /// The session stopped receiving one video producer: its downlink estimate cannot carry the
+    /// lowest layer, or its client hid the tile ([`MediaHandle::video_size`] 0x0).
+    VideoPaused {
+        /// The producer.
+        producer: ProducerKey,
+        /// Why.
+        reason: PauseReason,
+    },
+    /// It receives that producer again, from a keyframe.
+    VideoResumed {
+        /// The producer.
+        producer: ProducerKey,
+    },
 }
 
 /// How long a session may take from its first completed SDP exchange to a connected DTLS transport.

@@ -63,6 +63,12 @@ pub(crate) enum Control {
         producer: ProducerKey,
         paused: bool,
     },
+    VideoSize {
+        session: SessionId,
+        producer: ProducerKey,
+        width: u16,
+        height: u16,
+    },
     /// To worker 0: datagrams for `session`, whose ICE credentials are `creds`, go to `worker`.
     Route {
         session: SessionId,
@@ -89,6 +95,7 @@ impl std::fmt::Debug for Control {
             Control::Close { .. } => "Close",
             Control::SetPublisher { .. } => "SetPublisher",
             Control::SetPaused { .. } => "SetPaused",
+            Control::VideoSize { .. } => "VideoSize",
             Control::Route { .. } => "Route",
             Control::Unroute { .. } => "Unroute",
             Control::Peer(_) => "Peer",

@@ -36,12 +36,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use dais_forward::{Codec, ConsumerId, KeyframeKind, LayerId, ProducerId, RtpIn, RtpOut};
+use str0m::bwe::BweKind;
 use str0m::change::SdpOffer;
 use str0m::format::{CodecSpec, PayloadParams};
 use str0m::ice::IceCreds;
-use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt};
+use str0m::media::{Direction, KeyframeRequestKind, Mid, Pt, Rid, Simulcast};
+
 use str0m::net::{DatagramRecv, Receive, TcpType, Transmit};
-use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite, SeqNo, Ssrc, Vp8Descriptor};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
 
@@ -84,6 +86,8 @@ pub(crate) enum SessionOutput {
     KeyframeRequest(ConsumerId, KeyframeKind),
     /// The viewer reported these packets of this consumer missing (its own extended sequence numbers).
     Nack(ConsumerId, Vec<u64>),
+    /// The client's estimate of its downlink (REMB), bits per second.
+    Estimate(u64),
     /// The session failed [`FAILED_GRACE`] ago and was not closed: close it now.
     Expired,
     /// The session's local ICE credentials changed (it answered an ICE restart): route the new ufrag
@@ -103,6 +107,8 @@ pub(crate) struct Published {
     pub clock_rate: u32,
     /// Lower-case name of the first codec (the one a browser sends with).
     pub codec_name: String,
+    /// The simulcast layers' rids, lowest first; empty without simulcast.
+    pub rids: Vec<Rid>,
 }
 
 /// A consumer m-line ready for its router consumer.
@@ -144,6 +150,8 @@ enum Step {
 struct ProducerEntry {
     id: ProducerId,
     clock_rate: u32,
+    /// Layer `i` is `rids[i]`; empty without simulcast.
+    rids: Vec<Rid>,
 }
 
 /// One participant's session. See the module docs.
@@ -167,7 +175,7 @@ pub(crate) struct Session {
     /// Outputs set aside when an input arrived before the previous one's were polled.
     backlog: VecDeque<SessionOutput>,
     producers: HashMap<Mid, ProducerEntry>,
-    producers_by_ssrc: HashMap<Ssrc, Mid>,
+    producers_by_ssrc: HashMap<Ssrc, (Mid, LayerId)>,
     consumers: HashMap<Mid, ConsumerId>,
     awaiting_connect: Vec<(Mid, PendingConsumer)>,
     remote_candidates: usize,
@@ -388,7 +396,8 @@ impl Session {
             }
             Event::MediaAdded(m) => {
                 let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
-                (receives && self.negotiation.publisher()).then(|| self.published(m.mid, m.kind)).flatten()
+                let rids = layer_rids(m.simulcast.as_ref());
+                (receives && self.negotiation.publisher()).then(|| self.published(m.mid, m.kind, rids)).flatten()
             }
             Event::MediaChanged(m) => {
                 let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
@@ -396,7 +405,7 @@ impl Session {
                     return None;
                 }
                 let p = self.producers.remove(&m.mid)?;
-                self.producers_by_ssrc.retain(|_, mid| *mid != m.mid);
+                self.producers_by_ssrc.retain(|_, (mid, _)| *mid != m.mid);
                 Some(SessionOutput::Unpublish(p.id))
             }
             Event::RtpPacket(p) => Some(self.rtp(now, p)),
@@ -410,6 +419,9 @@ impl Session {
             Event::NackRequest(r) => {
                 let seqs = r.seq_nos.iter().map(|s| **s).collect();
                 Some(SessionOutput::Nack(*self.consumers.get(&r.mid)?, seqs))
+            }
+            Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
+                Some(SessionOutput::Estimate(estimate.as_u64()))
             }
             Event::Closed => {
                 self.fail(now);
@@ -433,7 +445,7 @@ impl Session {
     }
 
     /// A receiving m-line of a publisher: what its producer needs.
-    fn published(&mut self, mid: Mid, kind: str0m::media::MediaKind) -> Option<SessionOutput> {
+    fn published(&mut self, mid: Mid, kind: str0m::media::MediaKind, rids: Vec<Rid>) -> Option<SessionOutput> {
         if self.producers.contains_key(&mid) {
             return None;
         }
@@ -450,31 +462,41 @@ impl Session {
             payload_types: params.iter().map(|p| (*p.pt(), codec::core_codec(p.spec().codec))).collect(),
             clock_rate: first.spec().clock_rate.get(),
             codec_name: codec::codec_name(first.spec().codec),
+            rids: if kind.is_video() { rids } else { Vec::new() },
         };
         Some(SessionOutput::Publish(published))
     }
 
     /// The router produced `id` for the stream published on `mid`.
-    pub fn bind_producer(&mut self, mid: Mid, id: ProducerId, clock_rate: u32) {
-        self.producers.insert(mid, ProducerEntry { id, clock_rate });
+    pub fn bind_producer(&mut self, mid: Mid, id: ProducerId, clock_rate: u32, rids: Vec<Rid>) {
+        self.producers.insert(mid, ProducerEntry { id, clock_rate, rids });
     }
 
     /// An RTP packet from the client, with the producer it belongs to.
     fn rtp(&mut self, now: Instant, p: RtpPacket) -> SessionOutput {
         let ssrc = p.header.ssrc;
-        let mid = match self.producers_by_ssrc.get(&ssrc) {
-            Some(mid) => Some(*mid),
+        let route = match self.producers_by_ssrc.get(&ssrc) {
+            Some(route) => Some(*route),
             None => {
-                let mid = self.rtc.direct_api().stream_rx(&ssrc).map(|rx| rx.mid());
-                if let Some(mid) = mid.filter(|m| self.producers.contains_key(m)) {
-                    self.producers_by_ssrc.insert(ssrc, mid);
+                let rx = self.rtc.direct_api().stream_rx(&ssrc).map(|rx| (rx.mid(), rx.rid()));
+                let route = rx.and_then(|(mid, rid)| {
+                    let entry = self.producers.get(&mid)?;
+                    // A layer is found by the rid its stream was mapped with; a stream whose rid the
+                    // offer did not list (or any stream without simulcast) is layer 0.
+                    let layer = rid.and_then(|r| entry.rids.iter().position(|x| *x == r)).unwrap_or(0);
+                    Some((mid, LayerId(u8::try_from(layer).unwrap_or(0))))
+                });
+                if let Some(route) = route {
+                    self.producers_by_ssrc.insert(ssrc, route);
                 }
-                mid
+                route
             }
         };
-        let Some(entry) = mid.and_then(|m| self.producers.get(&m)) else { return SessionOutput::UnroutedRtp };
+        let Some((entry, layer)) = route.and_then(|(m, l)| Some((self.producers.get(&m)?, l))) else {
+            return SessionOutput::UnroutedRtp;
+        };
         let packet = RtpIn {
-            layer: LayerId(0),
+            layer,
             ssrc: *ssrc,
             seq: p.header.sequence_number,
             timestamp: p.header.timestamp,
@@ -487,16 +509,23 @@ impl Session {
         SessionOutput::Rtp(entry.id, packet)
     }
 
-    /// Ask the publisher of `producer` for a keyframe.
-    pub fn request_keyframe(&mut self, producer: ProducerId, kind: KeyframeKind) -> bool {
-        let Some(mid) = self.producers.iter().find(|(_, p)| p.id == producer).map(|(m, _)| *m) else { return false };
+    /// Ask the publisher of `producer` for a keyframe of `layer`.
+    pub fn request_keyframe(&mut self, producer: ProducerId, layer: LayerId, kind: KeyframeKind) -> bool {
+        let Some((mid, rid)) = self
+            .producers
+            .iter()
+            .find(|(_, p)| p.id == producer)
+            .map(|(m, p)| (*m, p.rids.get(usize::from(layer.0)).copied()))
+        else {
+            return false;
+        };
         let kind = match kind {
             KeyframeKind::Fir => KeyframeRequestKind::Fir,
             KeyframeKind::Pli => KeyframeRequestKind::Pli,
         };
         let mut api = self.rtc.direct_api();
-        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
-            debug!(id = ?self.id, %mid, "no receive stream yet for keyframe request");
+        let Some(rx) = api.stream_rx_by_mid(mid, rid) else {
+            debug!(id = ?self.id, %mid, ?rid, "no receive stream yet for keyframe request");
             return false;
         };
         rx.request_keyframe(kind);
@@ -570,6 +599,9 @@ impl Session {
             if consumer.kind == Kind::Video {
                 // Retransmissions come from the producer's packet cache; str0m reports the NACKs.
                 tx.set_nack_events(true);
+                // The router bounds resends (NACKed packets it holds, and probes within the viewer's
+                // estimate): str0m's own cap on the resend ratio would drop the probes.
+                tx.set_rtx_cache(1, Duration::from_secs(1), None);
             }
             *tx.ssrc()
         });
@@ -624,10 +656,20 @@ impl Session {
     pub fn send_rtp(&mut self, out: RtpOut) -> bool {
         let mut api = self.rtc.direct_api();
         let Some(tx) = api.stream_tx(&Ssrc::from(out.ssrc)) else { return false };
-        let write =
+        let patch = out.vp8.and_then(|ids| {
+            let mut b = Vp8Descriptor::parse(&out.payload).ok()?.patch().picture_id(ids.picture_id);
+            if let Some(t) = ids.tl0_pic_idx {
+                b = b.tl0_pic_idx(t);
+            }
+            b.build().ok()
+        });
+        let mut write =
             RtpWrite::new(Pt::from(out.payload_type), SeqNo::from(out.seq), out.timestamp, out.wallclock, out.payload)
                 .marker(out.marker)
                 .ext_vals(codec::ext_values(out.ext));
+        if let Some(patch) = patch {
+            write = write.vp8_patch(patch);
+        }
         if out.resend {
             tx.write_resend(write);
         } else {
@@ -662,6 +704,26 @@ impl Session {
         self.expired = false;
         self.backlog.clear();
     }
+}
+
+/// The rids of a publisher's simulcast layers, lowest first: by name when they are the usual
+/// `q`/`h`/`f` (quarter, half, full) or `l`/`m`/`h` (low, medium, high), else in the order the offer
+/// lists them (RFC 8853 leaves the order to the sender; browsers list their `sendEncodings`, which
+/// by convention go from low to high). Empty without simulcast.
+fn layer_rids(simulcast: Option<&Simulcast>) -> Vec<Rid> {
+    let Some(s) = simulcast else { return Vec::new() };
+    let mut rids: Vec<Rid> = s.recv.iter().map(|l| l.rid).take(dais_forward::MAX_LAYERS).collect();
+    for names in [["q", "h", "f"], ["l", "m", "h"]] {
+        let rank = |r: &Rid| names.iter().position(|n| Rid::from(*n) == *r);
+        if rids.iter().all(|r| rank(r).is_some()) {
+            rids.sort_by_key(|r| rank(r));
+            break;
+        }
+    }
+    if rids.len() < 2 {
+        rids.clear();
+    }
+    rids
 }
 
 /// For each of a producer's codecs (in its order), the first payload type of the consumer's m-line that

@@ -77,7 +77,35 @@ pub struct MediaStats {
     /// Relayed packets and handed-over datagrams dropped because the receiving worker's media queue
     /// was full (it is overloaded).
     pub backlog_drops: AtomicU64,
+    /// Downlink estimates (REMB) received from clients.
+    pub remb_received: AtomicU64,
+    /// REMB reports received in the last second (a gauge).
+    pub remb_last_second: AtomicU64,
+    /// Sessions that receive at least one stream (a gauge).
+    pub receiving_sessions: AtomicU64,
+    /// Downlink estimates by size, per [`ESTIMATE_BOUNDS_KBPS`] bucket (not cumulative; the last
+    /// one catches the rest).
+    pub estimates: [AtomicU64; ESTIMATE_BOUNDS_KBPS.len() + 1],
+    /// Sum of those estimates, bits per second.
+    pub estimates_sum: AtomicU64,
+    /// Video consumers that moved to another simulcast layer.
+    pub layer_switches: AtomicU64,
+    /// Resends sent only to probe a viewer's downlink, and their payload bytes.
+    pub probe_packets: AtomicU64,
+    /// Payload bytes of those.
+    pub probe_bytes: AtomicU64,
+    /// Video consumers forwarding each layer now (gauges).
+    pub consumers_per_layer: [AtomicU64; dais_forward::MAX_LAYERS],
+    /// Video consumers paused because the viewer's downlink cannot carry the lowest layer.
+    pub consumers_paused_bandwidth: AtomicU64,
+    /// Video consumers paused because the viewer hid the tile.
+    pub consumers_paused_hidden: AtomicU64,
+    /// Video consumers waiting for their first keyframe.
+    pub consumers_starting: AtomicU64,
 }
+
+/// Upper bounds of the downlink-estimate buckets, kbit/s.
+pub const ESTIMATE_BOUNDS_KBPS: [u64; 11] = [100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 10_000];
 
 /// A fixed-bucket latency histogram with atomic counters (Prometheus style: cumulative on read).
 #[derive(Debug, Default)]
@@ -114,5 +142,13 @@ impl MediaStats {
     /// Read a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Count one downlink estimate in its bucket.
+    pub(crate) fn record_estimate(&self, bps: u64) {
+        let kbps = bps / 1000;
+        let i = ESTIMATE_BOUNDS_KBPS.iter().position(|b| kbps <= *b).unwrap_or(ESTIMATE_BOUNDS_KBPS.len());
+        self.estimates[i].fetch_add(1, Ordering::Relaxed);
+        self.estimates_sum.fetch_add(bps, Ordering::Relaxed);
     }
 }

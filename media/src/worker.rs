@@ -190,6 +190,9 @@ impl Worker {
             }
             Control::SetPublisher { session, publisher } => self.hub.set_publisher(session, publisher),
             Control::SetPaused { producer, paused } => self.hub.set_paused(now, producer, paused),
+            Control::VideoSize { session, producer, width, height } => {
+                self.hub.video_size(now, session, producer, width, height);
+            }
             Control::Route { session, worker, creds } => {
                 if let Some(e) = &mut self.endpoint {
                     e.register(now, Route { worker, session }, &creds);

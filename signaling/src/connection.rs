@@ -313,6 +313,10 @@ impl Signaling {
                             p.outstanding_offer = Some(sdp.clone());
                             if send_all(outgoing, vec![ServerMessage::Offer { sdp }]).await.is_err() { return End::Lost(None); }
                         }
+                        Some(MediaStep::Tell(m)) => {
+                            let sent = send_all(outgoing, vec![m]).await;
+                            if sent.is_err() { return End::Lost(None); }
+                        }
                         None => {}
                     }
                 }
@@ -496,6 +500,14 @@ impl Signaling {
                 self.set_muted(j, kind, muted);
                 Step::Reply(vec![])
             }
+            ClientMessage::VideoSize { media, width, height } => {
+                let Some(producer) = room::parse_media_wire_id(&media) else {
+                    return err(ErrorCode::BadMessage, "media is not a stream id (m<digits>)");
+                };
+                let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                self.media.video_size(j.session, producer, clamp(width), clamp(height));
+                Step::Reply(vec![])
+            }
             // Join, ping and leave are handled before.
             _ => Step::Reply(vec![]),
         }
@@ -628,6 +640,12 @@ impl Signaling {
         match ev {
             MediaEvent::Offer { sdp } => Some(MediaStep::Offer(sdp)),
             MediaEvent::Disconnected => Some(MediaStep::Fail),
+            MediaEvent::VideoPaused { producer, reason } => {
+                Some(MediaStep::Tell(ServerMessage::VideoPaused { media_id: media_wire_id(producer), reason }))
+            }
+            MediaEvent::VideoResumed { producer } => {
+                Some(MediaStep::Tell(ServerMessage::VideoResumed { media_id: media_wire_id(producer) }))
+            }
             other => {
                 self.apply_media_event(j, other);
                 None
@@ -678,8 +696,11 @@ impl Signaling {
                     }
                 }
             }
-            // Offers and failures are the caller's.
-            MediaEvent::Offer { .. } | MediaEvent::Disconnected => {}
+            // Offers, failures and what only this client hears are the caller's.
+            MediaEvent::Offer { .. }
+            | MediaEvent::Disconnected
+            | MediaEvent::VideoPaused { .. }
+            | MediaEvent::VideoResumed { .. } => {}
         }
     }
 }
@@ -704,6 +725,8 @@ const CLOSE_POLICY: u16 = 1008;
 enum MediaStep {
     /// Send this server offer.
     Offer(String),
+    /// Send this to the client (only while a socket carries it: a parked participant misses it).
+    Tell(ServerMessage),
     Fail,
 }
 

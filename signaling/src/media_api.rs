@@ -29,6 +29,19 @@ pub enum MediaEvent {
         /// Media-plane producer id.
         producer: u64,
     },
+    /// The media plane stopped sending the client one video stream (`reason`: `"bandwidth"` or
+    /// `"hidden"`).
+    VideoPaused {
+        /// Media-plane producer id.
+        producer: u64,
+        /// Why.
+        reason: String,
+    },
+    /// That video stream is sent again.
+    VideoResumed {
+        /// Media-plane producer id.
+        producer: u64,
+    },
     /// ICE and DTLS completed.
     Connected,
     /// The media connection was lost; the session is gone.
@@ -83,4 +96,6 @@ pub trait MediaPlane: Send + Sync + 'static {
     fn set_publisher(&self, session: u64, publisher: bool);
     /// Pause or resume forwarding one producer (server-side mute).
     fn set_paused(&self, producer: u64, paused: bool);
+    /// The client shows `producer` at `width` x `height` device pixels (0x0: hidden).
+    fn video_size(&self, session: u64, producer: u64, width: u16, height: u16);
 }

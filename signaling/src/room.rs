@@ -108,6 +108,15 @@ pub(crate) fn media_wire_id(producer: u64) -> String {
     format!("m{producer}")
 }
 
+/// The producer of a stream id made by [`media_wire_id`].
+pub(crate) fn parse_media_wire_id(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix('m')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// A fresh member record.
 pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::UnboundedSender<ServerMessage>) -> Member {
     Member {

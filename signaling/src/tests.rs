@@ -22,6 +22,7 @@ enum Call {
     Close(u64),
     Publisher(u64, bool),
     Paused(u64, bool),
+    VideoSize(u64, u64, u16, u16),
 }
 
 #[derive(Default)]
@@ -75,6 +76,9 @@ impl MediaPlane for FakeMedia {
     }
     fn set_paused(&self, producer: u64, paused: bool) {
         self.calls.lock().unwrap().push(Call::Paused(producer, paused));
+    }
+    fn video_size(&self, session: u64, producer: u64, width: u16, height: u16) {
+        self.calls.lock().unwrap().push(Call::VideoSize(session, producer, width, height));
     }
 }
 
@@ -351,6 +355,27 @@ async fn mute_before_publishing_applies_and_own_unpublish_is_announced() {
     let rooms = sig.rooms();
     let a_info = rooms[0].participants.iter().find(|p| p.id == a_id).unwrap();
     assert!(a_info.media.is_empty(), "the room forgets the stream");
+}
+
+#[tokio::test]
+async fn video_sizes_reach_the_media_plane_and_pauses_reach_the_client() {
+    let (media, sig) = setup();
+    let mut v = connect(&sig);
+    let ServerMessage::Joined { participant_id: v_id, .. } = v.join("vs", "V", "viewer").await else { panic!() };
+    let session: u64 = v_id.trim_start_matches('p').parse().unwrap();
+    v.send(r#"{"type":"video_size","media":"m7","width":640,"height":360}"#);
+    v.send(r#"{"type":"video_size","media":"m7","width":100000,"height":0}"#);
+    v.send(r#"{"type":"video_size","media":"camera","width":1,"height":1}"#);
+    match v.msg().await {
+        ServerMessage::Error { code, .. } => assert_eq!(code, ErrorCode::BadMessage),
+        other => panic!("expected bad_message, got {other:?}"),
+    }
+    let sizes: Vec<Call> = media.calls().into_iter().filter(|c| matches!(c, Call::VideoSize(..))).collect();
+    assert_eq!(sizes, [Call::VideoSize(session, 7, 640, 360), Call::VideoSize(session, 7, u16::MAX, 0)]);
+    media.emit(session, MediaEvent::VideoPaused { producer: 7, reason: "bandwidth".into() });
+    assert_eq!(v.msg().await, ServerMessage::VideoPaused { media_id: "m7".into(), reason: "bandwidth".into() });
+    media.emit(session, MediaEvent::VideoResumed { producer: 7 });
+    assert_eq!(v.msg().await, ServerMessage::VideoResumed { media_id: "m7".into() });
 }
 
 #[tokio::test]

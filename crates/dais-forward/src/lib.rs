@@ -12,16 +12,19 @@
 //! consumers. Bytes from the network never panic and never become an `Err`; a packet that cannot be
 //! forwarded becomes a counted drop with a [`DropReason`].
 
+pub mod alloc;
 pub mod cache;
 mod drop;
 mod hash;
 pub mod keyframe;
 mod router;
 mod seq;
+pub mod vp8;
 
 pub use drop::{DropCounters, DropReason};
 pub use keyframe::is_keyframe_start;
-pub use router::{ConsumeError, Router, RouterConfig, RouterStats};
+pub use router::{ConsumeError, LayerCensus, Router, RouterConfig, RouterStats};
+pub use vp8::Vp8Ids;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -178,15 +181,39 @@ pub struct RtpOut {
     pub marker: bool,
     /// The packet starts a keyframe.
     pub keyframe: bool,
-    /// A retransmission, answering the consumer's NACK, of a packet it was sent before with the same
-    /// `seq`; send it as RTX where that was negotiated.
+    /// A retransmission, answering the consumer's NACK (or probing its downlink), of a packet it was
+    /// sent before with the same `seq`; send it as RTX where that was negotiated.
     pub resend: bool,
+    /// A resend that only probes the downlink ([`RouterStats::probe_bytes`]): the receiver already has it.
+    pub probe: bool,
+    /// VP8 ids to patch into the payload descriptor (same width, same length), for a consumer of a
+    /// simulcast VP8 producer; `None` leaves the payload as it is.
+    pub vp8: Option<Vp8Ids>,
     /// Shared clone of the input payload, never copied.
     pub payload: Payload,
     /// Copied from the input.
     pub ext: MediaExt,
     /// Copied from the input.
     pub wallclock: Instant,
+}
+
+/// Why a video consumer forwards nothing for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PauseReason {
+    /// Its viewer's downlink estimate cannot carry even the lowest layer next to the audio.
+    Bandwidth,
+    /// Its viewer said the tile is hidden (a video size of 0x0).
+    Hidden,
+}
+
+impl PauseReason {
+    /// Stable snake_case name, for the wire and metrics labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PauseReason::Bandwidth => "bandwidth",
+            PauseReason::Hidden => "hidden",
+        }
+    }
 }
 
 /// Work for the media layer, drained with [`Router::poll_output`].
@@ -202,5 +229,23 @@ pub enum Output {
         layer: LayerId,
         /// PLI or FIR.
         kind: KeyframeKind,
+    },
+    /// A video consumer stopped forwarding ([`Router::set_estimate`], [`Router::set_video_size`]).
+    Paused {
+        /// The consumer.
+        consumer: ConsumerId,
+        /// Its [`ConsumerSpec::sink`].
+        sink: u64,
+        /// Why.
+        reason: PauseReason,
+    },
+    /// A paused video consumer forwards again, from a keyframe of `layer`.
+    Resumed {
+        /// The consumer.
+        consumer: ConsumerId,
+        /// Its [`ConsumerSpec::sink`].
+        sink: u64,
+        /// The layer it forwards.
+        layer: LayerId,
     },
 }

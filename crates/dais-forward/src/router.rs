@@ -15,6 +15,13 @@
 //! - A NACKed packet is resent only if the consumer sent it under its current mapping (same layer, same
 //!   stream epoch) and the layer's cache still holds it; it goes out with the sequence number and
 //!   timestamp the consumer first gave it. Anything else is a counted miss.
+//! - A video consumer forwards one layer at a time. It moves to another layer (or back from a pause)
+//!   only at a keyframe of that layer, asked for through the layer's throttle, and keeps forwarding
+//!   its current layer meanwhile; its sequence numbers and timestamps continue across the move
+//!   without a gap, and so do the PictureID and TL0PICIDX of a simulcast VP8 producer.
+//! - Which layer each video consumer of a viewer (a sink) gets is decided per viewer, from its
+//!   downlink estimate, its tiles and the layers' measured rates (see [`crate::alloc`] and
+//!   `viewer.rs`).
 //! - `handle_rtp` allocates nothing once the output queue has grown to the fan-out size and each video
 //!   layer's cache ring exists.
 
@@ -25,10 +32,16 @@ use std::time::{Duration, Instant};
 use crate::cache::{Cached, PacketCache};
 use crate::hash::IdMap;
 use crate::seq::SeqExtender;
+use crate::vp8::{self, Vp8Munger};
 use crate::{
     is_keyframe_start, Codec, ConsumerId, ConsumerSpec, DropCounters, DropReason, KeyframeKind, LayerId, MediaKind,
-    Output, ProducerId, ProducerSpec, RtpIn, RtpOut, MAX_LAYERS,
+    Output, PauseReason, ProducerId, ProducerSpec, RtpIn, RtpOut, MAX_LAYERS,
 };
+
+mod viewer;
+
+pub use viewer::LayerCensus;
+use viewer::{RateMeter, Viewer};
 
 /// Tunables of a [`Router`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +88,12 @@ pub struct RouterStats {
     /// NACKed packets that could not be resent: never sent to that consumer under its current
     /// mapping, already gone from the cache, or the producer is audio.
     pub resend_misses: u64,
+    /// Video consumers that moved to another layer (not counting pauses and resumes).
+    pub layer_switches: u64,
+    /// Resends queued only to probe a viewer's downlink.
+    pub probe_packets: u64,
+    /// Payload bytes of those.
+    pub probe_bytes: u64,
 }
 
 /// Why [`Router::add_consumer`] failed.
@@ -117,6 +136,8 @@ struct Producer {
     layers: Vec<Layer>,
     /// Packets are dropped ([`DropReason::Paused`]) until resumed.
     paused: bool,
+    /// The consumers' VP8 ids are rewritten (a VP8 producer with more than one layer).
+    munge_vp8: bool,
 }
 
 /// One simulcast layer of a producer: its own RTP stream.
@@ -135,6 +156,10 @@ struct Layer {
     pending: Option<KeyframeKind>,
     /// Recent packets, for retransmissions (video only; empty for audio).
     cache: PacketCache,
+    /// What the layer carries lately.
+    rate: RateMeter,
+    /// Width and height, from its latest VP8 keyframe.
+    dims: Option<(u16, u16)>,
 }
 
 #[derive(Debug)]
@@ -145,11 +170,28 @@ struct Consumer {
     ssrc: u32,
     pt_by_codec: [Option<u8>; Codec::COUNT],
     initial_seq: u16,
+    video: bool,
+    /// The layer it forwards while `forwarding`.
     layer: LayerId,
-    waiting: bool,
-    /// The epoch of its layer that `started` maps.
-    epoch: u32,
+    forwarding: bool,
+    /// The layer whose keyframe it waits for; counted in that layer's `waiting`. Change it only
+    /// through [`Consumer::set_want`].
+    want: Option<LayerId>,
+    /// The layer its viewer's allocation chose; `None`: paused (for `pause`).
+    target: Option<LayerId>,
+    pause: Option<PauseReason>,
+    /// The size its viewer shows it at, if told; (0, 0) is hidden.
+    tile: Option<(u16, u16)>,
+    /// The layer and epoch that `started` maps; `None` forces a rebase on the next packet.
+    src: Option<(LayerId, u32)>,
     started: Option<Started>,
+    vp8: Vp8Munger,
+    /// Media packets and bytes forwarded, and sequence numbers NACKed, since its viewer's last tick.
+    sent_packets: u64,
+    sent_bytes: u64,
+    nacked: u64,
+    /// What a paused consumer resends to probe its downlink: its last packet, as its seq and the cached source.
+    probe_seed: Option<(u64, Cached)>,
 }
 
 /// Rewrite state of a consumer that has forwarded at least one packet.
@@ -178,6 +220,14 @@ pub struct Router {
     outputs: VecDeque<Output>,
     drops: DropCounters,
     stats: RouterStats,
+    viewers: IdMap<u64, Viewer>,
+    /// Viewers that need the periodic tick (see `Viewer::active`).
+    active_viewers: usize,
+    /// Viewers whose downlink is being probed.
+    probing: usize,
+    last_tick: Option<Instant>,
+    next_probe: Option<Instant>,
+    scratch: viewer::Scratch,
 }
 
 impl Router {
@@ -194,6 +244,12 @@ impl Router {
             outputs: VecDeque::new(),
             drops: DropCounters::default(),
             stats: RouterStats::default(),
+            viewers: IdMap::default(),
+            active_viewers: 0,
+            probing: 0,
+            last_tick: None,
+            next_probe: None,
+            scratch: viewer::Scratch::default(),
         }
     }
 
@@ -220,8 +276,11 @@ impl Router {
                 last_request: None,
                 pending: None,
                 cache: PacketCache::new(packets, age),
+                rate: RateMeter::default(),
+                dims: None,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let munge_vp8 = layers.len() > 1 && spec.payload_types.iter().any(|(_, c)| *c == Codec::Vp8);
         let id = loop {
             let id = ProducerId(self.next_producer);
             self.next_producer = self.next_producer.wrapping_add(1);
@@ -236,6 +295,7 @@ impl Router {
             consumers: Vec::new(),
             layers,
             paused: false,
+            munge_vp8,
         };
         self.producers.insert(id, producer);
         id
@@ -253,17 +313,21 @@ impl Router {
                 self.consumer_slots.remove(&c.id);
                 self.free_slots.push(slot);
                 removed.push(c.id);
+                self.detach_from_viewer(c.sink, slot);
             }
         }
         self.outputs.retain(|o| match o {
             Output::Rtp(r) => !removed.contains(&r.consumer),
             Output::KeyframeRequest { producer: p, .. } => *p != producer,
+            Output::Paused { consumer, .. } | Output::Resumed { consumer, .. } => !removed.contains(consumer),
         });
         removed
     }
 
-    /// Attach a new consumer to `producer`, forwarding its first layer. A video consumer waits for a
-    /// keyframe and queues a (throttled) keyframe request; an audio consumer forwards from the next packet.
+    /// Attach a new consumer to `producer`. A video consumer waits for a keyframe of the layer its
+    /// viewer's allocation gives it (the first layer while no layer has been seen, else the highest
+    /// its viewer can take) and queues a (throttled) keyframe request; an audio consumer forwards from
+    /// the next packet.
     ///
     /// [`Codec::Other`] only counts as a common codec when the producer has nothing but `Other` codecs, so
     /// a shared RTX or RED entry does not hide a missing media codec.
@@ -297,9 +361,8 @@ impl Router {
                 break id;
             }
         };
-        let waiting = p.kind == MediaKind::Video;
+        let video = p.kind == MediaKind::Video;
         let layer = LayerId(0);
-        let epoch = p.layers.first().map_or(0, |l| l.epoch);
         let consumer = Consumer {
             id,
             producer,
@@ -307,10 +370,20 @@ impl Router {
             ssrc: spec.ssrc,
             pt_by_codec,
             initial_seq: spec.initial_seq,
+            video,
             layer,
-            waiting,
-            epoch,
+            forwarding: !video,
+            want: None,
+            target: Some(layer),
+            pause: None,
+            tile: None,
+            src: None,
             started: None,
+            vp8: Vp8Munger::default(),
+            sent_packets: 0,
+            sent_bytes: 0,
+            nacked: 0,
+            probe_seed: None,
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -325,13 +398,14 @@ impl Router {
         self.consumer_slots.insert(id, slot);
         p.consumers.push(slot);
         let paused = p.paused;
-        if let (true, Some(l)) = (waiting, p.layers.first_mut()) {
-            l.waiting += 1;
-            if !paused {
+        if let (true, Some(c)) = (video, self.consumers.get_mut(slot).and_then(Option::as_mut)) {
+            c.set_want(&mut p.layers, Some(layer));
+            if let (false, Some(l)) = (paused, p.layers.first_mut()) {
                 let mut q = Queue { config: &self.config, outputs: &mut self.outputs, stats: &mut self.stats };
                 q.request_keyframe(producer, layer, l, now, KeyframeKind::Pli);
             }
         }
+        self.attach_to_viewer(now, spec.sink, slot);
         Ok(id)
     }
 
@@ -346,11 +420,16 @@ impl Router {
         self.free_slots.push(slot);
         if let Some(p) = self.producers.get_mut(&c.producer) {
             p.consumers.retain(|&s| s != slot);
-            if let (true, Some(l)) = (c.waiting, p.layers.get_mut(usize::from(c.layer.0))) {
+            if let Some(l) = c.want.and_then(|w| p.layers.get_mut(usize::from(w.0))) {
                 l.waiting = l.waiting.saturating_sub(1);
             }
         }
-        self.outputs.retain(|o| !matches!(o, Output::Rtp(r) if r.consumer == consumer));
+        self.detach_from_viewer(c.sink, slot);
+        self.outputs.retain(|o| match o {
+            Output::Rtp(r) => r.consumer != consumer,
+            Output::Paused { consumer: c, .. } | Output::Resumed { consumer: c, .. } => *c != consumer,
+            Output::KeyframeRequest { .. } => true,
+        });
     }
 
     /// The producer a consumer is attached to.
@@ -388,6 +467,7 @@ impl Router {
             }
         };
         let video = p.kind == MediaKind::Video;
+        let munge_vp8 = p.munge_vp8 && codec == Codec::Vp8;
         let Producer { layers, consumers: slots, clock_rate, .. } = p;
         let Some(l) = layers.get_mut(usize::from(packet.layer.0)) else {
             drops.count(DropReason::UnknownLayer);
@@ -409,11 +489,16 @@ impl Router {
             None => l.ssrc = Some(packet.ssrc),
         }
         let ext = l.seq.extend(packet.seq);
+        l.rate.count(now, packet.payload.len());
         let keyframe = video && is_keyframe_start(codec, &packet.payload);
         if keyframe {
             // The keyframe a pending request asks for is on its way.
             l.pending = None;
+            if codec == Codec::Vp8 {
+                l.dims = vp8::dimensions(&packet.payload).or(l.dims);
+            }
         }
+        let ids = if munge_vp8 { vp8::parse(&packet.payload) } else { None };
         if video && !slots.is_empty() {
             l.cache.insert(Cached {
                 ext_seq: ext,
@@ -433,25 +518,45 @@ impl Router {
             let Some(c) = consumers.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
-            if c.layer != packet.layer {
+            let wanted = c.want == Some(packet.layer);
+            let current = c.forwarding && c.layer == packet.layer;
+            if !wanted && !current {
                 continue;
             }
             let Some(pt) = c.pt_by_codec[codec.index()] else {
                 drops.count(DropReason::CodecNotNegotiated);
                 continue;
             };
-            if c.waiting {
-                if !keyframe {
+            if wanted {
+                if keyframe {
+                    // The move to this layer (or the start, or the resume) happens here.
+                    c.want = None;
+                    started_now += 1;
+                    let resumed = !c.forwarding && c.started.is_some();
+                    if c.forwarding && c.layer != packet.layer {
+                        q.stats.layer_switches += 1;
+                    }
+                    c.layer = packet.layer;
+                    c.forwarding = true;
+                    c.src = None;
+                    c.vp8.rebase();
+                    c.probe_seed = None;
+                    if resumed {
+                        q.outputs.push_back(Output::Resumed { consumer: c.id, sink: c.sink, layer: packet.layer });
+                    }
+                } else if !current {
                     drops.count(DropReason::WaitingForKeyframe);
                     continue;
                 }
-                c.waiting = false;
-                started_now += 1;
             }
-            let Some((seq, timestamp)) = c.rewrite(now, ext, packet.timestamp, l.epoch, *clock_rate) else {
+            let Some((seq, timestamp)) = c.rewrite(now, ext, packet.timestamp, (packet.layer, l.epoch), *clock_rate)
+            else {
                 drops.count(DropReason::BeforeStart);
                 continue;
             };
+            c.sent_packets += 1;
+            c.sent_bytes += packet.payload.len() as u64;
+            let vp8 = ids.map(|i| c.vp8.rewrite(i));
             q.stats.packets_out += 1;
             q.stats.bytes_out += packet.payload.len() as u64;
             q.outputs.push_back(Output::Rtp(RtpOut {
@@ -464,6 +569,8 @@ impl Router {
                 marker: packet.marker,
                 keyframe,
                 resend: false,
+                probe: false,
+                vp8,
                 payload: packet.payload.clone(),
                 ext: packet.ext,
                 wallclock: packet.wallclock,
@@ -479,11 +586,12 @@ impl Router {
     /// [`RouterStats::resend_misses`]. An unknown consumer is counted as [`DropReason::UnknownConsumer`].
     pub fn handle_nack(&mut self, now: Instant, consumer: ConsumerId, seqs: &[u64]) {
         let Router { producers, consumers, consumer_slots, outputs, drops, stats, .. } = self;
-        let Some(c) = consumer_slots.get(&consumer).and_then(|&s| consumers.get(s)?.as_ref()) else {
+        let Some(c) = consumer_slots.get(&consumer).and_then(|&s| consumers.get_mut(s)?.as_mut()) else {
             drops.count(DropReason::UnknownConsumer);
             return;
         };
         stats.resend_requests += seqs.len() as u64;
+        c.nacked += seqs.len() as u64;
         let Some(p) = producers.get(&c.producer) else {
             stats.resend_misses += seqs.len() as u64;
             return;
@@ -494,25 +602,7 @@ impl Router {
         };
         for &seq in seqs {
             let cached = c.source_of(seq, l.epoch).and_then(|ext| l.cache.get(now, ext));
-            let out = cached.and_then(|k| {
-                let codec = p.codec_by_pt.get(usize::from(k.payload_type)).copied().flatten()?;
-                let payload_type = c.pt_by_codec[codec.index()]?;
-                let timestamp = k.timestamp.wrapping_add(c.started?.ts_offset);
-                Some(RtpOut {
-                    consumer: c.id,
-                    sink: c.sink,
-                    ssrc: c.ssrc,
-                    seq,
-                    timestamp,
-                    payload_type,
-                    marker: k.marker,
-                    keyframe: k.keyframe,
-                    resend: true,
-                    payload: k.payload.clone(),
-                    ext: k.ext,
-                    wallclock: k.wallclock,
-                })
-            });
+            let out = cached.and_then(|k| c.resend(p, seq, k, false));
             match out {
                 Some(out) => {
                     stats.resends += 1;
@@ -550,9 +640,10 @@ impl Router {
         }
         for &slot in &p.consumers {
             let Some(c) = consumers.get_mut(slot).and_then(Option::as_mut) else { continue };
-            if let (false, Some(l)) = (c.waiting, p.layers.get_mut(usize::from(c.layer.0))) {
-                c.waiting = true;
-                l.waiting += 1;
+            if c.forwarding {
+                c.forwarding = false;
+                let layer = c.layer;
+                c.set_want(&mut p.layers, Some(layer));
             }
         }
         let mut q = Queue { config, outputs, stats };
@@ -577,7 +668,7 @@ impl Router {
     /// throttled; requests for audio producers are ignored, unknown consumers are counted as
     /// [`DropReason::UnknownConsumer`].
     pub fn handle_keyframe_request(&mut self, now: Instant, consumer: ConsumerId, kind: KeyframeKind) {
-        let Some((producer, layer)) = self.consumer(consumer).map(|c| (c.producer, c.layer)) else {
+        let Some((producer, layer)) = self.consumer(consumer).map(|c| (c.producer, c.want.unwrap_or(c.layer))) else {
             self.drops.count(DropReason::UnknownConsumer);
             return;
         };
@@ -602,8 +693,15 @@ impl Router {
         }
     }
 
-    /// Send keyframe requests whose throttle window ended and retry for consumers still waiting.
+    /// Send keyframe requests whose throttle window ended and retry for consumers still waiting; measure
+    /// the layers and choose the viewers' layers on every tick; send probes when due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.tick_due().is_some_and(|t| now >= t) {
+            self.tick(now);
+        }
+        if self.next_probe.is_some_and(|t| now >= t) {
+            self.probe(now);
+        }
         let Router { config, producers, outputs, stats, .. } = self;
         let mut q = Queue { config, outputs, stats };
         for (&id, p) in producers.iter_mut().filter(|(_, p)| !p.paused) {
@@ -621,7 +719,8 @@ impl Router {
 
     /// The next instant at which [`Router::handle_timeout`] has work, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.producers
+        let keyframes = self
+            .producers
             .values()
             .filter(|p| !p.paused)
             .flat_map(|p| p.layers.iter())
@@ -634,7 +733,8 @@ impl Router {
                     None
                 }
             })
-            .min()
+            .min();
+        [keyframes, self.tick_due(), self.next_probe].into_iter().flatten().min()
     }
 
     /// Next queued output, oldest first.
@@ -703,11 +803,58 @@ impl Layer {
 }
 
 impl Consumer {
-    /// The outgoing sequence number and timestamp of the layer packet `ext` (in `epoch`), starting or
-    /// rebasing the mapping as needed; `None` for a packet older than the consumer's first one.
-    fn rewrite(&mut self, now: Instant, ext: u64, timestamp: u32, epoch: u32, clock_rate: u32) -> Option<(u64, u32)> {
+    /// Wait for a keyframe of `want` (or for nothing), keeping the layers' `waiting` counts right.
+    fn set_want(&mut self, layers: &mut [Layer], want: Option<LayerId>) {
+        if self.want == want {
+            return;
+        }
+        if let Some(l) = self.want.and_then(|w| layers.get_mut(usize::from(w.0))) {
+            l.waiting = l.waiting.saturating_sub(1);
+        }
+        self.want = want.filter(|w| usize::from(w.0) < layers.len());
+        if let Some(l) = self.want.and_then(|w| layers.get_mut(usize::from(w.0))) {
+            l.waiting += 1;
+        }
+    }
+
+    /// The consumer's copy of the cached packet `k`, sent before as its `seq`, to send again.
+    fn resend(&self, p: &Producer, seq: u64, k: &Cached, probe: bool) -> Option<RtpOut> {
+        let codec = p.codec_by_pt.get(usize::from(k.payload_type)).copied().flatten()?;
+        let payload_type = self.pt_by_codec[codec.index()]?;
+        let timestamp = k.timestamp.wrapping_add(self.started?.ts_offset);
+        let vp8 =
+            if p.munge_vp8 && codec == Codec::Vp8 { vp8::parse(&k.payload).map(|i| self.vp8.resend(i)) } else { None };
+        Some(RtpOut {
+            consumer: self.id,
+            sink: self.sink,
+            ssrc: self.ssrc,
+            seq,
+            timestamp,
+            payload_type,
+            marker: k.marker,
+            keyframe: k.keyframe,
+            resend: true,
+            probe,
+            vp8,
+            payload: k.payload.clone(),
+            ext: k.ext,
+            wallclock: k.wallclock,
+        })
+    }
+
+    /// The outgoing sequence number and timestamp of the packet `ext` of stream `src` (a layer and its
+    /// epoch), starting or rebasing the mapping as needed; `None` for a packet older than the
+    /// consumer's first one in that stream.
+    fn rewrite(
+        &mut self,
+        now: Instant,
+        ext: u64,
+        timestamp: u32,
+        src: (LayerId, u32),
+        clock_rate: u32,
+    ) -> Option<(u64, u32)> {
         let s = match &mut self.started {
-            Some(s) if self.epoch == epoch => s,
+            Some(s) if self.src == Some(src) => s,
             Some(s) => {
                 // The stream restarted (or resumed): continue right after the last packet this consumer sent.
                 let elapsed = now.saturating_duration_since(s.last_out_at);
@@ -717,11 +864,11 @@ impl Consumer {
                 s.start_in = ext;
                 s.start_out = s.max_out + 1;
                 s.ts_offset = next_ts.wrapping_sub(timestamp);
-                self.epoch = epoch;
+                self.src = Some(src);
                 s
             }
             None => {
-                self.epoch = epoch;
+                self.src = Some(src);
                 let out = u64::from(self.initial_seq);
                 self.started.insert(Started {
                     start_in: ext,
@@ -746,11 +893,11 @@ impl Consumer {
         Some((seq, timestamp))
     }
 
-    /// The layer sequence number the consumer's packet `seq` was made from, if `seq` lies in the
-    /// mapping of `epoch` that the consumer uses now and was already sent.
+    /// The sequence number in its current layer that the consumer's packet `seq` was made from, if
+    /// `seq` lies in the mapping of that layer's `epoch` that the consumer uses now and was already sent.
     fn source_of(&self, seq: u64, epoch: u32) -> Option<u64> {
         let s = self.started.as_ref()?;
-        let current = self.epoch == epoch && !self.waiting;
+        let current = self.src == Some((self.layer, epoch)) && self.forwarding;
         (current && seq >= s.start_out && seq <= s.max_out).then(|| s.start_in + (seq - s.start_out))
     }
 }
@@ -782,5 +929,7 @@ impl Queue<'_> {
     }
 }
 
+#[cfg(test)]
+mod simulcast_tests;
 #[cfg(test)]
 mod tests;

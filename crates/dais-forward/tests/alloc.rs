@@ -137,7 +137,7 @@ fn warm_fan_out_allocates_nothing() {
                     forwarded += 1;
                     last_seq = rtp.seq;
                 }
-                Output::KeyframeRequest { .. } => {}
+                _ => {}
             }
         }
         now += Duration::from_millis(33);

@@ -656,6 +656,7 @@ impl Sim {
                     self.requests.push((self.step, self.now));
                     self.schedule(self.now + RTT / 2, Ev::RequestArrives);
                 }
+                other => panic!("no estimate and no tile, so no pause or resume: {other:?}"),
             }
         }
         forwarded

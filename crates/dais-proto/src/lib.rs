@@ -147,6 +147,19 @@ pub enum ClientMessage {
         #[serde(default)]
         id: Option<u64>,
     },
+    /// The size at which the client shows a video stream it receives, in device pixels (CSS pixels
+    /// times `devicePixelRatio`). The server then sends it no larger a simulcast layer than that
+    /// needs; `0x0` means the tile is hidden, which pauses that video (answered with
+    /// `video_paused`, reason `hidden`). Streams without a size get the largest layer the link takes.
+    /// Unknown or audio media are ignored.
+    VideoSize {
+        /// The stream's id (`media.id` of `media_published`).
+        media: String,
+        /// Width, 0 to 65,535 (larger values count as 65,535).
+        width: u32,
+        /// Height, 0 to 65,535.
+        height: u32,
+    },
     /// Leave the room; the server closes the socket afterwards.
     Leave,
     /// Take a joined participant over on this socket, after the previous one was lost: the first
@@ -260,6 +273,21 @@ pub enum ServerMessage {
     MediaUnpublished {
         /// Publisher's id.
         participant_id: String,
+        /// The stream's id.
+        media_id: String,
+    },
+    /// The server stopped sending this client one video stream: its downlink cannot carry even the
+    /// lowest layer next to the audio (`reason` `"bandwidth"`), or the client hid its tile
+    /// (`"hidden"`, after `video_size` 0x0). Audio keeps flowing. `video_resumed` follows when the
+    /// video comes back, by itself once the link recovers.
+    VideoPaused {
+        /// The stream's id.
+        media_id: String,
+        /// `"bandwidth"` or `"hidden"`.
+        reason: String,
+    },
+    /// A stream paused by `video_paused` is sent again, starting at a keyframe.
+    VideoResumed {
         /// The stream's id.
         media_id: String,
     },
@@ -449,7 +477,8 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-const CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "mute", "ping", "leave", "resume"];
+const CLIENT_TYPES: &[&str] =
+    &["join", "offer", "answer", "candidate", "mute", "video_size", "ping", "leave", "resume"];
 
 /// Parse one client text frame, classifying failures as `bad_json`, `unknown_type` or `bad_message`.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
@@ -526,6 +555,7 @@ impl ClientMessage {
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::Mute { .. } => "mute",
             ClientMessage::Ping { .. } => "ping",
+            ClientMessage::VideoSize { .. } => "video_size",
             ClientMessage::Leave => "leave",
             ClientMessage::Resume { .. } => "resume",
         }

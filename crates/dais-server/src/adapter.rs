@@ -35,6 +35,10 @@ impl MediaPlane for MediaAdapter {
                 SessionEvent::ProducerRemoved { producer } => MediaEvent::Unpublished { producer: producer.0 },
                 SessionEvent::Connected { .. } => MediaEvent::Connected,
                 SessionEvent::Disconnected => MediaEvent::Disconnected,
+                SessionEvent::VideoPaused { producer, reason } => {
+                    MediaEvent::VideoPaused { producer: producer.0, reason: reason.as_str().to_owned() }
+                }
+                SessionEvent::VideoResumed { producer } => MediaEvent::VideoResumed { producer: producer.0 },
             };
             let _ = events.send(ev);
         });
@@ -90,5 +94,9 @@ impl MediaPlane for MediaAdapter {
 
     fn set_paused(&self, producer: u64, paused: bool) {
         self.handle.set_paused(ProducerKey(producer), paused);
+    }
+
+    fn video_size(&self, session: u64, producer: u64, width: u16, height: u16) {
+        self.handle.video_size(SessionId(session), ProducerKey(producer), width, height);
     }
 }

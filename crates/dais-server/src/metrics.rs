@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use dais_media::{DropReason, MediaStats};
+use dais_media::{DropReason, MediaStats, ESTIMATE_BOUNDS_KBPS};
 use dais_signaling::Signaling;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -202,6 +202,8 @@ pub fn render(sig: &Signaling, media: &MediaStats, http: &crate::http::HttpStats
         get(&media.keyframe_requests),
     );
 
+    simulcast(&mut out, media);
+
     let name = "dais_forward_latency_seconds";
     header(&mut out, name, "histogram", "Ingress datagram received to last egress copy handed to the kernel.");
     let (buckets, count, sum) = media.latency.snapshot();
@@ -218,4 +220,69 @@ pub fn render(sig: &Signaling, media: &MediaStats, http: &crate::http::HttpStats
     let _ = writeln!(out, "{name}_sum {sum}");
     let _ = writeln!(out, "{name}_count {count}");
     out
+}
+
+/// Layers per viewer: what each video consumer forwards, the viewers' estimates, probes, feedback.
+fn simulcast(out: &mut String, media: &MediaStats) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    header(
+        out,
+        "dais_video_consumers",
+        "gauge",
+        "Video consumers by what they forward: a simulcast layer (0 lowest), or paused, or starting.",
+    );
+    for (i, g) in media.consumers_per_layer.iter().enumerate() {
+        let _ = writeln!(out, "dais_video_consumers{{state=\"layer\",layer=\"{i}\"}} {}", get(g));
+    }
+    let _ =
+        writeln!(out, "dais_video_consumers{{state=\"paused_bandwidth\"}} {}", get(&media.consumers_paused_bandwidth));
+    let _ = writeln!(out, "dais_video_consumers{{state=\"paused_hidden\"}} {}", get(&media.consumers_paused_hidden));
+    let _ = writeln!(out, "dais_video_consumers{{state=\"starting\"}} {}", get(&media.consumers_starting));
+    single(
+        out,
+        "dais_layer_switches_total",
+        "counter",
+        "Video consumers that moved to another simulcast layer.",
+        get(&media.layer_switches),
+    );
+    single(
+        out,
+        "dais_probe_packets_total",
+        "counter",
+        "Resends sent only to probe viewers' downlinks.",
+        get(&media.probe_packets),
+    );
+    single(out, "dais_probe_bytes_total", "counter", "Payload bytes of those probes.", get(&media.probe_bytes));
+    single(
+        out,
+        "dais_remb_received_total",
+        "counter",
+        "Downlink estimates (REMB) received from clients.",
+        get(&media.remb_received),
+    );
+    let receiving = get(&media.receiving_sessions);
+    let per_viewer = if receiving == 0 { 0.0 } else { get(&media.remb_last_second) as f64 / receiving as f64 };
+    header(
+        out,
+        "dais_feedback_per_viewer_per_second",
+        "gauge",
+        "Downlink-estimate feedback packets (REMB) per receiving session in the last second.",
+    );
+    let _ = writeln!(out, "dais_feedback_per_viewer_per_second {per_viewer:.3}");
+    let name = "dais_downlink_estimate_bits_per_second";
+    header(out, name, "histogram", "Downlink estimates (REMB) received from clients.");
+    let mut acc = 0;
+    for (i, c) in media.estimates.iter().enumerate() {
+        acc += get(c);
+        match ESTIMATE_BOUNDS_KBPS.get(i) {
+            Some(kbps) => {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {acc}", kbps * 1000);
+            }
+            None => {
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {acc}");
+            }
+        }
+    }
+    let _ = writeln!(out, "{name}_sum {}", get(&media.estimates_sum));
+    let _ = writeln!(out, "{name}_count {acc}");
 }

@@ -125,7 +125,7 @@ impl Pair {
                 SessionOutput::Event(e) => self.events.push(e),
                 SessionOutput::Publish(p) => {
                     self.next_id += 1;
-                    self.server.bind_producer(p.mid, ProducerId(self.next_id), p.clock_rate);
+                    self.server.bind_producer(p.mid, ProducerId(self.next_id), p.clock_rate, p.rids.clone());
                     self.published.push(p);
                 }
                 SessionOutput::ConsumerReady(r) => {
@@ -638,6 +638,8 @@ impl Pair {
             marker: true,
             keyframe: false,
             resend: false,
+            probe: false,
+            vp8: None,
             payload: Arc::from(vec![1u8; 200]),
             ext: Default::default(),
             wallclock: self.now,

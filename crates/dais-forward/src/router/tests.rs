@@ -63,7 +63,7 @@ fn rtp(outs: &[Output]) -> Vec<RtpOut> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Rtp(r) => Some(r.clone()),
-            Output::KeyframeRequest { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -72,7 +72,7 @@ fn requests(outs: &[Output]) -> Vec<(ProducerId, KeyframeKind)> {
     outs.iter()
         .filter_map(|o| match o {
             Output::KeyframeRequest { producer, kind, .. } => Some((*producer, *kind)),
-            Output::Rtp(_) => None,
+            _ => None,
         })
         .collect()
 }

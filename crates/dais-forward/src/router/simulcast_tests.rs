@@ -1,0 +1,379 @@
+//! Simulcast scenarios for the router, driven with explicit time: a publisher of three VP8 layers at
+//! about 150 kbit/s, 500 kbit/s and 1.5 Mbit/s (30 frames a second, one packet per frame and layer)
+//! that answers each keyframe request on the next frame, and viewers whose estimates, tiles and
+//! losses the tests set.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::{Codec, ConsumerSpec, MediaExt, Output, PauseReason, ProducerSpec, RtpIn, RtpOut};
+
+const FRAME_MS: u64 = 33;
+/// Payload bytes per frame of each layer (plus 60 bytes of overhead: 150 k, 500 k, 1.5 Mbit/s).
+const SIZES: [usize; 3] = [565, 2023, 6190];
+
+struct Sim {
+    r: Router,
+    p: ProducerId,
+    base: Instant,
+    ms: u64,
+    seq: [u16; 3],
+    pid: [u16; 3],
+    tl0: [u8; 3],
+    key_next: [bool; 3],
+    /// Layers the publisher sends (its uplink may drop one).
+    sending: [bool; 3],
+    out: Vec<RtpOut>,
+    events: Vec<Output>,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        let base = Instant::now();
+        let mut r = Router::new(RouterConfig::default());
+        let spec = ProducerSpec {
+            kind: MediaKind::Video,
+            clock_rate: 90_000,
+            payload_types: vec![(96, Codec::Vp8)],
+            layers: 3,
+        };
+        let p = r.add_producer(base, spec);
+        Sim {
+            r,
+            p,
+            base,
+            ms: 0,
+            seq: [100, 2000, 30000],
+            pid: [10, 5000, 0x7ff0],
+            tl0: [1, 100, 250],
+            key_next: [true; 3],
+            sending: [true; 3],
+            out: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.ms)
+    }
+
+    fn viewer(&mut self, sink: u64) -> ConsumerId {
+        let spec =
+            ConsumerSpec { sink, ssrc: 7000 + sink as u32, payload_types: vec![(Codec::Vp8, 100)], initial_seq: 1 };
+        let now = self.now();
+        self.r.add_consumer(now, self.p, spec).expect("vp8 in common")
+    }
+
+    fn packet(&mut self, layer: usize) -> RtpIn {
+        let key = std::mem::take(&mut self.key_next[layer]);
+        let pid = self.pid[layer];
+        let mut payload = vec![0x90, 0xc0, 0x80 | (pid >> 8) as u8, pid as u8, self.tl0[layer], u8::from(!key)];
+        payload.resize(SIZES[layer], 0xaa);
+        let p = RtpIn {
+            layer: LayerId(layer as u8),
+            ssrc: 1000 + layer as u32,
+            seq: self.seq[layer],
+            timestamp: (self.ms * 90) as u32 + 77 * layer as u32,
+            payload_type: 96,
+            marker: true,
+            payload: Arc::from(payload),
+            ext: MediaExt::default(),
+            wallclock: self.base,
+        };
+        self.seq[layer] = self.seq[layer].wrapping_add(1);
+        self.pid[layer] = (pid + 1) & 0x7fff;
+        self.tl0[layer] = self.tl0[layer].wrapping_add(1);
+        p
+    }
+
+    /// Run `ms` of frames, timers on time, the publisher answering keyframe requests.
+    fn run(&mut self, ms: u64) {
+        let end = self.ms + ms;
+        while self.ms < end {
+            for layer in 0..3 {
+                if self.sending[layer] {
+                    let pkt = self.packet(layer);
+                    let now = self.now();
+                    self.r.handle_rtp(now, self.p, pkt);
+                }
+            }
+            let frame_end = self.ms + FRAME_MS;
+            loop {
+                self.drain();
+                match self.r.poll_timeout() {
+                    Some(t) if t <= self.base + Duration::from_millis(frame_end) => {
+                        self.ms = self.ms.max(t.duration_since(self.base).as_millis() as u64);
+                        let now = self.now();
+                        self.r.handle_timeout(now);
+                    }
+                    _ => break,
+                }
+            }
+            self.ms = frame_end;
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.r.poll_output() {
+            match o {
+                Output::Rtp(r) => self.out.push(r),
+                Output::KeyframeRequest { layer, .. } => self.key_next[usize::from(layer.0)] = true,
+                other => self.events.push(other),
+            }
+        }
+    }
+
+    fn estimate(&mut self, sink: u64, bps: u64) {
+        let now = self.now();
+        self.r.set_estimate(now, sink, bps);
+        self.drain();
+    }
+
+    /// The layer (by payload size) of `c`'s media packets in the last `ms`.
+    fn layers_of(&self, c: ConsumerId) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .out
+            .iter()
+            .filter(|o| o.consumer == c && !o.resend)
+            .map(|o| SIZES.iter().position(|&s| s == o.payload.len()).expect("a layer's size"))
+            .collect();
+        v.dedup();
+        v
+    }
+
+    fn take(&mut self) -> Vec<RtpOut> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+/// Every media packet of `c` follows the one before: seq +1, timestamps never back, VP8 ids +1.
+fn assert_continuous(outs: &[RtpOut], c: ConsumerId) {
+    let media: Vec<&RtpOut> = outs.iter().filter(|o| o.consumer == c && !o.resend).collect();
+    for w in media.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "sequence numbers continue");
+        assert!(w[1].timestamp.wrapping_sub(w[0].timestamp) < 90_000, "timestamps go forward");
+        let (a, b) = (w[0].vp8.expect("vp8 ids"), w[1].vp8.expect("vp8 ids"));
+        assert_eq!(b.picture_id, (a.picture_id + 1) & 0x7fff, "picture ids continue");
+        assert_eq!(b.tl0_pic_idx, a.tl0_pic_idx.map(|t| t.wrapping_add(1)), "TL0PICIDX continues");
+    }
+}
+
+#[test]
+fn without_an_estimate_a_viewer_gets_the_top_layer() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(1000);
+    assert_eq!(s.layers_of(c), [2]);
+    assert!(s.events.is_empty());
+}
+
+#[test]
+fn a_low_estimate_moves_down_at_the_lower_layers_keyframe_and_stays_continuous() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(1000);
+    s.estimate(1, 400_000);
+    s.run(1000);
+    assert_eq!(s.layers_of(c), [2, 0], "down to the layer that fits");
+    let outs = s.take();
+    assert_continuous(&outs, c);
+    let first_low = outs.iter().find(|o| o.payload.len() == SIZES[0]).expect("layer 0");
+    assert!(first_low.keyframe, "the move happens at a keyframe of the new layer");
+    assert_eq!(s.r.stats().layer_switches, 1);
+}
+
+#[test]
+fn a_switch_waits_for_the_keyframe_of_its_layer() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    // The publisher is slow to answer: no keyframes for a while.
+    s.estimate(1, 700_000);
+    s.key_next = [false; 3];
+    let now = s.now();
+    let delta = s.packet(1); // a delta frame of the target layer
+    s.r.handle_rtp(now, s.p, delta);
+    s.drain();
+    assert_eq!(s.layers_of(c), [2], "still on the top layer until the keyframe of layer 1");
+    s.run(200);
+    assert_eq!(s.layers_of(c), [2], "the request is throttled, the publisher has not answered");
+    s.run(1000);
+    assert_eq!(s.layers_of(c), [2, 1], "moved at the keyframe the retry brought");
+    assert_continuous(&s.take(), c);
+}
+
+#[test]
+fn a_higher_estimate_moves_up_only_after_it_held() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    s.estimate(1, 300_000);
+    s.run(1000);
+    s.take();
+    s.estimate(1, 5_000_000);
+    s.run(1000);
+    assert_eq!(s.layers_of(c), [0], "not yet: the higher estimate must hold");
+    s.run(1500);
+    assert_eq!(s.layers_of(c), [0, 2], "up once it held");
+    assert_continuous(&s.take(), c);
+    // An estimate that drops out for a moment restarts the hold.
+    s.estimate(1, 300_000);
+    s.run(500);
+    s.estimate(1, 5_000_000);
+    s.run(1000);
+    s.estimate(1, 300_000);
+    s.estimate(1, 5_000_000);
+    s.run(1000);
+    assert_eq!(*s.layers_of(c).last().expect("packets"), 0, "the hold started again");
+}
+
+#[test]
+fn too_little_for_the_lowest_layer_pauses_and_a_recovery_resumes() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    s.estimate(1, 60_000);
+    s.run(500);
+    assert_eq!(s.events, [Output::Paused { consumer: c, sink: 1, reason: PauseReason::Bandwidth }]);
+    s.take();
+    s.run(1000);
+    assert!(s.out.iter().all(|o| o.probe), "paused: nothing but probes");
+    assert_eq!(s.r.layer_census().paused_bandwidth, 1);
+    s.events.clear();
+    s.estimate(1, 250_000);
+    s.run(2000);
+    assert_eq!(s.events, [Output::Resumed { consumer: c, sink: 1, layer: LayerId(0) }]);
+    let outs = s.take();
+    let media: Vec<&RtpOut> = outs.iter().filter(|o| !o.resend).collect();
+    assert!(media[0].keyframe, "resumes at a keyframe");
+    assert_continuous(&outs, c);
+}
+
+#[test]
+fn a_hidden_tile_pauses_and_showing_it_resumes_at_once() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    let now = s.now();
+    s.r.set_video_size(now, c, 0, 0);
+    s.drain();
+    assert_eq!(s.events, [Output::Paused { consumer: c, sink: 1, reason: PauseReason::Hidden }]);
+    s.take();
+    s.run(500);
+    assert!(s.out.is_empty(), "a hidden tile gets nothing, not even probes");
+    s.events.clear();
+    let now = s.now();
+    s.r.set_video_size(now, c, 320, 180);
+    s.run(200);
+    assert_eq!(s.events, [Output::Resumed { consumer: c, sink: 1, layer: LayerId(0) }], "no hold");
+    assert_eq!(s.layers_of(c), [0], "a 320x180 tile needs no more than layer 0");
+    let now = s.now();
+    s.r.set_video_size(now, c, 640, 360);
+    s.run(2000);
+    assert_eq!(s.layers_of(c), [0, 1], "a 640x360 tile gets layer 1");
+}
+
+#[test]
+fn a_layer_the_publisher_stops_sending_is_left_for_the_next_one_down() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    s.take();
+    s.sending[2] = false;
+    s.run(2500);
+    assert_eq!(s.layers_of(c), [1], "moved to layer 1 once layer 2 was silent");
+    assert!(s.events.is_empty(), "no pause");
+}
+
+#[test]
+fn probes_climb_towards_the_next_layer_within_the_estimate() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    s.estimate(1, 400_000);
+    s.run(1000);
+    s.take();
+    let before = s.r.stats().probe_bytes;
+    s.run(1000);
+    let probe_bits = (s.r.stats().probe_bytes - before) * 8;
+    // Layer 0 costs ~150 kbit/s; probes fill up to 90 % of 400 k.
+    assert!((150_000..=230_000).contains(&probe_bits), "probed {probe_bits} bits in a second");
+    let probes: Vec<&RtpOut> = s.out.iter().filter(|o| o.probe).collect();
+    assert!(probes.iter().all(|o| o.resend && o.consumer == c));
+    let sent: Vec<u64> = s.out.iter().filter(|o| !o.resend).map(|o| o.seq).collect();
+    assert!(probes.iter().all(|o| sent.contains(&o.seq) || o.seq < sent[0]), "only packets it was sent");
+    // At the top layer's cap there is nothing to climb to.
+    s.estimate(1, 10_000_000);
+    s.run(3000);
+    s.take();
+    s.run(1000);
+    assert!(s.out.iter().all(|o| !o.probe), "no probes once on the top layer");
+}
+
+#[test]
+fn loss_lowers_the_estimate() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    s.estimate(1, 2_000_000);
+    s.run(1000);
+    assert_eq!(s.layers_of(c), [2]);
+    // A third of what it is sent is reported lost.
+    for _ in 0..20 {
+        let seqs: Vec<u64> = s.out.iter().filter(|o| o.consumer == c && !o.resend).map(|o| o.seq).step_by(3).collect();
+        s.take();
+        let now = s.now();
+        s.r.handle_nack(now, c, &seqs);
+        s.run(100);
+    }
+    let budget = s.r.effective_estimate(1).expect("an estimate");
+    assert!(budget < 1_600_000, "2 Mbit/s at a third lost plans with {budget}");
+    assert_eq!(*s.layers_of(c).last().expect("packets"), 1);
+}
+
+#[test]
+fn heavy_loss_without_an_estimate_plans_with_what_got_through() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(1000);
+    // A link of about 700 kbit/s: two thirds of the top layer is lost, the layers below get through.
+    for _ in 0..20 {
+        let top = |o: &&RtpOut| o.consumer == c && !o.resend && o.payload.len() == SIZES[2];
+        let seqs: Vec<u64> = s.out.iter().filter(top).map(|o| o.seq).take(2).collect();
+        s.take();
+        let now = s.now();
+        s.r.handle_nack(now, c, &seqs);
+        s.run(100);
+    }
+    assert!(s.r.effective_estimate(1).is_some(), "loss gives an estimate");
+    assert_ne!(*s.layers_of(c).last().expect("packets"), 2, "off the top layer");
+}
+
+#[test]
+fn two_viewers_choose_their_own_layers_from_one_producer() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let a = s.viewer(1);
+    let b = s.viewer(2);
+    s.run(500);
+    s.estimate(1, 3_000_000);
+    s.estimate(2, 600_000);
+    s.run(1000);
+    assert_eq!(*s.layers_of(a).last().expect("a"), 2);
+    assert_eq!(*s.layers_of(b).last().expect("b"), 1);
+    let outs = s.take();
+    assert_continuous(&outs, a);
+    assert_continuous(&outs, b);
+    let census = s.r.layer_census();
+    assert_eq!((census.forwarding[1], census.forwarding[2]), (1, 1));
+}
