@@ -201,6 +201,11 @@ impl Hub {
         }
         let session = Session::new(now, id, publisher, creds, self.shared.session.clone());
         self.sessions.insert(id, Slot { session, dirty: false, scheduled: None, tiles: HashMap::new() });
+        if !publisher {
+            // A viewer's session negotiates REMB (no transport-wide feedback): its browser estimates
+            // the downlink, so its layers start low and its estimator is probed until then.
+            self.router.expect_estimate(now, id.0);
+        }
         self.stats().sessions.fetch_add(1, Ordering::Relaxed);
         self.mark(id);
     }
@@ -381,6 +386,12 @@ impl Hub {
         if now >= self.next_stats {
             self.next_stats = now + STATS_INTERVAL;
             self.report();
+            for (&pid, rec) in &self.producers {
+                if matches!(rec.origin, Origin::Local(_)) {
+                    let st = self.router.stats();
+                    debug!(producer = ?rec.key, rates = ?self.router.layer_rates(now, pid), probes = st.probe_packets, probe_bytes = st.probe_bytes, "layer rates");
+                }
+            }
         }
     }
 
@@ -478,6 +489,7 @@ impl Hub {
                 self.stats().record_estimate(bps);
                 self.reported.remb_window += 1;
                 self.router.set_estimate(now, id.0, bps);
+                debug!(?id, bps, budget = ?self.router.effective_estimate(id.0), "downlink estimate");
                 self.drain_router();
             }
             SessionOutput::Expired => self.close(now, id),
@@ -593,12 +605,14 @@ impl Hub {
                 }
                 Output::KeyframeRequest { producer, layer, kind } => self.keyframe_request(producer, layer, kind),
                 Output::Paused { consumer, sink, reason } => {
+                    debug!(session = sink, ?consumer, ?reason, "video paused");
                     if let Some(producer) = self.consumer_key(consumer) {
                         let event = SessionEvent::VideoPaused { producer, reason };
                         self.out.push_back(HubOutput::Event(SessionId(sink), event));
                     }
                 }
-                Output::Resumed { consumer, sink, .. } => {
+                Output::Resumed { consumer, sink, layer } => {
+                    debug!(session = sink, ?consumer, ?layer, "video resumed");
                     if let Some(producer) = self.consumer_key(consumer) {
                         self.out.push_back(HubOutput::Event(SessionId(sink), SessionEvent::VideoResumed { producer }));
                     }

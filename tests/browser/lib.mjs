@@ -95,9 +95,12 @@ function secureArgs(origins) {
   return origins.length ? [`--unsafely-treat-insecure-origin-as-secure=${origins.join(',')}`] : [];
 }
 
-/** A page in a fresh browser context, collecting page errors and console errors in `problems`. */
-export async function openPage(browser, label) {
-  const context = await browser.newContext();
+/**
+ * A page in a fresh browser context (Playwright `contextOptions`, e.g. a viewport), collecting page
+ * errors and console errors in `problems`.
+ */
+export async function openPage(browser, label, contextOptions = {}) {
+  const context = await browser.newContext(contextOptions);
   await routeStaleAssets(context);
   await context.addInitScript(installSdpParser);
   const page = await context.newPage();
@@ -108,8 +111,8 @@ export async function openPage(browser, label) {
 }
 
 /** Open `path` (e.g. "/speak?room=R&name=S") in a fresh context and wait until it joined. */
-export async function join(browser, label, path, base = BASE) {
-  const p = await openPage(browser, label);
+export async function join(browser, label, path, base = BASE, contextOptions = {}) {
+  const p = await openPage(browser, label, contextOptions);
   await p.page.goto(base + path);
   try {
     await p.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
@@ -369,6 +372,8 @@ export function makeNetns(tag) {
   return {
     name, hostIp, nsIp, outer,
     exec: (cmd, args) => execFileSync('ip', ['netns', 'exec', name, cmd, ...args], { stdio: 'inherit' }),
+    /** Run a command on this (the test's) side, e.g. `tc` on `outer`. */
+    hostExec: (cmd, args) => execFileSync(cmd, args, { stdio: 'inherit' }),
     remove: () => { try { ip('netns', 'del', name); } catch { /* already gone */ } },
   };
 }

@@ -5,7 +5,10 @@
 //! The rules, in order:
 //! - Audio is reserved first: the budget handed to [`allocate`] is what is left after it.
 //! - Every visible consumer first gets the lowest layer that is flowing, in consumer order, while the
-//!   budget lasts; a consumer that cannot have even that is paused (`None`).
+//!   budget lasts; a consumer that cannot have even that is paused (`None`). Pausing is the last
+//!   resort: a consumer that receives video keeps its lowest layer while the budget holds
+//!   [`KEEP_FACTOR`] of its rate (a little over the estimate costs some loss, a pause costs the
+//!   picture), and a paused one resumes only once the whole rate fits.
 //! - Then the consumers are raised one layer at a time, round robin, while the budget lasts and no
 //!   consumer passes its cap (what its tile needs, [`Demand::max_layer`]).
 //! - Hysteresis is in the prices: a layer at or below the one a consumer receives costs
@@ -21,6 +24,9 @@ use crate::{LayerId, MAX_LAYERS};
 pub const STAY_FACTOR: f64 = 0.85;
 /// Price of a layer above the current one, as a share of its rate.
 pub const UP_FACTOR: f64 = 1.1;
+/// Price of the lowest layer for a consumer that receives video, as a share of its rate: below this
+/// it is paused.
+pub const KEEP_FACTOR: f64 = 0.3;
 /// How long a higher choice must keep fitting before it is taken.
 pub const UP_HOLD: Duration = Duration::from_millis(1500);
 
@@ -52,6 +58,13 @@ impl Demand {
         };
         (self.rates[i] as f64 * factor) as u64
     }
+
+    /// What keeping (or getting) its lowest layer `i` costs: [`KEEP_FACTOR`] of its rate while it
+    /// receives video, the whole rate to resume from a pause.
+    fn keep_price(&self, i: usize) -> u64 {
+        let factor = if self.current.is_some() { KEEP_FACTOR } else { 1.0 };
+        (self.rates[i] as f64 * factor) as u64
+    }
 }
 
 /// Share `budget` (bits per second left after audio) among `demands`, writing each one's layer (or
@@ -62,7 +75,7 @@ pub fn allocate(budget: u64, demands: &[Demand], out: &mut [Option<LayerId>]) ->
     for (d, o) in demands.iter().zip(out.iter_mut()) {
         *o = None;
         if let Some(lowest) = d.allowed().next() {
-            let price = d.price(lowest);
+            let price = d.keep_price(lowest);
             if price <= left {
                 left -= price;
                 *o = Some(layer(lowest));
@@ -75,7 +88,9 @@ pub fn allocate(budget: u64, demands: &[Demand], out: &mut [Option<LayerId>]) ->
             let Some(cur) = *o else { continue };
             let cur = usize::from(cur.0);
             let Some(next) = d.allowed().find(|&i| i > cur) else { continue };
-            let (old, new) = (d.price(cur), d.price(next));
+            let lowest = d.allowed().next() == Some(cur);
+            let old = if lowest { d.keep_price(cur) } else { d.price(cur) };
+            let new = d.price(next);
             let extra = new.saturating_sub(old);
             if extra <= left {
                 left -= extra;
@@ -190,6 +205,14 @@ mod tests {
         let on_top = [demand(Some(2), Some(2))];
         assert_eq!(choose(1_400_000, &on_top), [Some(2)], "an estimate just under the rate keeps the layer");
         assert_eq!(choose(1_200_000, &on_top), [Some(1)]);
+    }
+
+    #[test]
+    fn a_consumer_that_receives_video_is_paused_only_far_below_its_lowest_layer() {
+        assert_eq!(choose(100_000, &[demand(Some(2), Some(0))]), [Some(0)], "150 k kept at 100 k");
+        assert_eq!(choose(40_000, &[demand(Some(2), Some(0))]), [None], "less than 30 %: paused");
+        assert_eq!(choose(140_000, &[demand(Some(2), None)]), [None], "a paused one resumes only once it all fits");
+        assert_eq!(choose(150_000, &[demand(Some(2), None)]), [Some(0)]);
     }
 
     #[test]

@@ -190,6 +190,8 @@ struct Consumer {
     sent_packets: u64,
     sent_bytes: u64,
     nacked: u64,
+    /// The highest sequence number NACKed so far.
+    nack_high: Option<u64>,
     /// What a paused consumer resends to probe its downlink: its last packet, as its seq and the cached source.
     probe_seed: Option<(u64, Cached)>,
 }
@@ -383,6 +385,7 @@ impl Router {
             sent_packets: 0,
             sent_bytes: 0,
             nacked: 0,
+            nack_high: None,
             probe_seed: None,
         };
         let slot = match self.free_slots.pop() {
@@ -591,7 +594,13 @@ impl Router {
             return;
         };
         stats.resend_requests += seqs.len() as u64;
-        c.nacked += seqs.len() as u64;
+        // Loss counts each sequence number once: receivers ask again for what is still missing.
+        for &seq in seqs {
+            if c.nack_high.is_none_or(|h| seq > h) {
+                c.nacked += 1;
+                c.nack_high = Some(seq);
+            }
+        }
         let Some(p) = producers.get(&c.producer) else {
             stats.resend_misses += seqs.len() as u64;
             return;

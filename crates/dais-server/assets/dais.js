@@ -47,6 +47,17 @@ export const PROTOCOL_VERSION = 1;
 export const VIDEO_CODECS = Object.freeze(['vp8', 'h264', 'vp9', 'av1']);
 
 /**
+ * The simulcast encodings a speaker's camera is published with (VP8 and H.264): a quarter, a half
+ * and the full resolution, lowest first. The server sends each viewer the highest one its downlink
+ * and its tile can take. VP9 and AV1 are published as one encoding.
+ */
+export const SIMULCAST_ENCODINGS = Object.freeze([
+  Object.freeze({ rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 100_000 }),
+  Object.freeze({ rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 }),
+  Object.freeze({ rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 }),
+]);
+
+/**
  * Options of {@link DaisClient#publish}.
  * @typedef {object} PublishOptions
  * @property {VideoCodec} [videoCodec]  Send video with this codec. Its entries go first in the
@@ -57,6 +68,9 @@ export const VIDEO_CODECS = Object.freeze(['vp8', 'h264', 'vp9', 'av1']);
  *   server's own favourite first. If the server does not accept the codec at all, the browser
  *   falls back to one it did accept; the value `publish()` resolves with says which.
  *   Omitted (or `undefined`): the browser's default order (VP8 first in Chromium).
+ * @property {boolean} [simulcast=true]  Publish camera video as the three
+ *   {@link SIMULCAST_ENCODINGS} (VP8 and H.264 only; VP9 and AV1 always send one encoding), so
+ *   that every viewer gets a layer its link and tile can take. `false` sends one full encoding.
  */
 
 /**
@@ -159,6 +173,11 @@ export class DaisError extends Error {
  * - `mediapublished`     `{participantId, media}`
  * - `mediaunpublished`   `{participantId, mediaId}`
  * - `mutechanged`        `{participantId, mediaId, kind, muted}`
+ * - `videopaused`        `{mediaId, reason}`: the server stopped sending this client a video: its
+ *                        downlink cannot carry it (`reason` `'bandwidth'`; audio keeps flowing and the
+ *                        video comes back by itself), or its tile is hidden (`'hidden'`, see
+ *                        {@link DaisClient#setVideoSize})
+ * - `videoresumed`       `{mediaId}`: that video is sent again
  * - `track`              `RemoteMedia`: a remote track started arriving (or moved to another m-line)
  * - `trackremoved`       `RemoteMedia`: the server stopped sending it
  * - `connectionstatechange` `{state}`: the RTCPeerConnection's connectionState
@@ -244,6 +263,7 @@ export class DaisClient extends EventTarget {
     this._iceTimer = 0;
     this._publishOptions = {};
     this._muteUnsent = new Set();     // kinds whose mute state changed while no socket carried us
+    this._videoSizes = new Map();     // mediaId -> {width, height} in device pixels, as last told
     this._pingTimer = 0;
     this._pingSeq = 0;
     this._pingsSent = new Map();
@@ -294,7 +314,7 @@ export class DaisClient extends EventTarget {
    * @param {PublishOptions} [options]
    * @returns {Promise<PublishedCodecs>}
    */
-  publish(stream, { videoCodec } = {}) {
+  publish(stream, { videoCodec, simulcast = true } = {}) {
     if (!this.pc) return Promise.reject(new DaisError('not_joined', 'publish() needs join() first'));
     if (this.role !== 'speaker') return Promise.reject(new DaisError('not_a_speaker', 'only a speaker publishes'));
     const videoTracks = stream.getVideoTracks();
@@ -307,7 +327,8 @@ export class DaisClient extends EventTarget {
       }
     }
     this.localStream = stream;
-    this._publishOptions = { videoCodec };
+    this._publishOptions = { videoCodec, simulcast };
+    const layered = simulcast && (videoChoice === null || videoChoice.name === 'vp8' || videoChoice.name === 'h264');
     const added = [];
     try {
       for (const track of [...stream.getAudioTracks(), ...videoTracks]) {
@@ -315,7 +336,11 @@ export class DaisClient extends EventTarget {
         const init = { direction: 'sendonly', streams: [stream] };
         // The encoding's codec makes the browser send with it even when the answer lists another
         // negotiated codec first (an answerer may order codecs by its own preference).
-        if (track.kind === 'video' && videoChoice) init.sendEncodings = [{ codec: videoChoice.send }];
+        if (track.kind === 'video' && layered) {
+          init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => (videoChoice ? { ...e, codec: videoChoice.send } : { ...e }));
+        } else if (track.kind === 'video' && videoChoice) {
+          init.sendEncodings = [{ codec: videoChoice.send }];
+        }
         const transceiver = this.pc.addTransceiver(track, init);
         added.push(transceiver);
         if (track.kind === 'video' && videoChoice) transceiver.setCodecPreferences(videoChoice.preferences);
@@ -351,6 +376,44 @@ export class DaisClient extends EventTarget {
     }
     if (this._carrying()) this._send({ type: 'mute', kind, muted });
     else this._muteUnsent.add(kind);
+  }
+
+  /**
+   * Tell the server the size at which a received video is shown, in CSS pixels (multiplied by
+   * `devicePixelRatio` here): it then sends no larger a simulcast layer than that needs. `0, 0`
+   * hides the tile, which pauses that video until a size is set again. Remembered across
+   * reconnects. {@link DaisClient#observeVideoSize} does this for an element.
+   * @param {string} mediaId
+   * @param {number} width
+   * @param {number} height
+   */
+  setVideoSize(mediaId, width, height) {
+    const dpr = globalThis.devicePixelRatio || 1;
+    const size = { width: Math.max(0, Math.round(width * dpr)), height: Math.max(0, Math.round(height * dpr)) };
+    const last = this._videoSizes.get(mediaId);
+    if (last && last.width === size.width && last.height === size.height) return;
+    this._videoSizes.set(mediaId, size);
+    if (this._carrying()) this._send({ type: 'video_size', media: mediaId, ...size });
+  }
+
+  /**
+   * Keep the server told of the size an element shows a received video at (a `ResizeObserver`);
+   * an element that is not displayed (width or height 0) hides the video. Returns a function that
+   * stops observing.
+   * @param {string} mediaId
+   * @param {Element} element
+   * @returns {() => void}
+   */
+  observeVideoSize(mediaId, element) {
+    const report = () => this.setVideoSize(mediaId, element.clientWidth, element.clientHeight);
+    if (typeof globalThis.ResizeObserver !== 'function') {
+      report();
+      return () => {};
+    }
+    const observer = new ResizeObserver(report);
+    observer.observe(element);
+    report();
+    return () => observer.disconnect();
   }
 
   /**
@@ -463,6 +526,8 @@ export class DaisClient extends EventTarget {
         return this._emit('pong', { id: msg.id, rttMs: sentAt === undefined ? NaN : performance.now() - sentAt });
       }
       case 'draining': return this._emit('draining', { withinMs: msg.within_ms });
+      case 'video_paused': return this._emit('videopaused', { mediaId: msg.media_id, reason: msg.reason });
+      case 'video_resumed': return this._emit('videoresumed', { mediaId: msg.media_id });
       case 'audience':
         this.viewers = msg.viewers;
         return this._emit('audience', { viewers: msg.viewers });
@@ -509,7 +574,13 @@ export class DaisClient extends EventTarget {
       }
       this._endReconnect({ resumed: false, mediaReset: true });
       this._republish();
+      this._resendVideoSizes();
     }
+  }
+
+  // Media ids are the server's, so sizes told before a reconnect still name the same streams.
+  _resendVideoSizes() {
+    for (const [media, size] of this._videoSizes) this._send({ type: 'video_size', media, ...size });
   }
 
   // The socket carries the same participant again. The room is reconciled with what the server
@@ -528,6 +599,7 @@ export class DaisClient extends EventTarget {
     this._useIceServers(msg.ice_servers);
     for (const kind of this._muteUnsent) this._send({ type: 'mute', kind, muted: this.muted[kind] });
     this._muteUnsent.clear();
+    this._resendVideoSizes();
     if (msg.media_reset) {
       this._dropMedia();
       this._createPeerConnection();

@@ -2,6 +2,8 @@
 // other speakers. `codec` (vp8, h264, vp9 or av1; empty or "auto" for the browser's choice) picks
 // the video codec; the own tile shows the codec negotiated and then the one actually sent.
 // `token` is a join token (`dais token`), required when the server has a token secret.
+// `video=WxH` sets the camera size asked for (default 1280x720, which VP8 and H.264 publish as
+// three simulcast layers: 320x180, 640x360, 1280x720); `simulcast=0` publishes one encoding.
 
 import { el, openRoom, params, setStatus, showJoinForm } from './ui.js';
 import { tokenClaims } from './dais.js';
@@ -13,6 +15,8 @@ const room = params.get('room') || claims?.room;
 const name = params.get('name') || claims?.name;
 const codecParam = (params.get('codec') ?? '').trim().toLowerCase();
 const videoCodec = codecParam === '' || codecParam === 'auto' ? undefined : codecParam;
+const [camWidth, camHeight] = (params.get('video') ?? '1280x720').split('x').map((v) => Number.parseInt(v, 10));
+const simulcast = params.get('simulcast') !== '0';
 
 if (!room || !name) showJoinForm();
 else start(room, name).catch(() => {}); // openRoom already shows the failure
@@ -29,7 +33,7 @@ async function start(room, name) {
   try {
     stream = await navigator.mediaDevices.getUserMedia({
       audio: true,
-      video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 30 } },
+      video: { width: { ideal: camWidth || 1280 }, height: { ideal: camHeight || 720 }, frameRate: { ideal: 30 } },
     });
   } catch (err) {
     setStatus(`No camera or microphone: ${err.message}`, 'error');
@@ -58,7 +62,7 @@ async function start(room, name) {
   tile.querySelector('.label').append(codecLabel);
   let codecs;
   try {
-    codecs = await client.publish(stream, { videoCodec });
+    codecs = await client.publish(stream, { videoCodec, simulcast });
   } catch (err) {
     setStatus(`Could not publish: ${err.message}`, 'error');
     return;

@@ -76,9 +76,10 @@ export class TileGrid {
     if (tile) return tile;
     const video = el('video', { autoplay: true, playsinline: true, muted: true });
     video.muted = true; // the attribute alone does not set the property on a created element
-    tile = el('article', { class: 'tile', dataset: { participantId: id, audioMuted: 'false', videoMuted: 'false', hasVideo: 'false' } },
+    tile = el('article', { class: 'tile', dataset: { participantId: id, audioMuted: 'false', videoMuted: 'false', hasVideo: 'false', videoPaused: 'false' } },
       video,
       el('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(name)),
+      el('div', { class: 'paused', role: 'status' }, 'Video paused: your connection is too slow. Audio continues.'),
       el('footer', { class: 'label' },
         el('span', { class: 'name' }, name),
         el('span', { class: 'badge mic', title: 'microphone muted' }, 'mic off'),
@@ -133,6 +134,13 @@ export class TileGrid {
     }
   }
 
+  /** Show or hide the notice that the server paused a video (the viewer's link is too slow). */
+  setVideoPaused(mediaId, paused) {
+    for (const tile of this.tiles.values()) {
+      if (tile.querySelector(`video[data-media-id="${CSS.escape(mediaId)}"]`)) tile.dataset.videoPaused = String(paused);
+    }
+  }
+
   /** Show or hide a tile's mute badge. */
   setMuted(id, kind, muted) {
     const tile = this.tiles.get(id);
@@ -160,7 +168,11 @@ export function bindRoom(client, grid, onAudience = () => {}) {
     grid.ensure(p);
     for (const m of p.media) grid.setMuted(p.id, m.kind, m.muted);
     // Tracks can be bound before the roster names their owner; play them now.
-    for (const m of client.remoteMedia.values()) if (m.participantId === p.id) grid.attach(p, m);
+    for (const m of client.remoteMedia.values()) {
+      if (m.participantId !== p.id) continue;
+      grid.attach(p, m);
+      watchSize(m);
+    }
   };
   client.on('joined', ({ participants, viewers }) => {
     participants.forEach(showSpeaker);
@@ -178,13 +190,32 @@ export function bindRoom(client, grid, onAudience = () => {}) {
   client.on('mediapublished', ({ participantId, media }) => grid.setMuted(participantId, media.kind, media.muted));
   client.on('mediaunpublished', ({ mediaId }) => grid.detach(mediaId));
   client.on('mutechanged', ({ participantId, kind, muted }) => grid.setMuted(participantId, kind, muted));
+  // Each shown video tells the server its size, so that it gets no larger a layer than it shows.
+  const sizeWatch = new Map();
+  const watchSize = (m) => {
+    if (m.kind !== 'video' || sizeWatch.has(m.mediaId)) return;
+    const video = grid.tiles.get(m.participantId)?.querySelector(`video[data-media-id="${CSS.escape(m.mediaId)}"]`);
+    if (video) sizeWatch.set(m.mediaId, client.observeVideoSize(m.mediaId, video));
+  };
+  const unwatchSize = (mediaId) => {
+    sizeWatch.get(mediaId)?.();
+    sizeWatch.delete(mediaId);
+  };
   const attachKnown = (m) => {
     const p = client.participants.get(m.participantId);
     if (!p || p.role !== 'speaker') return;
     grid.attach(p, m);
+    watchSize(m);
   };
   client.on('track', attachKnown);
-  client.on('trackremoved', ({ mediaId }) => grid.detach(mediaId));
+  client.on('trackremoved', ({ mediaId }) => {
+    unwatchSize(mediaId);
+    grid.detach(mediaId);
+  });
+  client.on('videopaused', ({ mediaId, reason }) => {
+    if (reason === 'bandwidth') grid.setVideoPaused(mediaId, true);
+  });
+  client.on('videoresumed', ({ mediaId }) => grid.setVideoPaused(mediaId, false));
 }
 
 function initials(name) {
@@ -221,7 +252,7 @@ export async function openRoom({ room, name, role, token, onLeave = () => {} }) 
     }
     setStatus('An operator invited you on stage: starting camera and microphone…', 'ok');
     try {
-      const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } });
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: { ideal: 1280 }, height: { ideal: 720 } } });
       await client.publish(stream);
       setStatus('You are on stage.', 'ok');
     } catch (err) {

@@ -994,6 +994,15 @@ impl Session {
                     continue;
                 };
                 stream.handle_rtcp(now, fb);
+            } else if let RtcpFb::Remb(remb) = &fb {
+                // Dais patch 5: a REMB lists every SSRC it covers, and the first may be an RTX
+                // stream (retransmissions) or one no longer sent: take the first that names a
+                // send stream, by its main or its RTX SSRC.
+                let ssrcs: Vec<Ssrc> = remb.ssrcs.iter().map(|s| Ssrc::from(*s)).collect();
+                let Some(stream) = self.streams.stream_tx_by_any(&ssrcs) else {
+                    continue;
+                };
+                stream.handle_rtcp(now, fb);
             } else {
                 let Some(stream) = self.streams.stream_tx(&fb.ssrc()) else {
                     continue;

@@ -24,21 +24,40 @@ pub(crate) const TICK: Duration = Duration::from_millis(500);
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// A layer silent this long is not flowing (its publisher's uplink dropped it).
 pub(crate) const SILENT_AFTER: Duration = Duration::from_millis(1500);
-/// Probes fill the downlink up to this share of its estimate.
-pub(crate) const PROBE_FILL: f64 = 0.9;
+/// During a probe burst, the downlink is filled up to this share of its estimate: a receiver's
+/// estimator raises its estimate only while it receives more than it estimated (Chromium's to at
+/// most 1.5 times what it receives), and leaves its slow additive climb only when it receives
+/// clearly more than the link capacity it last measured.
+pub(crate) const PROBE_FILL: f64 = 1.15;
+/// A probe burst lasts this long.
+pub(crate) const PROBE_BURST: Duration = Duration::from_secs(1);
+/// After a burst that did not raise the estimate by [`PROBE_GAIN`], the next one waits this long, so
+/// that a link at its capacity is overfilled a fifth of the time at most.
+pub(crate) const PROBE_BACKOFF: Duration = Duration::from_secs(1);
+/// The estimate growth that counts as a successful burst (the next one starts at once).
+const PROBE_GAIN: f64 = 1.05;
+/// How long a viewer that will send estimates ([`Router::expect_estimate`]) waits for its first:
+/// Chromium's first REMB comes about 5 s after its first packet, or at its first overuse.
+pub(crate) const FIRST_ESTIMATE_WAIT: Duration = Duration::from_secs(6);
+/// While a viewer waits for its first estimate, its downlink is filled up to this with probes, so
+/// that the estimator starts from what the link carries rather than from the lowest layers.
+pub(crate) const INITIAL_PROBE: u64 = 2_500_000;
 /// Bytes a packet costs on the wire beyond its payload: RTP header and extensions, SRTP tag, UDP
 /// and IP headers (an estimate counts them too).
 const PACKET_OVERHEAD: u64 = 60;
 /// Most probe packets one viewer gets per probe interval.
 const MAX_PROBES_PER_ROUND: usize = 16;
 /// Loss (NACKed per forwarded packet) below this does not lower the estimate.
-const LOSS_FLOOR: f64 = 0.02;
-/// Loss lowers the estimate by at most this share.
-const LOSS_CAP: f64 = 0.5;
+const LOSS_FLOOR: f64 = 0.05;
+/// Loss lowers the estimate by at most this share (an estimate already answers congestion; loss
+/// only says the link is worse than it thinks).
+const LOSS_CAP: f64 = 0.15;
 /// Without an estimate, loss above this makes what got through the estimate.
 const LOSS_WITHOUT_ESTIMATE: f64 = 0.1;
 /// Growth per tick of the estimate made from loss, while loss stays low.
 const FALLBACK_GROWTH: f64 = 1.05;
+/// The estimate made from loss is never below this.
+const FALLBACK_MIN: u64 = 100_000;
 /// The estimate made from loss is dropped (unlimited again) past this.
 const FALLBACK_MAX: u64 = 50_000_000;
 
@@ -100,6 +119,12 @@ pub(crate) struct Viewer {
     /// Probe rate, bits per second (0: not probing).
     probe_bps: u64,
     probe_credit: f64,
+    /// The current probe burst: when it ends, and the budget when it began.
+    burst: Option<(Instant, u64)>,
+    /// No burst starts before this.
+    next_burst: Option<Instant>,
+    /// Until then, without an estimate: lowest layers, and probes up to [`INITIAL_PROBE`].
+    first_estimate_due: Option<Instant>,
     /// Counted in `Router::active_viewers`.
     active: bool,
 }
@@ -164,6 +189,19 @@ impl Router {
         self.allocate(now, sink);
     }
 
+    /// The participant behind `sink` will send downlink estimates (a browser viewer negotiated REMB):
+    /// until its first one (at most [`FIRST_ESTIMATE_WAIT`]), its video consumers take their lowest
+    /// layers and its downlink is probed up to [`INITIAL_PROBE`], so that its estimator starts from
+    /// what the link carries. Without this call, a sink without an estimate gets the top layers.
+    pub fn expect_estimate(&mut self, now: Instant, sink: u64) {
+        let v = self.viewers.entry(sink).or_default();
+        if v.estimate.is_none() {
+            v.first_estimate_due = Some(now + FIRST_ESTIMATE_WAIT);
+        }
+        self.refresh_active(Some(now), sink);
+        self.allocate(now, sink);
+    }
+
     /// Forget what is known about `sink`'s downlink (its participant left). Its consumers, if any
     /// remain, are unaffected until they are removed.
     pub fn forget_sink(&mut self, sink: u64) {
@@ -186,6 +224,17 @@ impl Router {
             }
         }
         census
+    }
+
+    /// The measured rate of each layer of `producer`, bits per second (0: not flowing).
+    pub fn layer_rates(&self, now: Instant, producer: crate::ProducerId) -> [u64; MAX_LAYERS] {
+        let mut rates = [0; MAX_LAYERS];
+        if let Some(p) = self.producers.get(&producer) {
+            for (r, l) in rates.iter_mut().zip(&p.layers) {
+                *r = l.rate.flowing_bps(now);
+            }
+        }
+        rates
     }
 
     /// A viewer's current downlink estimate after loss, as its allocation uses it (`None`: unlimited).
@@ -225,7 +274,7 @@ impl Router {
             v.slots.iter().filter_map(|&s| consumers.get(s)?.as_ref()).any(|c| {
                 c.video && (c.tile.is_some() || producers.get(&c.producer).is_some_and(|p| p.layers.len() > 1))
             });
-        let active = !v.slots.is_empty() && (v.estimate.is_some() || layered);
+        let active = !v.slots.is_empty() && (v.estimate.is_some() || v.first_estimate_due.is_some() || layered);
         if active != v.active {
             v.active = active;
             if active {
@@ -275,9 +324,12 @@ impl Router {
             }
             let window = if packets > 0 { (nacked as f64 / packets as f64).min(1.0) } else { 0.0 };
             v.loss = (v.loss + window) / 2.0;
+
             let sent_bps = ((bytes + packets * PACKET_OVERHEAD) * 8 * 1000) / (dt.as_millis().max(1) as u64);
-            if v.loss > LOSS_WITHOUT_ESTIMATE && sent_bps > 0 {
-                v.fallback = Some((sent_bps as f64 * (1.0 - v.loss.min(LOSS_CAP))) as u64);
+            if window > LOSS_WITHOUT_ESTIMATE && sent_bps > 0 {
+                // What got through in this window; smoothed like the loss.
+                let delivered = ((sent_bps as f64 * (1.0 - window)) as u64).max(FALLBACK_MIN);
+                v.fallback = Some(v.fallback.map_or(delivered, |f| (f + delivered) / 2));
             } else if v.loss < LOSS_FLOOR {
                 v.fallback = v.fallback.map(|f| (f as f64 * FALLBACK_GROWTH) as u64).filter(|&f| f < FALLBACK_MAX);
             }
@@ -313,10 +365,23 @@ impl Router {
             demands.push(Demand { rates, max_layer: tile_cap(c.tile, &p.layers), current: c.target });
             slots.push(slot);
         }
-        let budget = v.budget().map_or(u64::MAX, |b| b.saturating_sub(audio));
+        if v.first_estimate_due.is_some_and(|t| v.estimate.is_some() || now >= t) {
+            v.first_estimate_due = None;
+        }
+        let waiting = v.first_estimate_due.is_some();
+        let budget = if waiting { 0 } else { v.budget().map_or(u64::MAX, |b| b.saturating_sub(audio)) };
         ideal.clear();
         ideal.resize(demands.len(), None);
         alloc::allocate(budget, demands, ideal);
+        if v.estimate.is_none() {
+            // Loss alone moves layers down but never pauses: only an estimate can say that even the
+            // lowest layer does not fit.
+            for (d, i) in demands.iter().zip(ideal.iter_mut()) {
+                if i.is_none() && d.max_layer.is_some() {
+                    *i = d.rates.iter().position(|&r| r > 0).map(super::layer_id);
+                }
+            }
+        }
         chosen.clear();
         for ((d, i), &slot) in demands.iter().zip(ideal.iter_mut()).zip(slots.iter()) {
             let fresh = consumers.get(slot).and_then(Option::as_ref).is_some_and(|c| c.started.is_none());
@@ -334,10 +399,29 @@ impl Router {
             let reason = if d.max_layer.is_none() { PauseReason::Hidden } else { PauseReason::Bandwidth };
             c.set_target(now, &mut q, p, choice, reason);
         }
-        // Probe towards the next step up while an estimate holds the viewer below what it wants.
+        // Probe towards the next step up, in bursts, while an estimate holds the viewer below what it
+        // wants.
         let was_probing = v.probe_bps > 0;
-        v.probe_bps = match (v.estimate, alloc::next_step(demands, chosen)) {
-            (Some(_), Some(step)) => {
+        let climb = v.estimate.zip(alloc::next_step(demands, chosen));
+        if let Some((_, start)) = v.burst.filter(|(end, _)| now >= *end) {
+            v.burst = None;
+            let gained = v.budget().unwrap_or(0) as f64 >= start as f64 * PROBE_GAIN;
+            v.next_burst = Some(if gained { now } else { now + PROBE_BACKOFF });
+        }
+        if climb.is_none() {
+            v.burst = None;
+        } else if v.burst.is_none() && v.next_burst.is_none_or(|t| now >= t) {
+            v.burst = Some((now + PROBE_BURST, v.budget().unwrap_or(0)));
+        }
+        let initial = waiting.then(|| {
+            let cost: u64 =
+                demands.iter().zip(chosen.iter()).map(|(d, c)| c.map_or(0, |l| d.rates[usize::from(l.0)])).sum::<u64>()
+                    + audio;
+            INITIAL_PROBE.saturating_sub(cost)
+        });
+        v.probe_bps = match (initial, climb, v.burst) {
+            (Some(initial), ..) => initial,
+            (None, Some((_, step)), Some(_)) => {
                 let cost: u64 = demands
                     .iter()
                     .zip(chosen.iter())
@@ -402,13 +486,16 @@ impl Router {
 }
 
 impl Viewer {
-    /// The estimate the allocation plans with: REMB lowered by loss, or without REMB, what got
-    /// through when much was lost; `None` is unlimited.
+    /// The estimate the allocation plans with: REMB lowered by loss, capped by what got through
+    /// while much is lost; without REMB, what got through when much was lost. `None` is unlimited.
     fn budget(&self) -> Option<u64> {
         let attenuation = (self.loss - LOSS_FLOOR).clamp(0.0, LOSS_CAP);
-        match self.estimate {
-            Some(e) => Some((e as f64 * (1.0 - attenuation)) as u64),
-            None => self.fallback,
+        match (self.estimate, self.fallback) {
+            // Heavy loss: what gets through, whatever the estimate says (a receiver's estimator
+            // hears too few packets on a link that drops most of them to lower its estimate).
+            (Some(e), Some(f)) if self.loss > LOSS_WITHOUT_ESTIMATE => Some(f.min(e)),
+            (Some(e), _) => Some((e as f64 * (1.0 - attenuation)) as u64),
+            (None, f) => f,
         }
     }
 }

@@ -363,6 +363,17 @@ impl Streams {
         self.streams_tx.get_mut(ssrc)
     }
 
+    /// The first send stream one of `ssrcs` names, by its main or its RTX SSRC (Dais patch 5).
+    pub(crate) fn stream_tx_by_any(&mut self, ssrcs: &[Ssrc]) -> Option<&mut StreamTx> {
+        let main = ssrcs.iter().find_map(|s| {
+            if self.streams_tx.contains_key(s) {
+                return Some(*s);
+            }
+            self.streams_tx.values().find(|t| t.rtx() == Some(*s)).map(|t| t.ssrc())
+        })?;
+        self.streams_tx.get_mut(&main)
+    }
+
     /// Lookup the "main" SSRC and mid for a given SSRC(main or RTX).
     pub(crate) fn mid_ssrc_rx_by_ssrc_or_rtx(
         &mut self,

@@ -1290,6 +1290,20 @@ impl StreamTx {
             snapshot.merge(&snapshot_resend);
         }
 
+        // Dais patch 6: the application's resends count too, so a stream that sends nothing
+        // else (a paused video being probed) still gets polled for them.
+        if !self.external_resends.is_empty() {
+            let external = QueueSnapshot {
+                created_at: now,
+                byte_size: self.external_resends.iter().map(|p| p.payload.len()).sum(),
+                packet_count: self.external_resends.len() as u32,
+                first_unsent: Some(now),
+                priority: QueuePriority::Media,
+                ..Default::default()
+            };
+            snapshot.merge(&external);
+        }
+
         if let Some(snapshot_padding) = self.queue_state_padding(now) {
             snapshot.merge(&snapshot_padding);
         }
@@ -1377,7 +1391,7 @@ impl StreamTx {
     }
 
     pub(crate) fn need_timeout(&self) -> bool {
-        self.send_queue.need_timeout()
+        self.send_queue.need_timeout() || !self.external_resends.is_empty()
     }
 
     pub(crate) fn handle_timeout<'a>(
