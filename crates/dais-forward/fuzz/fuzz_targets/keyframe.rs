@@ -1,4 +1,5 @@
-//! Feeds arbitrary bytes to the keyframe detector of every codec: it must never panic.
+//! Feeds arbitrary bytes to the keyframe detector of every codec and to the VP8 descriptor and
+//! keyframe-header parsers: they must never panic.
 
 #![no_main]
 
@@ -15,5 +16,9 @@ fuzz_target!(|data: &[u8]| {
         Codec::Other,
     ] {
         let _ = is_keyframe_start(codec, data);
+    }
+    let _ = dais_forward::vp8::parse(data);
+    if let Some((w, h)) = dais_forward::vp8::dimensions(data) {
+        assert!(w < 0x4000 && h < 0x4000, "14-bit sizes");
     }
 });

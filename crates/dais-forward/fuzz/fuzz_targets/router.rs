@@ -1,6 +1,6 @@
 //! Interprets the input as a sequence of operations on a router with one video and one audio producer:
 //! mostly RTP packets (header fields and payload taken from the input), plus consumer joins and leaves,
-//! keyframe requests, NACKs and timeouts. Nothing may panic, and every output must name a live consumer whose
+//! keyframe requests, NACKs, downlink estimates, tile sizes and timeouts. Nothing may panic, and every output must name a live consumer whose
 //! sequence numbers never go below its initial value.
 
 #![no_main]
@@ -130,6 +130,11 @@ fuzz_target!(|data: &[u8]| {
                 let seqs = [u64::from(input.u32()), u64::from(input.u16())];
                 router.handle_nack(now, c, &seqs);
             }
+            5 => router.set_estimate(now, 0, u64::from(input.u32())),
+            6 if !order.is_empty() => {
+                let c = order[usize::from(input.u8()) % order.len()];
+                router.set_video_size(now, c, input.u16(), input.u16());
+            }
             _ => {
                 let producer = producers[usize::from(op >> 7)];
                 let packet = RtpIn {
@@ -147,13 +152,19 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while let Some(out) = router.poll_output() {
-            if let Output::Rtp(rtp) = out {
-                let initial = live.get(&rtp.consumer).copied();
-                assert!(initial.is_some(), "output for a removed consumer");
-                assert!(
-                    rtp.seq >= u64::from(initial.unwrap_or_default()),
-                    "seq below initial_seq"
-                );
+            match out {
+                Output::Rtp(rtp) => {
+                    let initial = live.get(&rtp.consumer).copied();
+                    assert!(initial.is_some(), "output for a removed consumer");
+                    assert!(
+                        rtp.seq >= u64::from(initial.unwrap_or_default()),
+                        "seq below initial_seq"
+                    );
+                }
+                Output::Paused { consumer, .. } | Output::Resumed { consumer, .. } => {
+                    assert!(live.contains_key(&consumer), "pause news for a removed consumer");
+                }
+                Output::KeyframeRequest { .. } => {}
             }
         }
         if router.poll_timeout().is_some_and(|t| t <= now) {

@@ -169,6 +169,58 @@ fn without_an_estimate_a_viewer_gets_the_top_layer() {
 }
 
 #[test]
+fn a_viewer_that_will_send_estimates_starts_low_and_is_probed_until_the_first() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let now = s.now();
+    s.r.expect_estimate(now, 1);
+    let c = s.viewer(1);
+    let before = s.r.stats().probe_bytes;
+    s.run(2000);
+    assert_eq!(s.layers_of(c), [0], "the lowest layer until the first estimate");
+    let bits = (s.r.stats().probe_bytes - before) * 8;
+    // 2.5 Mbit/s minus layer 0's 150 k, for about 1.5 of the 2 s (the first tick starts it).
+    assert!((2_500_000..=5_000_000).contains(&bits), "probed {bits} bits in 2 s");
+    s.take();
+    s.estimate(1, 900_000);
+    s.run(2500);
+    assert_eq!(s.layers_of(c), [0, 1], "then what the estimate carries");
+}
+
+#[test]
+fn a_single_layer_producer_is_not_probed_before_the_first_estimate() {
+    let base = Instant::now();
+    let mut r = Router::new(RouterConfig::default());
+    let spec =
+        ProducerSpec { kind: MediaKind::Video, clock_rate: 90_000, payload_types: vec![(96, Codec::Vp8)], layers: 1 };
+    let p = r.add_producer(base, spec);
+    r.expect_estimate(base, 1);
+    let spec = ConsumerSpec { sink: 1, ssrc: 5, payload_types: vec![(Codec::Vp8, 100)], initial_seq: 1 };
+    r.add_consumer(base, p, spec).expect("vp8");
+    for i in 0..100u16 {
+        let now = base + Duration::from_millis(u64::from(i) * 33);
+        let payload = if i == 0 { vec![0x10, 0x00, 0x9d, 0x01, 0x2a] } else { vec![0x10, 0x01, 0xaa] };
+        let packet = RtpIn {
+            layer: LayerId(0),
+            ssrc: 9,
+            seq: i,
+            timestamp: u32::from(i) * 3000,
+            payload_type: 96,
+            marker: true,
+            payload: Arc::from(payload),
+            ext: MediaExt::default(),
+            wallclock: base,
+        };
+        r.handle_rtp(now, p, packet);
+        if r.poll_timeout().is_some_and(|t| t <= now) {
+            r.handle_timeout(now);
+        }
+        while r.poll_output().is_some() {}
+    }
+    assert_eq!(r.stats().probe_packets, 0);
+}
+
+#[test]
 fn a_low_estimate_moves_down_at_the_lower_layers_keyframe_and_stays_continuous() {
     let mut s = Sim::new();
     s.run(1000);
@@ -301,8 +353,8 @@ fn probes_come_in_bursts_towards_the_next_layer() {
     s.estimate(1, 400_000);
     s.run(1000);
     s.take();
-    // Layer 0 costs ~150 kbit/s and layer 1 needs 550 k: a burst fills to that (under 150 % of the
-    // estimate), 1 s long, and an estimate that does not grow waits 4 s for the next one.
+    // Layer 0 costs ~150 kbit/s and layer 1 needs 550 k: a burst fills to 115 % of the estimate
+    // (460 k, so 310 k of probes), 1 s long, and an estimate that does not grow waits 1 s for the next.
     let mut per_half_second = Vec::new();
     for _ in 0..20 {
         let before = s.r.stats().probe_bytes;
@@ -310,10 +362,10 @@ fn probes_come_in_bursts_towards_the_next_layer() {
         per_half_second.push((s.r.stats().probe_bytes - before) * 8 * 2);
     }
     let total: u64 = per_half_second.iter().sum::<u64>() / 2;
-    assert!((600_000..=1_300_000).contains(&total), "probed {total} bits in 10 s: {per_half_second:?}");
+    assert!((1_000_000..=1_900_000).contains(&total), "probed {total} bits in 10 s: {per_half_second:?}");
     let quiet = per_half_second.iter().filter(|&&b| b == 0).count();
-    assert!(quiet >= 12, "mostly quiet between bursts: {per_half_second:?}");
-    assert!(per_half_second.iter().all(|&b| b <= 500_000), "never above what layer 1 needs: {per_half_second:?}");
+    assert!(quiet >= 3, "quiet between bursts: {per_half_second:?}");
+    assert!(per_half_second.iter().all(|&b| b <= 350_000), "never above 115 % of the estimate: {per_half_second:?}");
     let probes: Vec<&RtpOut> = s.out.iter().filter(|o| o.probe).collect();
     assert!(probes.iter().all(|o| o.resend && o.consumer == c));
     let sent: Vec<u64> = s.out.iter().filter(|o| !o.resend).map(|o| o.seq).collect();

@@ -190,9 +190,10 @@ impl Router {
     }
 
     /// The participant behind `sink` will send downlink estimates (a browser viewer negotiated REMB):
-    /// until its first one (at most [`FIRST_ESTIMATE_WAIT`]), its video consumers take their lowest
-    /// layers and its downlink is probed up to [`INITIAL_PROBE`], so that its estimator starts from
-    /// what the link carries. Without this call, a sink without an estimate gets the top layers.
+    /// until its first one (at most [`FIRST_ESTIMATE_WAIT`]), its video consumers of producers with
+    /// layers take their lowest layers and its downlink is probed up to [`INITIAL_PROBE`], so that its
+    /// estimator starts from what the link carries. Without this call, a sink without an estimate gets
+    /// the top layers.
     pub fn expect_estimate(&mut self, now: Instant, sink: u64) {
         let v = self.viewers.entry(sink).or_default();
         if v.estimate.is_none() {
@@ -368,7 +369,10 @@ impl Router {
         if v.first_estimate_due.is_some_and(|t| v.estimate.is_some() || now >= t) {
             v.first_estimate_due = None;
         }
-        let waiting = v.first_estimate_due.is_some();
+        // Only layers make the wait worth it: with single-layer producers there is nothing to start
+        // low on, and nothing to probe for before the first estimate.
+        let layered = demands.iter().any(|d| d.rates.iter().filter(|&&r| r > 0).count() > 1);
+        let waiting = v.first_estimate_due.is_some() && layered;
         let budget = if waiting { 0 } else { v.budget().map_or(u64::MAX, |b| b.saturating_sub(audio)) };
         ideal.clear();
         ideal.resize(demands.len(), None);
