@@ -44,7 +44,8 @@ test('the server repairs 5 % downstream loss with retransmissions and keeps NACK
     assert.ok(port > 0, `DAIS_MEDIA_ADDR must be "127.0.0.1:PORT" (scripts/browser-test.sh sets it), got ${MEDIA_ADDR}`);
 
     browser = await launchBrowser();
-    const speaker = await join(browser, 'speaker', `/speak?room=${ROOM}&name=S`);
+    // One encoding, so that the speaker's one outbound video stream is the one the viewer NACKs.
+    const speaker = await join(browser, 'speaker', `/speak?room=${ROOM}&name=S&simulcast=0&video=640x360`);
     pages.push(speaker);
     const viewer = await join(browser, 'viewer', `/watch?room=${ROOM}`);
     pages.push(viewer);
