@@ -650,8 +650,9 @@ impl Router {
         for &slot in &p.consumers {
             let Some(c) = consumers.get_mut(slot).and_then(Option::as_mut) else { continue };
             if c.forwarding {
+                // It starts again on the layer its viewer chose (a switch may have been pending).
                 c.forwarding = false;
-                let layer = c.layer;
+                let layer = c.target.unwrap_or(c.layer);
                 c.set_want(&mut p.layers, Some(layer));
             }
         }

@@ -8,8 +8,9 @@
 //! - A consumer that has not forwarded anything yet takes its viewer's choice at once; the others go
 //!   through the viewer's [`Hysteresis`] (down at once, up after a hold).
 //! - Probes are resends of packets the consumer sent before (the receiver drops them as duplicates,
-//!   and its estimator counts them), at most what fills the downlink to [`PROBE_FILL`] of the estimate
-//!   and never more than the next layer up needs.
+//!   and its estimator counts them), in bursts of [`PROBE_BURST`], at most what fills the downlink to
+//!   [`PROBE_FILL`] of the estimate and never more than the next layer up needs; before a viewer's
+//!   first estimate ([`Router::expect_estimate`]), up to [`INITIAL_PROBE`].
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ pub(crate) const PROBE_FILL: f64 = 1.15;
 /// A probe burst lasts this long.
 pub(crate) const PROBE_BURST: Duration = Duration::from_secs(1);
 /// After a burst that did not raise the estimate by [`PROBE_GAIN`], the next one waits this long, so
-/// that a link at its capacity is overfilled a fifth of the time at most.
+/// that a link at its capacity is overfilled (by at most 15 %) half of the time at most.
 pub(crate) const PROBE_BACKOFF: Duration = Duration::from_secs(1);
 /// The estimate growth that counts as a successful burst (the next one starts at once).
 const PROBE_GAIN: f64 = 1.05;
@@ -113,8 +114,8 @@ pub(crate) struct Viewer {
     hysteresis: Hysteresis,
     /// NACKed per forwarded packet, smoothed.
     loss: f64,
-    /// Without an estimate: what got through while much was lost, growing by [`FALLBACK_GROWTH`] a
-    /// tick while little is; dropped past [`FALLBACK_MAX`].
+    /// What got through while much was lost (the budget without an estimate, and its cap while loss
+    /// is heavy), growing by [`FALLBACK_GROWTH`] a tick while little is; dropped past [`FALLBACK_MAX`].
     fallback: Option<u64>,
     /// Probe rate, bits per second (0: not probing).
     probe_bps: u64,
