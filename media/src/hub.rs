@@ -492,6 +492,7 @@ impl Hub {
                 debug!(?id, bps, budget = ?self.router.effective_estimate(id.0), "downlink estimate");
                 self.drain_router();
             }
+            SessionOutput::ReceiverLoss(cid, fraction) => self.router.handle_receiver_loss(cid, fraction),
             SessionOutput::Expired => self.close(now, id),
             SessionOutput::Credentials(creds) => self.out.push_back(HubOutput::Route(id, creds)),
         }

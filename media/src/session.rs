@@ -88,6 +88,8 @@ pub(crate) enum SessionOutput {
     Nack(ConsumerId, Vec<u64>),
     /// The client's estimate of its downlink (REMB), bits per second.
     Estimate(u64),
+    /// The fraction of a consumer's packets the client's receiver reports said were lost.
+    ReceiverLoss(ConsumerId, f32),
     /// The session failed [`FAILED_GRACE`] ago and was not closed: close it now.
     Expired,
     /// The session's local ICE credentials changed (it answered an ICE restart): route the new ufrag
@@ -422,6 +424,10 @@ impl Session {
             }
             Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) => {
                 Some(SessionOutput::Estimate(estimate.as_u64()))
+            }
+            Event::MediaEgressStats(s) => {
+                let loss = s.loss?;
+                Some(SessionOutput::ReceiverLoss(*self.consumers.get(&s.mid)?, loss))
             }
             Event::Closed => {
                 self.fail(now);
@@ -776,7 +782,8 @@ pub(crate) fn build_rtc(
         .clear_codecs()
         .enable_opus(true, false);
     if !publisher {
-        cfg = cfg.set_extension_map(viewer_extensions());
+        // Receiver reports' loss feeds the layer choice (Router::handle_receiver_loss).
+        cfg = cfg.set_extension_map(viewer_extensions()).set_stats_interval(Some(Duration::from_secs(1)));
     }
     let order = first.into_iter().chain(codec::VIDEO_CODECS.into_iter().filter(|c| Some(*c) != first));
     for c in order {

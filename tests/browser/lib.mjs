@@ -110,10 +110,15 @@ export async function openPage(browser, label, contextOptions = {}) {
   return { label, context, page, problems, id: null };
 }
 
-/** Open `path` (e.g. "/speak?room=R&name=S") in a fresh context and wait until it joined. */
+/**
+ * Open `path` (e.g. "/speak?room=R&name=S") in a fresh context and wait until it joined. A speaker
+ * page without `video=` captures 640x360 here (the page's own default is 1280x720 in three simulcast
+ * layers): the suite runs several Chromiums on two cores, and only simulcast.test.mjs needs 720p.
+ */
 export async function join(browser, label, path, base = BASE, contextOptions = {}) {
   const p = await openPage(browser, label, contextOptions);
-  await p.page.goto(base + path);
+  const light = path.startsWith('/speak') && !/[?&]video=/.test(path);
+  await p.page.goto(base + path + (light ? '&video=640x360' : ''));
   try {
     await p.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
   } catch (err) {

@@ -69,7 +69,7 @@ test('each viewer gets the layer its link carries: 640 or less behind 500 kbit/s
   browsers.push(speakerBrowser);
   const speakers = [];
   for (const name of ['S1', 'S2']) {
-    const s = await join(speakerBrowser, name, `/speak?room=${ROOM}&name=${name}&codec=vp8`, dais.base);
+    const s = await join(speakerBrowser, name, `/speak?room=${ROOM}&name=${name}&codec=vp8&video=1280x720`, dais.base);
     pages.push(s);
     speakers.push(s);
   }

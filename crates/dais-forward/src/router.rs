@@ -192,6 +192,8 @@ struct Consumer {
     nacked: u64,
     /// The highest sequence number NACKed so far.
     nack_high: Option<u64>,
+    /// The highest fraction lost its receiver reported (RTCP receiver reports) since the last tick.
+    reported_loss: f64,
     /// What a paused consumer resends to probe its downlink: its last packet, as its seq and the cached source.
     probe_seed: Option<(u64, Cached)>,
 }
@@ -386,6 +388,7 @@ impl Router {
             sent_bytes: 0,
             nacked: 0,
             nack_high: None,
+            reported_loss: 0.0,
             probe_seed: None,
         };
         let slot = match self.free_slots.pop() {

@@ -187,8 +187,9 @@ fn a_viewer_that_will_send_estimates_starts_low_and_is_probed_until_the_first() 
     assert_eq!(s.layers_of(c), [0, 1], "then what the estimate carries");
 }
 
-#[test]
-fn a_single_layer_producer_is_not_probed_before_the_first_estimate() {
+/// A single-layer VP8 producer with one consumer on sink 1, fed 100 frames at 30 a second while
+/// `each_frame` runs before every frame (its argument is the frame's time).
+fn single_layer(mut each_frame: impl FnMut(&mut Router, Instant)) -> (Router, Vec<Output>) {
     let base = Instant::now();
     let mut r = Router::new(RouterConfig::default());
     let spec =
@@ -197,8 +198,10 @@ fn a_single_layer_producer_is_not_probed_before_the_first_estimate() {
     r.expect_estimate(base, 1);
     let spec = ConsumerSpec { sink: 1, ssrc: 5, payload_types: vec![(Codec::Vp8, 100)], initial_seq: 1 };
     r.add_consumer(base, p, spec).expect("vp8");
+    let mut outs = Vec::new();
     for i in 0..100u16 {
         let now = base + Duration::from_millis(u64::from(i) * 33);
+        each_frame(&mut r, now);
         let payload = if i == 0 { vec![0x10, 0x00, 0x9d, 0x01, 0x2a] } else { vec![0x10, 0x01, 0xaa] };
         let packet = RtpIn {
             layer: LayerId(0),
@@ -215,8 +218,22 @@ fn a_single_layer_producer_is_not_probed_before_the_first_estimate() {
         if r.poll_timeout().is_some_and(|t| t <= now) {
             r.handle_timeout(now);
         }
-        while r.poll_output().is_some() {}
+        outs.extend(std::iter::from_fn(|| r.poll_output()));
     }
+    (r, outs)
+}
+
+#[test]
+fn a_single_layer_producer_is_never_paused_for_bandwidth() {
+    let (_, outs) = single_layer(|r, now| r.set_estimate(now, 1, 1_000));
+    assert!(!outs.iter().any(|o| matches!(o, Output::Paused { .. })), "nothing lower to fall back to");
+    let media = outs.iter().filter(|o| matches!(o, Output::Rtp(r) if !r.resend)).count();
+    assert_eq!(media, 100, "every frame forwarded");
+}
+
+#[test]
+fn a_single_layer_producer_is_not_probed_before_the_first_estimate() {
+    let (r, _) = single_layer(|_, _| {});
     assert_eq!(r.stats().probe_packets, 0);
 }
 
@@ -441,6 +458,24 @@ fn heavy_loss_caps_even_a_high_estimate_at_what_got_through() {
     }
     assert!(lowest_budget < 1_000_000, "planned with {lowest_budget} at the least, not the 5 Mbit/s estimate");
     assert!(left_top, "moved off the top layer");
+}
+
+#[test]
+fn loss_in_receiver_reports_counts_when_nacks_stop() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    s.estimate(1, 5_000_000);
+    s.run(1000);
+    // No NACKs at all, but the receiver reports 60 % lost.
+    let mut lowest = u64::MAX;
+    for _ in 0..20 {
+        s.r.handle_receiver_loss(c, 0.6);
+        s.run(100);
+        lowest = lowest.min(s.r.effective_estimate(1).expect("an estimate"));
+    }
+    assert!(lowest < 1_000_000, "planned with {lowest} at the least, not the 5 Mbit/s estimate");
 }
 
 #[test]

@@ -114,8 +114,9 @@ pub(crate) struct Viewer {
     hysteresis: Hysteresis,
     /// NACKed per forwarded packet, smoothed.
     loss: f64,
-    /// What got through while much was lost (the budget without an estimate, and its cap while loss
-    /// is heavy), growing by [`FALLBACK_GROWTH`] a tick while little is; dropped past [`FALLBACK_MAX`].
+    /// What got through while much was lost (the budget without an estimate, and its cap with one),
+    /// growing by [`FALLBACK_GROWTH`] a tick while little is; dropped once it reaches the estimate
+    /// (without one, [`FALLBACK_MAX`]).
     fallback: Option<u64>,
     /// Probe rate, bits per second (0: not probing).
     probe_bps: u64,
@@ -202,6 +203,16 @@ impl Router {
         }
         self.refresh_active(Some(now), sink);
         self.allocate(now, sink);
+    }
+
+    /// The fraction of a consumer's packets its receiver reports lost (RTCP receiver reports, 0 to
+    /// 1). It counts towards its viewer's loss with the NACKs: a receiver on a collapsed link stops
+    /// NACKing what it has given up on, but its reports still say how much is lost.
+    pub fn handle_receiver_loss(&mut self, consumer: ConsumerId, fraction: f32) {
+        let Some(&slot) = self.consumer_slots.get(&consumer) else { return };
+        if let Some(c) = self.consumers.get_mut(slot).and_then(Option::as_mut) {
+            c.reported_loss = c.reported_loss.max(f64::from(fraction).clamp(0.0, 1.0));
+        }
     }
 
     /// Forget what is known about `sink`'s downlink (its participant left). Its consumers, if any
@@ -317,14 +328,16 @@ impl Router {
         for &sink in &sinks {
             let Router { viewers, consumers, .. } = self;
             let Some(v) = viewers.get_mut(&sink) else { continue };
-            let (mut packets, mut nacked, mut bytes) = (0u64, 0u64, 0u64);
+            let (mut packets, mut nacked, mut bytes, mut reported) = (0u64, 0u64, 0u64, 0f64);
             for &slot in &v.slots {
                 let Some(c) = consumers.get_mut(slot).and_then(Option::as_mut) else { continue };
                 packets += std::mem::take(&mut c.sent_packets);
                 nacked += std::mem::take(&mut c.nacked);
                 bytes += std::mem::take(&mut c.sent_bytes);
+                reported = reported.max(std::mem::take(&mut c.reported_loss));
             }
-            let window = if packets > 0 { (nacked as f64 / packets as f64).min(1.0) } else { 0.0 };
+            let nack_loss = if packets > 0 { (nacked as f64 / packets as f64).min(1.0) } else { 0.0 };
+            let window = nack_loss.max(reported);
             v.loss = (v.loss + window) / 2.0;
 
             let sent_bps = ((bytes + packets * PACKET_OVERHEAD) * 8 * 1000) / (dt.as_millis().max(1) as u64);
@@ -333,7 +346,11 @@ impl Router {
                 let delivered = ((sent_bps as f64 * (1.0 - window)) as u64).max(FALLBACK_MIN);
                 v.fallback = Some(v.fallback.map_or(delivered, |f| (f + delivered) / 2));
             } else if v.loss < LOSS_FLOOR {
-                v.fallback = v.fallback.map(|f| (f as f64 * FALLBACK_GROWTH) as u64).filter(|&f| f < FALLBACK_MAX);
+                // It grows back while little is lost, and goes once it reaches the estimate (or, without
+                // one, FALLBACK_MAX): an estimate that stayed high through the loss is trusted again
+                // only then, so a viewer whose link collapsed does not flap between pause and resume.
+                let ceiling = v.estimate.unwrap_or(FALLBACK_MAX);
+                v.fallback = v.fallback.map(|f| (f as f64 * FALLBACK_GROWTH) as u64).filter(|&f| f < ceiling);
             }
             self.allocate(now, sink);
         }
@@ -378,13 +395,14 @@ impl Router {
         ideal.clear();
         ideal.resize(demands.len(), None);
         alloc::allocate(budget, demands, ideal);
-        if v.estimate.is_none() {
+        for (d, i) in demands.iter().zip(ideal.iter_mut()) {
             // Loss alone moves layers down but never pauses: only an estimate can say that even the
-            // lowest layer does not fit.
-            for (d, i) in demands.iter().zip(ideal.iter_mut()) {
-                if i.is_none() && d.max_layer.is_some() {
-                    *i = d.rates.iter().position(|&r| r > 0).map(super::layer_id);
-                }
+            // lowest layer does not fit. Nor is a video with one layer flowing (VP9, AV1, or simulcast
+            // whose other layers stopped) paused for bandwidth: there is nothing lower to fall back to,
+            // and a receiver's estimate can grow only from what it receives.
+            let flowing = d.rates.iter().filter(|&&r| r > 0).count();
+            if i.is_none() && d.max_layer.is_some() && (v.estimate.is_none() || flowing == 1) {
+                *i = d.rates.iter().position(|&r| r > 0).map(super::layer_id);
             }
         }
         chosen.clear();
@@ -492,13 +510,14 @@ impl Router {
 
 impl Viewer {
     /// The estimate the allocation plans with: REMB lowered by loss, capped by what got through
-    /// while much is lost; without REMB, what got through when much was lost. `None` is unlimited.
+    /// since much was lost (until that grows back to the REMB); without REMB, what got through when
+    /// much was lost. `None` is unlimited.
     fn budget(&self) -> Option<u64> {
         let attenuation = (self.loss - LOSS_FLOOR).clamp(0.0, LOSS_CAP);
         match (self.estimate, self.fallback) {
-            // Heavy loss: what gets through, whatever the estimate says (a receiver's estimator
+            // After heavy loss: what got through, whatever the estimate says (a receiver's estimator
             // hears too few packets on a link that drops most of them to lower its estimate).
-            (Some(e), Some(f)) if self.loss > LOSS_WITHOUT_ESTIMATE => Some(f.min(e)),
+            (Some(e), Some(f)) => Some(f.min((e as f64 * (1.0 - attenuation)) as u64)),
             (Some(e), _) => Some((e as f64 * (1.0 - attenuation)) as u64),
             (None, f) => f,
         }
