@@ -69,6 +69,8 @@ fn config(dais: PathBuf, viewers: usize, workers: usize, duration: Duration) -> 
         decrypt_one_in: 1,
         transport: dais_load::shard::Transport::Udp,
         blip: None,
+        simulcast: false,
+        viewer_mix: None,
     }
 }
 

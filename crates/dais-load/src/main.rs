@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dais_load::run::{run, LoadConfig};
-use dais_load::shard::{BlipPlan, Transport};
+use dais_load::shard::{BlipPlan, Transport, ViewerMix};
 
 /// Load-test a Dais server over its real protocol: synthetic speakers publish stamped VP8-like video and
 /// Opus-like audio, and synthetic viewers (str0m sessions with real ICE, DTLS and SRTP decryption) measure
@@ -25,6 +25,7 @@ use dais_load::shard::{BlipPlan, Transport};
 /// Examples:
 ///   dais-load --spawn-server --preset keynote --json keynote.json
 ///   dais-load --url ws://10.0.0.5:8080/ws --preset roundtable --viewers 500
+///   dais-load --spawn-server --preset keynote --simulcast --viewer-mix 400:30,1200:30,0:40
 #[derive(Debug, Parser)]
 #[command(name = "dais-load", version, verbatim_doc_comment)]
 struct Args {
@@ -131,6 +132,21 @@ struct Args {
     #[arg(long)]
     blip_drop_signaling: bool,
 
+    /// Speakers send their video as three simulcast layers, rids q, h and f, at a tenth, a third and all
+    /// of --video-kbps (150 k / 500 k / 1.5 Mbit/s by default), and viewers send REMB estimates of their
+    /// downlink as browsers do. The report then has a section per viewer class. Every viewer decrypts
+    /// (no --decrypt-one-in).
+    #[arg(long)]
+    simulcast: bool,
+
+    /// Viewer classes by downlink cap, KBPS:PERCENT,... with 0 for no cap, e.g. 400:30,1200:30,0:40.
+    /// Each capped viewer receives through a token bucket at that rate with a drop-tail queue (200 ms
+    /// at the cap) inside the generator, and every viewer sends REMB from what gets through. The report
+    /// gives per class the layer received over time, delivery on each layer, freezes (video gaps over
+    /// 500 ms), time to settle on the expected layer and feedback per second. UDP only.
+    #[arg(long, value_name = "MIX")]
+    viewer_mix: Option<String>,
+
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -212,6 +228,13 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
     if !(0.0..=1.0).contains(&a.blip_share) {
         return Err(format!("--blip-share must be between 0 and 1, not {}", a.blip_share));
     }
+    if a.simulcast && a.decrypt_one_in > 1 {
+        return Err("--simulcast counts every layer from decrypted packets: leave out --decrypt-one-in".into());
+    }
+    let viewer_mix = a.viewer_mix.as_ref().map(|m| ViewerMix::parse(m).map(|mix| (mix, m.clone()))).transpose()?;
+    if viewer_mix.is_some() && matches!(a.transport, TransportArg::Tcp) {
+        return Err("--viewer-mix emulates UDP downlinks (a TCP link never drops): use --transport udp".into());
+    }
     let duration = seconds("duration", a.duration.unwrap_or(duration), 1.0)?;
     let blip = match a.blip {
         None => None,
@@ -249,6 +272,8 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
             TransportArg::Tcp => Transport::Tcp,
         },
         blip,
+        simulcast: a.simulcast,
+        viewer_mix,
     })
 }
 

@@ -35,6 +35,7 @@ use nix::sys::socket::{
     recvmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg, SockaddrStorage,
 };
 use nix::sys::time::TimeSpec;
+use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
@@ -44,6 +45,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig, RtcError};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::link::{Bottleneck, Estimator};
 use crate::sendlog::{HeaderCounter, SendLog};
 use crate::stamp::{Clock, Stamp};
 use crate::Failure;
@@ -189,6 +191,20 @@ pub struct Peer {
     cut_until: Option<Instant>,
     /// SSRCs of the video streams received, for keyframe requests.
     video_ssrcs: Vec<Ssrc>,
+    /// The emulated downlink and its estimator (`--viewer-mix`, `--simulcast`).
+    downlink: Option<Downlink>,
+    /// Datagrams sent (feedback, once media flows).
+    pub sent: u64,
+    /// REMBs sent.
+    pub rembs: u64,
+}
+
+/// A viewer's emulated downlink: a bottleneck when it has a cap, and always an estimator that reports
+/// what arrives as REMB.
+#[derive(Debug)]
+struct Downlink {
+    bottleneck: Option<Bottleneck>,
+    estimator: Estimator,
 }
 
 impl Peer {
@@ -226,6 +242,9 @@ impl Peer {
             tcp: None,
             cut_until: None,
             video_ssrcs: Vec::new(),
+            downlink: None,
+            sent: 0,
+            rembs: 0,
         })
     }
 
@@ -257,6 +276,23 @@ impl Peer {
         peer.tcp =
             Some(TcpLink { stream, server, local, inbuf: Vec::new(), consumed: 0, eof: false, outbuf: Vec::new() });
         Ok(peer)
+    }
+
+    /// Receive through an emulated downlink of `cap` bits per second (`None`: no cap) and send REMBs of
+    /// what arrives ([`crate::link`]). UDP only: a TCP peer ignores the cap.
+    pub fn set_downlink(&mut self, cap: Option<u64>, now: Instant) {
+        let bottleneck = cap.filter(|_| self.tcp.is_none()).map(|c| Bottleneck::new(c, now));
+        self.downlink = Some(Downlink { bottleneck, estimator: Estimator::new(now) });
+    }
+
+    /// Datagrams the downlink's queue dropped.
+    pub fn downlink_drops(&self) -> u64 {
+        self.downlink.as_ref().and_then(|d| d.bottleneck.as_ref()).map_or(0, |b| b.dropped)
+    }
+
+    /// The downlink estimate last computed, bits per second.
+    pub fn estimate(&self) -> Option<u64> {
+        self.downlink.as_ref().and_then(|d| d.estimator.estimate())
     }
 
     /// Play a network outage until `until` (see the module docs).
@@ -301,7 +337,7 @@ impl Peer {
                 Output::Event(Event::RtpPacket(pkt)) => {
                     let stamp = Stamp::read(&pkt.payload);
                     if let Some(stamp) = &stamp {
-                        if stamp.stream == crate::stamp::Stream::Video && !self.video_ssrcs.contains(&pkt.header.ssrc) {
+                        if stamp.stream.is_video() && !self.video_ssrcs.contains(&pkt.header.ssrc) {
                             self.video_ssrcs.push(pkt.header.ssrc);
                         }
                     }
@@ -321,6 +357,7 @@ impl Peer {
                     if !sent {
                         self.send_errors += 1;
                     }
+                    self.sent += 1;
                 }
                 Output::Timeout(t) => {
                     let now = Instant::now();
@@ -338,14 +375,79 @@ impl Peer {
         }
     }
 
-    /// Give str0m the time if it asked for it by now, then drive.
-    pub fn tick(&mut self, on_event: &mut impl FnMut(Event, Instant)) -> Result<(), RtcError> {
+    /// Give str0m the time if it asked for it by now, let through what the downlink releases by now,
+    /// then drive.
+    pub fn tick(&mut self, on: &mut impl FnMut(Got, Instant)) -> Result<(), RtcError> {
         let now = Instant::now();
         if self.next <= now && self.may_tick(now) {
             self.last_tick = now;
             self.rtc.handle_input(Input::Timeout(now))?;
         }
-        self.drive(now, on_event)
+        self.release(now, on)?;
+        self.drive(now, &mut |e, t| on(Got::Event(e), t))
+    }
+
+    /// Hand one datagram that arrived at `at` (after `delay` in the downlink's queue) to str0m, or count
+    /// it from its header; true if str0m got it.
+    fn feed(
+        &mut self,
+        (data, source): (&[u8], SocketAddr),
+        at: Instant,
+        delay: Duration,
+        now: Instant,
+        on: &mut impl FnMut(Got, Instant),
+    ) -> Result<bool, RtcError> {
+        let fed = self.feed_inner((data, source), at, now, on);
+        // The estimator runs on what arrives once video flows, as a browser's runs on received video.
+        if let (Some(d), false) = (self.downlink.as_mut(), self.video_ssrcs.is_empty()) {
+            d.estimator.on_packet(at, data.len(), delay);
+        }
+        fed
+    }
+
+    fn feed_inner(
+        &mut self,
+        (data, source): (&[u8], SocketAddr),
+        at: Instant,
+        now: Instant,
+        on: &mut impl FnMut(Got, Instant),
+    ) -> Result<bool, RtcError> {
+        if let Some(c) = self.counting.as_mut().filter(|c| c.armed && c.counter.ready()) {
+            if let Some(stamp) = c.counter.count(data, &c.log) {
+                on(Got::Counted(stamp), at);
+                return Ok(false);
+            }
+        }
+        let (proto, local) = match &self.tcp {
+            Some(t) => (Protocol::Tcp, t.local),
+            None => (Protocol::Udp, self.local),
+        };
+        let Ok(receive) = Receive::new(proto, source, local, data) else { return Ok(false) };
+        self.rtc.handle_input(Input::Receive(now, receive))?;
+        self.drive(at, &mut |e, t| on(Got::Event(e), t))?;
+        Ok(true)
+    }
+
+    /// Feed what the downlink lets through by `now`, then send a REMB if the estimator wants one; true if
+    /// str0m got anything.
+    fn release(&mut self, now: Instant, on: &mut impl FnMut(Got, Instant)) -> Result<bool, RtcError> {
+        let mut fed = false;
+        while let Some(r) = self.downlink.as_mut().and_then(|d| d.bottleneck.as_mut()).and_then(|b| b.pop(now)) {
+            let got = self.feed((&r.data, r.source), r.at, r.delay, now, on);
+            if let Some(b) = self.downlink.as_mut().and_then(|d| d.bottleneck.as_mut()) {
+                b.recycle(r.data);
+            }
+            fed |= got?;
+        }
+        let remb = self.downlink.as_mut().and_then(|d| d.estimator.poll(now));
+        if let (Some(bps), Some(ssrc)) = (remb, self.video_ssrcs.first().copied()) {
+            if let Some(rx) = self.rtc.direct_api().stream_rx(&ssrc) {
+                rx.request_remb(Bitrate::bps(bps));
+                self.rembs += 1;
+                self.drive(now, &mut |e, t| on(Got::Event(e), t))?;
+            }
+        }
+        Ok(fed)
     }
 
     /// Give str0m the time now, whether or not it asked: after a description was applied, so that ICE
@@ -414,30 +516,34 @@ impl Peer {
                 }
                 continue;
             }
-            for i in 0..n {
-                let Some(&(len, source, wall)) = self.recv.got.get(i) else { break };
+            // Out of `self` for the loop (a pointer swap), so that `feed` may borrow the rest of it.
+            let bufs = std::mem::take(&mut self.recv.bufs);
+            let got = self.recv.got;
+            let mut result = Ok(());
+            for (i, &(len, source, wall)) in got.iter().take(n).enumerate() {
                 let Some(source) = source else { continue };
                 let at = wall.map(|w| self.clock.from_wall(w).min(now)).unwrap_or(now);
-                let Some(data) = self.recv.bufs.get(i * RECV_BUF..i * RECV_BUF + len.min(RECV_BUF)) else {
+                let Some(data) = bufs.get(i * RECV_BUF..i * RECV_BUF + len.min(RECV_BUF)) else { continue };
+                if let Some(b) = self.downlink.as_mut().and_then(|d| d.bottleneck.as_mut()) {
+                    // Through the bottleneck: str0m gets it when it leaves (`release`).
+                    b.push(at, source, data);
                     continue;
-                };
-                if let Some(c) = self.counting.as_mut().filter(|c| c.armed && c.counter.ready()) {
-                    if let Some(stamp) = c.counter.count(data, &c.log) {
-                        on(Got::Counted(stamp), at);
-                        continue;
+                }
+                match self.feed((data, source), at, Duration::ZERO, now, on) {
+                    Ok(f) => fed |= f,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
                     }
                 }
-                let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, data) else {
-                    continue;
-                };
-                self.rtc.handle_input(Input::Receive(now, receive))?;
-                fed = true;
-                self.drive(at, &mut |e, t| on(Got::Event(e), t))?;
             }
+            self.recv.bufs = bufs;
+            result?;
             if n < RECV_BATCH {
                 break;
             }
         }
+        fed |= self.release(Instant::now(), on)?;
         Ok(fed)
     }
 
@@ -452,18 +558,10 @@ impl Peer {
         tcp.fill();
         let mut fed = false;
         while let Some(frame) = self.tcp.as_mut().and_then(TcpLink::frame) {
-            let Some((server, local)) = self.tcp.as_ref().map(|t| (t.server, t.local)) else { break };
-            if let Some(c) = self.counting.as_mut().filter(|c| c.armed && c.counter.ready()) {
-                if let Some(stamp) = c.counter.count(&frame, &c.log) {
-                    on(Got::Counted(stamp), now);
-                    continue;
-                }
-            }
-            let Ok(receive) = Receive::new(Protocol::Tcp, server, local, &frame) else { continue };
-            self.rtc.handle_input(Input::Receive(now, receive))?;
-            fed = true;
-            self.drive(now, &mut |e, t| on(Got::Event(e), t))?;
+            let Some(server) = self.tcp.as_ref().map(|t| t.server) else { break };
+            fed |= self.feed((&frame, server), now, Duration::ZERO, now, on)?;
         }
+        fed |= self.release(now, on)?;
         Ok(fed)
     }
 
@@ -507,10 +605,17 @@ impl Peer {
     /// When str0m wants time next; for an armed counting peer, no sooner than `COUNTING_TICK` after
     /// the last tick.
     pub fn next_tick(&self) -> Instant {
+        let mut next = self.next;
         if self.counting.as_ref().is_some_and(|c| c.armed) {
-            return self.next.max(self.last_tick + COUNTING_TICK);
+            next = next.max(self.last_tick + COUNTING_TICK);
         }
-        self.next
+        if let Some(d) = &self.downlink {
+            let release = d.bottleneck.as_ref().and_then(Bottleneck::next_release);
+            for t in [release, d.estimator.next_poll()].into_iter().flatten() {
+                next = next.min(t);
+            }
+        }
+        next
     }
 
     /// The payload type negotiated on `mid` for `codec`, as this side numbers it.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::speaker::SpeakerRecord;
+use crate::shard::{ViewerClass, ViewerMix};
+use crate::speaker::{SpeakerPlan, SpeakerRecord};
 use crate::stamp::Stream;
 use crate::stats::{FanoutRecorder, ViewerRecord};
 
@@ -32,6 +33,9 @@ pub struct Report {
     pub transport: String,
     /// The outage (`--blip`) and how the cut viewers came back; `null` without one.
     pub blip: Option<Blip>,
+    /// Per viewer class (`--viewer-mix`; one class with `--simulcast` alone): layers, delivery, freezes
+    /// and feedback; `null` with neither.
+    pub classes: Option<Vec<Class>>,
     /// Per ingress packet, speaker send -> its last and its 32nd viewer; `null` without `--fanout`.
     pub fanout_us: Option<Fanout>,
     /// The server's own in-process forwarding latency over the measured phase (its
@@ -73,6 +77,55 @@ pub struct Scenario {
     /// One viewer in this many decrypted every packet; the others counted SRTP headers after their
     /// first key frame (`--decrypt-one-in`).
     pub decrypt_one_in: usize,
+    /// Speakers sent three simulcast layers (`--simulcast`).
+    pub simulcast: bool,
+    /// The viewer classes asked for (`--viewer-mix`), as given; `null` without.
+    pub viewer_mix: Option<String>,
+}
+
+/// What one viewer class got. "Pairs" are (viewer, speaker) pairs: each viewer receives every speaker.
+#[derive(Debug, Clone, Serialize)]
+pub struct Class {
+    /// The class's downlink cap, kbit/s; 0: none.
+    pub cap_kbps: u64,
+    /// Its share of the viewers, percent.
+    pub share_pct: f64,
+    /// Its viewers that received media.
+    pub viewers: usize,
+    /// The highest layer the cap carries (`q`, `h`, `f`): the layer whose bitrate with audio, plus 10 %
+    /// headroom, fits in 85 % of the cap (what a congestion controller's back-off leaves); `null` without
+    /// simulcast.
+    pub expected_layer: Option<String>,
+    /// Pairs per layer at the end of the run.
+    pub at_end: BTreeMap<String, usize>,
+    /// Pairs on the expected layer at the end.
+    pub on_expected_at_end: usize,
+    /// Pairs.
+    pub pairs: usize,
+    /// Viewer start -> onto the layer it ended on, for pairs that ended on the expected layer,
+    /// milliseconds.
+    pub settle_ms: Percentiles,
+    /// Share of the pairs' received time spent on each layer, percent.
+    pub time_on_layer_pct: BTreeMap<String, f64>,
+    /// Pairs on each layer at each whole second after their viewer started, from 0 (the layer received
+    /// over time).
+    pub timeline: Vec<BTreeMap<String, usize>>,
+    /// Per layer, unique packets received / packets sent while the pair was on it, percent.
+    pub layer_delivered_pct: BTreeMap<String, f64>,
+    /// The same over all the class's video and audio.
+    pub delivered_pct: f64,
+    /// Layer changes per pair.
+    pub switches_per_pair: f64,
+    /// Freezes (gaps of more than 500 ms between new video packets) per viewer per minute received.
+    pub freezes_per_minute: WorstMean,
+    /// Datagrams a viewer sent per second (RTCP feedback: REMB, NACK, receiver reports; STUN).
+    pub feedback_per_s: WorstMean,
+    /// REMBs a viewer sent per second.
+    pub rembs_per_s: f64,
+    /// Datagrams the class's emulated downlinks dropped (queue full).
+    pub downlink_drops: u64,
+    /// Mean of the viewers' last downlink estimates (what their REMBs said), kbit/s.
+    pub estimate_kbps: f64,
 }
 
 /// Viewer counts.
@@ -304,6 +357,9 @@ pub fn latency(h: &Histogram<u64>) -> Latency {
 pub fn delivery(viewers: &[ViewerRecord], speakers: &[SpeakerRecord]) -> Delivery {
     let last: BTreeMap<(u16, Stream), u64> =
         speakers.iter().flat_map(|s| s.last_seq.iter().map(move |(k, v)| ((s.index, *k), *v))).collect();
+    let streams = || last.keys().filter(|(_, s)| s.layer().is_none());
+    let layer_streams: std::collections::BTreeSet<u16> =
+        last.keys().filter(|(_, s)| s.layer().is_some()).map(|(sp, _)| *sp).collect();
     let mut expected = 0;
     let mut received = 0;
     let mut per_viewer = Vec::new();
@@ -319,8 +375,17 @@ pub fn delivery(viewers: &[ViewerRecord], speakers: &[SpeakerRecord]) -> Deliver
             dups += s.duplicates;
             ooo += s.reordered;
         }
+        for (speaker, track) in &v.layers {
+            let end = |l| if v.left_early { None } else { last.get(&(*speaker, Stream::Layer(l))).copied() };
+            for t in track.tallies(end).values() {
+                e += t.expected;
+                r += t.received;
+                lost += t.expected - t.received;
+            }
+        }
         if !v.left_early {
-            missing_streams += last.keys().filter(|k| !v.streams.contains_key(k)).count() as u64;
+            missing_streams += streams().filter(|k| !v.streams.contains_key(k)).count() as u64;
+            missing_streams += layer_streams.iter().filter(|sp| !v.layers.contains_key(sp)).count() as u64;
         }
         expected += e;
         received += r;
@@ -345,6 +410,137 @@ pub fn delivery(viewers: &[ViewerRecord], speakers: &[SpeakerRecord]) -> Deliver
         counted_from_headers: viewers.iter().map(|v| v.counted).sum(),
         missing_streams,
     }
+}
+
+/// The rid of layer `l`.
+fn rid(l: u8) -> String {
+    crate::speaker::RIDS.get(usize::from(l)).map_or_else(|| l.to_string(), |r| (*r).to_owned())
+}
+
+/// The highest layer a downlink of `cap_kbps` carries (see [`Class::expected_layer`]); the top one
+/// without a cap.
+pub fn expected_layer(plan: &SpeakerPlan, cap_kbps: u64) -> Option<u8> {
+    let streams = plan.video_streams();
+    let layers = streams.iter().filter_map(|(s, b)| s.layer().map(|l| (l, *b)));
+    let fits = |b: u64| cap_kbps == 0 || (b + plan.audio_bitrate()) as f64 * 1.1 <= 0.85 * (cap_kbps * 1000) as f64;
+    let mut best = None;
+    for (l, b) in layers {
+        if best.is_none() || fits(b) {
+            best = Some(l);
+        }
+    }
+    best
+}
+
+/// Most seconds a class's timeline covers.
+const TIMELINE_SECONDS: usize = 120;
+
+/// Per class: layers, delivery, freezes and feedback (see [`Class`]). Without a mix, one class of every
+/// viewer, without a cap.
+pub fn classes(
+    viewers: &[ViewerRecord],
+    speakers: &[SpeakerRecord],
+    plan: &SpeakerPlan,
+    mix: Option<&ViewerMix>,
+) -> Vec<Class> {
+    let one = [ViewerClass { cap_kbps: 0, percent: 100.0 }];
+    let list = mix.map_or(&one[..], |m| &m.classes[..]);
+    let last: BTreeMap<(u16, Stream), u64> =
+        speakers.iter().flat_map(|s| s.last_seq.iter().map(move |(k, v)| ((s.index, *k), *v))).collect();
+    let mut out = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let members: Vec<&ViewerRecord> =
+            viewers.iter().filter(|v| v.first_media.is_some() && v.class.unwrap_or(0) == i).collect();
+        let expected = plan.simulcast.then(|| expected_layer(plan, c.cap_kbps)).flatten();
+        let (mut at_end, mut on_expected, mut pairs, mut switches) = (BTreeMap::new(), 0, 0, 0usize);
+        let mut settle = Vec::new();
+        let mut time_on: BTreeMap<String, f64> = BTreeMap::new();
+        let mut timeline: Vec<BTreeMap<String, usize>> = Vec::new();
+        let mut tallies: BTreeMap<String, crate::stats::Tally> = BTreeMap::new();
+        let (mut expected_all, mut received_all) = (0u64, 0u64);
+        let mut freezes = Vec::new();
+        let mut feedback = Vec::new();
+        let mut rembs = 0.0;
+        for v in &members {
+            let end_at = v.first_media.unwrap_or_default() + v.watched;
+            for (speaker, track) in &v.layers {
+                pairs += 1;
+                switches += track.changes.len().saturating_sub(1);
+                if let Some(l) = track.on {
+                    *at_end.entry(rid(l)).or_insert(0) += 1;
+                    if Some(l) == expected {
+                        on_expected += 1;
+                        settle.extend(track.settled_at());
+                    }
+                }
+                for (k, &(t, l)) in track.changes.iter().enumerate() {
+                    let until = track.changes.get(k + 1).map_or(end_at, |&(n, _)| n);
+                    *time_on.entry(rid(l)).or_insert(0.0) += until.saturating_sub(t).as_secs_f64();
+                }
+                let seconds = (end_at.as_secs() as usize).min(TIMELINE_SECONDS);
+                if timeline.len() <= seconds {
+                    timeline.resize(seconds + 1, BTreeMap::new());
+                }
+                for (sec, slot) in timeline.iter_mut().enumerate().take(seconds + 1) {
+                    if let Some(l) = track.layer_at(Duration::from_secs(sec as u64)) {
+                        *slot.entry(rid(l)).or_insert(0) += 1;
+                    }
+                }
+                let end = |l| if v.left_early { None } else { last.get(&(*speaker, Stream::Layer(l))).copied() };
+                for (l, t) in track.tallies(end) {
+                    let sum = tallies.entry(rid(l)).or_default();
+                    sum.expected += t.expected;
+                    sum.received += t.received;
+                }
+            }
+            for (key, rx) in &v.streams {
+                let end = if v.left_early { None } else { last.get(key).copied() };
+                let (e, l) = rx.expected_and_lost(end);
+                expected_all += e;
+                received_all += e - l;
+            }
+            let minutes = v.watched.as_secs_f64() / 60.0;
+            let secs = v.watched.as_secs_f64().max(1.0);
+            freezes.push(if minutes > 0.0 { f64::from(v.freezes()) / minutes } else { 0.0 });
+            feedback.push(v.feedback_sent as f64 / secs);
+            rembs += v.rembs as f64 / secs;
+        }
+        for t in tallies.values() {
+            expected_all += t.expected;
+            received_all += t.received;
+        }
+        let total_time: f64 = time_on.values().sum();
+        let pct = |r: u64, e: u64| if e == 0 { 100.0 } else { 100.0 * r as f64 / e as f64 };
+        let n = members.len().max(1) as f64;
+        let worst_mean = |vals: &[f64]| WorstMean {
+            worst: vals.iter().copied().fold(0.0, f64::max),
+            mean: vals.iter().sum::<f64>() / n,
+        };
+        out.push(Class {
+            cap_kbps: c.cap_kbps,
+            share_pct: c.percent,
+            viewers: members.len(),
+            expected_layer: expected.map(rid),
+            at_end,
+            on_expected_at_end: on_expected,
+            pairs,
+            settle_ms: percentiles(settle.into_iter()),
+            time_on_layer_pct: time_on
+                .into_iter()
+                .map(|(k, t)| (k, if total_time > 0.0 { 100.0 * t / total_time } else { 0.0 }))
+                .collect(),
+            timeline,
+            layer_delivered_pct: tallies.iter().map(|(k, t)| (k.clone(), pct(t.received, t.expected))).collect(),
+            delivered_pct: pct(received_all, expected_all),
+            switches_per_pair: if pairs == 0 { 0.0 } else { switches as f64 / pairs as f64 },
+            freezes_per_minute: worst_mean(&freezes),
+            feedback_per_s: worst_mean(&feedback),
+            rembs_per_s: rembs / n,
+            downlink_drops: members.iter().map(|v| v.downlink_drops).sum(),
+            estimate_kbps: members.iter().filter_map(|v| v.estimate).sum::<u64>() as f64 / 1000.0 / n,
+        });
+    }
+    out
 }
 
 /// Speaker totals; the per-second keyframe request peak slides a one-second window over each speaker's
@@ -471,6 +667,9 @@ impl Report {
                 );
             }
         }
+        for c in self.classes.iter().flatten() {
+            class_lines(&mut o, c);
+        }
         let sp = &self.speakers;
         let _ = writeln!(
             o,
@@ -488,6 +687,56 @@ impl Report {
         let _ = writeln!(o, "{:<34} {}", "generator (this process)", usage_line(&self.generator));
         o
     }
+}
+
+/// A class's lines of the table.
+fn class_lines(o: &mut String, c: &Class) {
+    let cap = if c.cap_kbps == 0 { "no cap".to_owned() } else { format!("{} kbit/s", c.cap_kbps) };
+    let list = |m: &BTreeMap<String, usize>| m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(
+        o,
+        "{:<34} {} viewers ({} %); layer at the end: {} (expected {}: {} of {} pairs)",
+        format!("class {cap}"),
+        c.viewers,
+        c.share_pct,
+        if c.at_end.is_empty() { "-".to_owned() } else { list(&c.at_end) },
+        c.expected_layer.as_deref().unwrap_or("-"),
+        c.on_expected_at_end,
+        c.pairs
+    );
+    let layers = c.layer_delivered_pct.iter().map(|(k, p)| format!("{k} {p:.3} %")).collect::<Vec<_>>().join(", ");
+    let time = c.time_on_layer_pct.iter().map(|(k, p)| format!("{k} {p:.0} %")).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(
+        o,
+        "{:<34} delivered {:.3} % (on each layer: {}); time on layers: {}",
+        "",
+        c.delivered_pct,
+        if layers.is_empty() { "-".to_owned() } else { layers },
+        if time.is_empty() { "-".to_owned() } else { time }
+    );
+    let at = |s: usize| c.timeline.get(s).map_or_else(|| "-".to_owned(), list);
+    let _ = writeln!(
+        o,
+        "{:<34} settled p50 {:.0} ms, max {:.0} ms; at 2 s: {}; at 5 s: {}; at 10 s: {}",
+        "",
+        c.settle_ms.p50,
+        c.settle_ms.max,
+        at(2),
+        at(5),
+        at(10)
+    );
+    let _ = writeln!(
+        o,
+        "{:<34} freezes/min worst {:.2} mean {:.2}; feedback {:.1}/s (REMB {:.1}/s, last {:.0} kbit/s); {:.1} switches per pair; {} dropped by the cap",
+        "",
+        c.freezes_per_minute.worst,
+        c.freezes_per_minute.mean,
+        c.feedback_per_s.mean,
+        c.rembs_per_s,
+        c.estimate_kbps,
+        c.switches_per_pair,
+        c.downlink_drops
+    );
 }
 
 /// One table line of microsecond percentiles, printed in milliseconds.

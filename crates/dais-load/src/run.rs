@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::procfs::Sampler;
 use crate::report::{self, ProcessUsage, Report, Scenario, Viewers};
 use crate::sendlog::SendLog;
-use crate::shard::{BlipPlan, Cmd, Progress, Shard, Target, Transport};
+use crate::shard::{BlipPlan, Cmd, Progress, Shard, Target, Transport, ViewerMix};
 use crate::speaker::SpeakerPlan;
 use crate::stamp::Clock;
 use crate::stats::{latency_histogram, FanoutRecorder};
@@ -76,6 +76,10 @@ pub struct LoadConfig {
     pub transport: Transport,
     /// An outage for a share of the viewers in the middle of the measured phase.
     pub blip: Option<BlipPlan>,
+    /// Speakers send three simulcast layers.
+    pub simulcast: bool,
+    /// Viewer classes by downlink cap, and the flag's text for the report.
+    pub viewer_mix: Option<(ViewerMix, String)>,
 }
 
 /// Longest wait for all speakers to connect.
@@ -155,7 +159,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
     let pid_text = server_pid.map(|p| p.to_string());
 
     let clock = Clock::new();
-    let plan = SpeakerPlan { video_bitrate: cfg.video_bitrate, fps: cfg.fps };
+    let plan = SpeakerPlan { video_bitrate: cfg.video_bitrate, fps: cfg.fps, simulcast: cfg.simulcast };
     let target = Arc::new(Target {
         url: url.clone(),
         room: cfg.room.clone(),
@@ -167,6 +171,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         send_log: Arc::new(SendLog::new(cfg.speakers)),
         transport: cfg.transport,
         blip: cfg.blip,
+        viewer_mix: cfg.viewer_mix.as_ref().map(|(m, _)| m.clone()),
     });
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -356,6 +361,8 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             generator_threads: threads,
             all_viewers_decrypt: cfg.decrypt_one_in <= 1,
             decrypt_one_in: cfg.decrypt_one_in.max(1),
+            simulcast: cfg.simulcast,
+            viewer_mix: cfg.viewer_mix.as_ref().map(|(_, text)| text.clone()),
         },
         viewers: Viewers {
             started: viewers.len(),
@@ -376,6 +383,9 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         server_forward_us,
         delivery: report::delivery(&viewers, &speakers),
         blip: cfg.blip.map(|b| report::blip(&viewers, b)),
+        classes: target
+            .viewers_estimate()
+            .then(|| report::classes(&viewers, &speakers, &plan, target.viewer_mix.as_ref())),
         transport: match cfg.transport {
             Transport::Udp => "udp".into(),
             Transport::Tcp => "tcp".into(),

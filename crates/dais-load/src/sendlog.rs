@@ -54,6 +54,8 @@ impl SendLog {
         let s = match stream {
             Stream::Audio => 0,
             Stream::Video => 1,
+            // Simulcast runs decrypt every packet (`--simulcast` refuses `--decrypt-one-in`).
+            Stream::Layer(_) => return None,
         };
         Some((speaker * 2 + s) * LOG_LEN + (seq % LOG_LEN as u64) as usize)
     }

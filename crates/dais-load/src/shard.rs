@@ -48,6 +48,77 @@ pub struct Target {
     pub transport: Transport,
     /// The outage some viewers go through mid-run (`--blip`).
     pub blip: Option<BlipPlan>,
+    /// Viewer classes by downlink cap (`--viewer-mix`).
+    pub viewer_mix: Option<ViewerMix>,
+}
+
+impl Target {
+    /// Whether viewers estimate their downlink and send REMB, as browsers do: with simulcast or a mix.
+    pub fn viewers_estimate(&self) -> bool {
+        self.speaker.simulcast || self.viewer_mix.is_some()
+    }
+}
+
+/// One class of `--viewer-mix`: a downlink cap and its share of the viewers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewerClass {
+    /// The cap in kbit/s; 0: none.
+    pub cap_kbps: u64,
+    /// Percent of the viewers.
+    pub percent: f64,
+}
+
+/// Viewer classes by downlink cap (`--viewer-mix 400:30,1200:30,0:40`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewerMix {
+    /// The classes in the order given.
+    pub classes: Vec<ViewerClass>,
+}
+
+impl ViewerMix {
+    /// Parse `KBPS:PERCENT,...`: the percents must add up to 100, caps are 0 (none) or 16 to 10,000,000.
+    pub fn parse(s: &str) -> Result<ViewerMix, String> {
+        let mut classes = Vec::new();
+        for part in s.split(',') {
+            let (cap, pct) = part
+                .split_once(':')
+                .ok_or_else(|| format!("--viewer-mix: `{part}` is not KBPS:PERCENT (e.g. 400:30)"))?;
+            let cap_kbps: u64 =
+                cap.trim().parse().map_err(|_| format!("--viewer-mix: `{cap}` is not a whole number of kbit/s"))?;
+            if cap_kbps != 0 && !(16..=10_000_000).contains(&cap_kbps) {
+                return Err(format!("--viewer-mix: a cap is 0 (none) or 16 to 10000000 kbit/s, not {cap_kbps}"));
+            }
+            let percent: f64 = pct.trim().parse().map_err(|_| format!("--viewer-mix: `{pct}` is not a percentage"))?;
+            if !(percent > 0.0 && percent <= 100.0) {
+                return Err(format!("--viewer-mix: a share is above 0 and at most 100 percent, not {percent}"));
+            }
+            classes.push(ViewerClass { cap_kbps, percent });
+        }
+        let total: f64 = classes.iter().map(|c| c.percent).sum();
+        if (total - 100.0).abs() > 0.01 {
+            return Err(format!("--viewer-mix: the shares add up to {total} percent, not 100"));
+        }
+        if classes.len() > 16 {
+            return Err("--viewer-mix: at most 16 classes".into());
+        }
+        Ok(ViewerMix { classes })
+    }
+
+    /// The class of viewer `index`: viewers are spread over the classes by a low-discrepancy sequence,
+    /// so that any run of consecutive viewers matches the shares closely (20 viewers of 30/30/40 are
+    /// 6, 6 and 8).
+    pub fn class_of(&self, index: usize) -> usize {
+        // The fractional part of index times the golden ratio, in [0, 100).
+        let x = ((index as f64 + 0.5) * 0.618_033_988_749_895).fract() * 100.0;
+        let mut upto = 0.0;
+        for (i, c) in self.classes.iter().enumerate() {
+            upto += c.percent;
+            if x < upto {
+                return i;
+            }
+        }
+        self.classes.len().saturating_sub(1)
+    }
 }
 
 /// How viewers carry their media (`--transport`).
@@ -273,3 +344,41 @@ trait AwaitInto: std::future::Future + Sized {
 }
 
 impl<F: std::future::Future> AwaitInto for F {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_viewer_mix_parses_and_spreads_viewers_by_share() {
+        let mix = ViewerMix::parse("400:30,1200:30,0:40").expect("valid");
+        assert_eq!(mix.classes.len(), 3);
+        assert_eq!(mix.classes[0], ViewerClass { cap_kbps: 400, percent: 30.0 });
+        assert_eq!(mix.classes[2].cap_kbps, 0);
+        for n in [20usize, 100, 1000] {
+            let mut counts = [0usize; 3];
+            for i in 0..n {
+                counts[mix.class_of(i)] += 1;
+            }
+            let want = [n * 30 / 100, n * 30 / 100, n * 40 / 100];
+            for (c, w) in counts.iter().zip(want) {
+                assert!(c.abs_diff(w) <= 1 + n / 100, "{n} viewers: {counts:?}, want about {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bad_viewer_mix_is_a_clear_error() {
+        for (bad, says) in [
+            ("400:30,1200:30", "add up to 60"),
+            ("400", "not KBPS:PERCENT"),
+            ("fast:100", "not a whole number"),
+            ("400:lots", "not a percentage"),
+            ("8:100", "16 to 10000000"),
+            ("400:0,0:100", "above 0"),
+        ] {
+            let e = ViewerMix::parse(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

@@ -21,20 +21,39 @@ pub const FLAG_KEYFRAME: u8 = 0x01;
 /// Flag: the packet is the first of its frame.
 pub const FLAG_FRAME_START: u8 = 0x02;
 
-/// Which of a speaker's two streams a packet belongs to.
+/// Which of a speaker's streams a packet belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stream {
     /// The Opus-like stream, 50 packets/s.
     Audio,
-    /// The VP8-like stream.
+    /// The VP8-like stream of a speaker that sends one.
     Video,
+    /// Simulcast layer `n` of a speaker's VP8-like video (`--simulcast`), 0 the lowest.
+    Layer(u8),
 }
 
+/// Simulcast layers a speaker sends with `--simulcast`.
+pub const LAYERS: u8 = 3;
+
 impl Stream {
+    /// Whether this is video (one stream or a layer).
+    pub fn is_video(self) -> bool {
+        self != Stream::Audio
+    }
+
+    /// The simulcast layer, if this is one.
+    pub fn layer(self) -> Option<u8> {
+        match self {
+            Stream::Layer(n) => Some(n),
+            _ => None,
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Stream::Audio => 0,
             Stream::Video => 1,
+            Stream::Layer(n) => 2 + n.min(LAYERS - 1),
         }
     }
 
@@ -42,6 +61,7 @@ impl Stream {
         match c {
             0 => Some(Stream::Audio),
             1 => Some(Stream::Video),
+            c if (2..2 + LAYERS).contains(&c) => Some(Stream::Layer(c - 2)),
             _ => None,
         }
     }
@@ -144,17 +164,27 @@ impl Default for Clock {
 /// Build one synthetic payload of `len` bytes (at least [`STAMP_LEN`] + 10) carrying `stamp`.
 ///
 /// Video: RFC 7741 descriptor with S set on a frame's first packet and PID 0; the first packet also carries a
-/// VP8 payload header (P=0 and the start code on key frames). Audio: a CELT TOC byte. The filler is
+/// VP8 payload header (P=0, the start code and the frame size on key frames: 640x480 for one stream,
+/// 320x180, 640x360 and 1280x720 for simulcast layers 0, 1 and 2). Audio: a CELT TOC byte. The filler is
 /// arbitrary but fixed, so that the SFU and str0m see realistic sizes.
 pub fn payload(stamp: &Stamp, len: usize) -> Vec<u8> {
     let len = len.max(STAMP_LEN + 10);
     let mut v = vec![0u8; len];
     match stamp.stream {
-        Stream::Video => {
+        Stream::Video | Stream::Layer(_) => {
             let start = stamp.flags & FLAG_FRAME_START != 0;
+            // Width and height, 14 bits little-endian each (no scaling).
+            let size: [u8; 4] = match stamp.stream {
+                Stream::Layer(0) => [0x40, 0x01, 0xb4, 0x00],
+                Stream::Layer(1) => [0x80, 0x02, 0x68, 0x01],
+                Stream::Layer(_) => [0x00, 0x05, 0xd0, 0x02],
+                _ => [0x80, 0x02, 0xe0, 0x01],
+            };
+            // Descriptor, a 3-byte frame tag (P=0), the start code, the size.
+            let key = [0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, size[0], size[1], size[2], size[3]];
             let head: &[u8] = match (start, stamp.flags & FLAG_KEYFRAME != 0) {
-                // S=1 PID=0; P=0 (key frame), start code, 640x480.
-                (true, true) => &[0x10, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01],
+                // S=1 PID=0; P=0 (key frame).
+                (true, true) => &key,
                 // S=1 PID=0; P=1 (interframe).
                 (true, false) => &[0x10, 0x01, 0x00, 0x11],
                 // Continuation: S=0.
@@ -188,9 +218,13 @@ mod tests {
 
     #[test]
     fn stamps_round_trip_through_payloads() {
-        for (stream, flags, len) in
-            [(Stream::Video, FLAG_KEYFRAME | FLAG_FRAME_START, 1200), (Stream::Video, 0, 900), (Stream::Audio, 0, 160)]
-        {
+        for (stream, flags, len) in [
+            (Stream::Video, FLAG_KEYFRAME | FLAG_FRAME_START, 1200),
+            (Stream::Video, 0, 900),
+            (Stream::Audio, 0, 160),
+            (Stream::Layer(0), FLAG_FRAME_START, 600),
+            (Stream::Layer(2), FLAG_KEYFRAME | FLAG_FRAME_START, 1200),
+        ] {
             let s = Stamp { speaker: 3, stream, flags, seq: 1 << 40, sent_ns: 123_456_789 };
             let p = payload(&s, len);
             assert_eq!(p.len(), len);
@@ -209,6 +243,12 @@ mod tests {
         assert!(!vp8(&payload(&inter, 1200)));
         assert!(!vp8(&payload(&cont, 1200)));
         assert!(key.starts_keyframe() && !inter.starts_keyframe() && !cont.starts_keyframe());
+        // Each layer's key frames carry its size, as a camera's simulcast encodings do.
+        for (layer, size) in [(0, (320, 180)), (1, (640, 360)), (2, (1280, 720))] {
+            let p = payload(&Stamp { stream: Stream::Layer(layer), ..key }, 1200);
+            assert!(vp8(&p));
+            assert_eq!(dais_forward::vp8::dimensions(&p), Some(size), "layer {layer}");
+        }
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! decided at the end of the run, against the last sequence number each speaker really sent, so packets
 //! lost at the tail count too. Latency (speaker send -> viewer receive, after SRTP decryption) goes into one
 //! hdrhistogram per shard thread.
+//!
+//! Simulcast video ([`LayerTrack`], one per speaker) is counted by *stint*: the run of packets of one
+//! layer from the first one received after the SFU moved the viewer onto it until it moved the viewer
+//! off. A stint expects every packet from its first to its last (to the speaker's last at the end of the
+//! run), so a layer's delivery is measured over the packets sent while the viewer was on it. The same
+//! track records every layer change and the freezes: gaps of more than [`FREEZE_GAP`] between new video
+//! packets of a speaker.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
@@ -15,6 +22,9 @@ use crate::stamp::{Stamp, Stream};
 
 /// Sequence numbers remembered behind the highest one, for duplicate detection.
 const WINDOW: u64 = 1024;
+
+/// A gap between new video packets of one speaker longer than this is a freeze.
+pub const FREEZE_GAP: Duration = Duration::from_millis(500);
 
 /// Receive state of one speaker stream at one viewer.
 #[derive(Debug, Clone)]
@@ -129,6 +139,121 @@ pub struct ViewerRecord {
     pub counted: u64,
     /// What the blip did to this viewer, if it was cut (`--blip`).
     pub blip: Option<BlipRecord>,
+    /// Its `--viewer-mix` class.
+    pub class: Option<usize>,
+    /// Per speaker, its simulcast layers as received.
+    pub layers: BTreeMap<u16, LayerTrack>,
+    /// Per speaker, the freezes of its video.
+    pub gaps: BTreeMap<u16, Gaps>,
+    /// Datagrams this viewer sent (RTCP feedback, STUN) from its first media packet to its end.
+    pub feedback_sent: u64,
+    /// REMBs it sent.
+    pub rembs: u64,
+    /// From its first media packet to its end.
+    pub watched: Duration,
+    /// Datagrams its emulated downlink dropped (queue full).
+    pub downlink_drops: u64,
+    /// Its last downlink estimate, bits per second.
+    pub estimate: Option<u64>,
+}
+
+/// Packets expected and received over a layer's stints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Expected.
+    pub expected: u64,
+    /// Received (unique).
+    pub received: u64,
+}
+
+/// Freezes of one speaker's video at one viewer: gaps longer than [`FREEZE_GAP`] between new packets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gaps {
+    last: Option<Duration>,
+    /// Gaps longer than [`FREEZE_GAP`].
+    pub freezes: u32,
+}
+
+impl Gaps {
+    /// A new video packet arrived `at` after the viewer started.
+    pub fn packet(&mut self, at: Duration) {
+        if self.last.is_some_and(|t| at.saturating_sub(t) > FREEZE_GAP) {
+            self.freezes += 1;
+        }
+        self.last = Some(self.last.map_or(at, |t| t.max(at)));
+    }
+}
+
+/// One speaker's simulcast layers at one viewer (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct LayerTrack {
+    /// The layer being received.
+    pub on: Option<u8>,
+    /// Every change of layer: when (since the viewer started) and to which.
+    pub changes: Vec<(Duration, u8)>,
+    /// The open stint.
+    open: Option<StreamRx>,
+    /// Per layer, its closed stints.
+    closed: BTreeMap<u8, Tally>,
+    /// Per layer, the highest sequence number ever received: a packet at or below it belongs to a stint
+    /// already closed (a retransmission or probe that came late).
+    highest: BTreeMap<u8, u64>,
+    /// Packets of a closed stint that arrived after it closed.
+    pub late: u64,
+}
+
+impl LayerTrack {
+    /// Packet `seq` of `layer` arrived `at` after the viewer started; false if it was not new.
+    pub fn record(&mut self, layer: u8, seq: u64, at: Duration) -> bool {
+        let newer = self.highest.get(&layer).is_none_or(|&h| seq > h);
+        let new = if self.on == Some(layer) {
+            self.open.as_mut().is_some_and(|rx| rx.record(seq))
+        } else if newer {
+            self.close();
+            self.on = Some(layer);
+            self.changes.push((at, layer));
+            self.open = Some(StreamRx::new(seq));
+            true
+        } else {
+            self.late += 1;
+            false
+        };
+        if newer {
+            self.highest.insert(layer, seq);
+        }
+        new
+    }
+
+    fn close(&mut self) {
+        if let (Some(rx), Some(layer)) = (self.open.take(), self.on) {
+            let t = self.closed.entry(layer).or_default();
+            t.expected += rx.highest - rx.first + 1;
+            t.received += rx.unique;
+        }
+    }
+
+    /// Per layer, expected and received over every stint; the open one up to `last(layer)` (the
+    /// speaker's last sequence number) when given.
+    pub fn tallies(&self, last: impl Fn(u8) -> Option<u64>) -> BTreeMap<u8, Tally> {
+        let mut out = self.closed.clone();
+        if let (Some(rx), Some(layer)) = (&self.open, self.on) {
+            let (expected, lost) = rx.expected_and_lost(last(layer));
+            let t = out.entry(layer).or_default();
+            t.expected += expected;
+            t.received += expected - lost;
+        }
+        out
+    }
+
+    /// The layer this viewer was on at `at` after it started.
+    pub fn layer_at(&self, at: Duration) -> Option<u8> {
+        self.changes.iter().take_while(|(t, _)| *t <= at).last().map(|&(_, l)| l)
+    }
+
+    /// When the viewer moved onto the layer it ended on.
+    pub fn settled_at(&self) -> Option<Duration> {
+        self.changes.last().map(|&(t, _)| t)
+    }
 }
 
 /// One cut viewer's way back from the blip, timed from the end of the outage.
@@ -143,15 +268,29 @@ pub struct BlipRecord {
 }
 
 impl ViewerRecord {
-    /// Account for one received, stamped packet; false if this viewer already had it.
-    pub fn record(&mut self, stamp: &Stamp) -> bool {
-        match self.streams.get_mut(&(stamp.speaker, stamp.stream)) {
-            Some(s) => s.record(stamp.seq),
-            None => {
-                self.streams.insert((stamp.speaker, stamp.stream), StreamRx::new(stamp.seq));
-                true
+    /// Account for one received, stamped packet that arrived `at` after the viewer started; false if this
+    /// viewer already had it.
+    pub fn record(&mut self, stamp: &Stamp, at: Duration) -> bool {
+        let new = if let Some(layer) = stamp.stream.layer() {
+            self.layers.entry(stamp.speaker).or_default().record(layer, stamp.seq, at)
+        } else {
+            match self.streams.get_mut(&(stamp.speaker, stamp.stream)) {
+                Some(s) => s.record(stamp.seq),
+                None => {
+                    self.streams.insert((stamp.speaker, stamp.stream), StreamRx::new(stamp.seq));
+                    true
+                }
             }
+        };
+        if new && stamp.stream.is_video() {
+            self.gaps.entry(stamp.speaker).or_default().packet(at);
         }
+        new
+    }
+
+    /// Freezes of every speaker's video.
+    pub fn freezes(&self) -> u32 {
+        self.gaps.values().map(|g| g.freezes).sum()
     }
 }
 
@@ -293,6 +432,45 @@ mod tests {
         let mut few = FanoutRecorder::default();
         few.record(&stamp, 5);
         assert_eq!(few.packets[&(0, Stream::Video, 7)].first_viewers_us(), None);
+    }
+
+    #[test]
+    fn layers_are_counted_by_stint_and_gaps_are_freezes() {
+        let ms = Duration::from_millis;
+        let mut t = LayerTrack::default();
+        // Layer 0, packets 10..20 with 15 lost; then layer 1 from 100 (a switch), 100..110; a late
+        // retransmission of layer 0's 15; back to layer 0 at 40 after a 600 ms gap.
+        for q in (10..20).filter(|&q| q != 15) {
+            assert!(t.record(0, q, ms(q * 10)));
+        }
+        for q in 100..110 {
+            t.record(1, q, ms(200 + q));
+        }
+        assert!(!t.record(0, 15, ms(310)), "late: its stint closed");
+        assert!(t.record(0, 40, ms(910)));
+        assert!(!t.record(0, 40, ms(911)), "a duplicate (a probe)");
+        assert_eq!(t.on, Some(0));
+        assert_eq!(t.changes, vec![(ms(100), 0), (ms(300), 1), (ms(910), 0)]);
+        assert_eq!(t.layer_at(ms(350)), Some(1));
+        assert_eq!(t.settled_at(), Some(ms(910)));
+        assert_eq!(t.late, 1);
+        let tallies = t.tallies(|l| (l == 0).then_some(44));
+        assert_eq!(tallies[&0], Tally { expected: 10 + 5, received: 9 + 1 }, "40..=44 expected at the end");
+        assert_eq!(tallies[&1], Tally { expected: 10, received: 10 });
+    }
+
+    #[test]
+    fn gaps_over_half_a_second_between_new_video_packets_are_freezes() {
+        let ms = Duration::from_millis;
+        let mut v = ViewerRecord::default();
+        let video = |seq| Stamp { speaker: 0, stream: Stream::Layer(1), flags: 0, seq, sent_ns: 0 };
+        v.record(&video(1), ms(0));
+        v.record(&video(2), ms(400));
+        v.record(&video(2), ms(1000)); // a probe: a copy, not a picture
+        v.record(&video(3), ms(1000)); // 600 ms after the last new one
+        v.record(&Stamp { stream: Stream::Audio, ..video(9) }, ms(2000)); // audio never freezes
+        v.record(&video(4), ms(1400));
+        assert_eq!(v.freezes(), 1);
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! ([`Peer::cut`]; with `drop_signaling` their socket is lost too and resumed when it ends); the first
 //! media packet after it asks for a key frame, as a decoder would, every second until one comes, and
 //! both times are recorded from the end of the outage.
+//!
+//! With `--simulcast` or `--viewer-mix` a viewer estimates its downlink and sends REMB as a browser does,
+//! behind its class's emulated cap if it has one ([`crate::link`]); its record then says which layer it
+//! received when, its freezes and the feedback it sent.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -24,7 +28,7 @@ use crate::peer::{Got, Peer};
 use crate::shard::Ctx;
 use crate::shard::{Target, Transport};
 use crate::signal::{Incoming, Signal, SignalHandle};
-use crate::stamp::{Stamp, Stream};
+use crate::stamp::Stamp;
 use crate::stats::{BlipRecord, ViewerRecord};
 use crate::Failure;
 
@@ -50,6 +54,7 @@ pub async fn run(ctx: Rc<Ctx>, index: usize, leave_at: Option<Instant>) -> Viewe
         ctx: ctx.clone(),
         cut_end: None,
         want_keyframe: false,
+        media_since: None,
     };
     if let Err(f) = v.watch(index, leave_at).await {
         let failed = ctx.progress.viewers_failed.fetch_add(1, Ordering::Relaxed);
@@ -75,6 +80,8 @@ struct Viewer {
     cut_end: Option<Instant>,
     /// Ask for a key frame: media came back after the outage and none arrived yet.
     want_keyframe: bool,
+    /// When the peer's counters were first read after media arrived, and its datagrams sent then.
+    media_since: Option<(Instant, u64)>,
 }
 
 /// Close codes after which a viewer does not resume: its own leave, not UTF-8, too big, kicked, room
@@ -102,6 +109,7 @@ impl Viewer {
         let ctx = self.ctx.clone();
         let target = &ctx.target;
         let name = format!("viewer-{index}");
+        self.rec.class = target.viewer_mix.as_ref().map(|m| m.class_of(index));
         let mut sig = Signal::connect(&target.url).await.map_err(Failure::with("connect_failed"))?;
         let token = crate::token(target, &name, Role::Viewer)?;
         sig.join(&target.room, &name, Role::Viewer, token).await.map_err(Failure::with("ws_closed"))?;
@@ -166,6 +174,7 @@ impl Viewer {
                         })
                         .map_err(Failure::with("media_failed"))?;
                         self.rec.counted = p.counted();
+                        self.note_peer(p);
                         if self.want_keyframe && !std::mem::replace(&mut asked_once, true) {
                             p.request_keyframes();
                         }
@@ -176,7 +185,12 @@ impl Viewer {
                 }
                 _ = &mut sleep, if peer.is_some() => {
                     if let Some(p) = peer.as_mut() {
-                        p.tick(&mut |e, at| self.on_event(e, at)).map_err(Failure::with("media_failed"))?;
+                        p.tick(&mut |g, at| match g {
+                            Got::Event(e) => self.on_event(e, at),
+                            Got::Counted(stamp) => self.on_stamp(stamp, at),
+                        })
+                        .map_err(Failure::with("media_failed"))?;
+                        self.note_peer(p);
                     }
                 }
                 _ = stop.changed() => {
@@ -249,6 +263,16 @@ impl Viewer {
                                     if counting {
                                         p.count_headers(target.send_log.clone());
                                     }
+                                    if target.viewers_estimate() {
+                                        let cap = target
+                                            .viewer_mix
+                                            .as_ref()
+                                            .zip(self.rec.class)
+                                            .and_then(|(m, c)| m.classes.get(c))
+                                            .map(|c| c.cap_kbps * 1000)
+                                            .filter(|&c| c > 0);
+                                        p.set_downlink(cap, Instant::now());
+                                    }
                                     p
                                 }
                             };
@@ -279,6 +303,24 @@ impl Viewer {
                     }
                 }
             }
+        }
+    }
+
+    /// Copy the peer's counters of feedback and the downlink into the record.
+    fn note_peer(&mut self, p: &Peer) {
+        match self.media_since {
+            None if self.rec.first_media.is_some() => self.media_since = Some((Instant::now(), p.sent)),
+            None => {}
+            Some((t, sent)) => {
+                self.rec.feedback_sent = p.sent - sent;
+                self.rec.watched = t.elapsed();
+            }
+        }
+        self.rec.rembs = p.rembs;
+        self.rec.downlink_drops = p.downlink_drops();
+        if *self.ctx.sending.borrow() {
+            // Not after the speakers stop: the estimate then falls with what arrives.
+            self.rec.estimate = p.estimate().or(self.rec.estimate);
         }
     }
 
@@ -313,13 +355,13 @@ impl Viewer {
                     b.media_after = Some(now - end);
                     self.want_keyframe = true;
                 }
-                if b.keyframe_after.is_none() && stamp.stream == Stream::Video && stamp.starts_keyframe() {
+                if b.keyframe_after.is_none() && stamp.stream.is_video() && stamp.starts_keyframe() {
                     b.keyframe_after = Some(now - end);
                     self.want_keyframe = false;
                 }
             }
         }
-        let first_copy = self.rec.record(&stamp);
+        let first_copy = self.rec.record(&stamp, now.saturating_duration_since(self.start));
         let us = now.saturating_duration_since(self.ctx.clock.at(stamp.sent_ns)).as_micros();
         let us = u64::try_from(us).unwrap_or(u64::MAX).max(1);
         self.ctx.latency.borrow_mut().saturating_record(us);

@@ -200,6 +200,53 @@ fn viewers_cut_off_for_a_second_resume_and_see_media_and_a_key_frame_again() {
     assert_eq!(field(&report, "blip.keyframe_after_ms.count"), cut, "{stdout}");
 }
 
+/// A simulcast keynote whose viewers sit behind three downlinks: 400 kbit/s, 1.2 Mbit/s and none. Each
+/// class must end on the layer its link carries (q, h, f), with its packets on that layer delivered, and
+/// its viewers must have sent REMB.
+#[test]
+fn each_viewer_class_ends_on_the_layer_its_link_carries() {
+    let dais = dais_bin();
+    let dir = std::env::temp_dir().join(format!("dais-load-test-mix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_dais-load"))
+        .args(["--spawn-server", "--server-bin"])
+        .arg(&dais)
+        .args(["--preset", "keynote", "--viewers", "10", "--join-rate", "20", "--duration", "15", "--quiet"])
+        .args(["--simulcast", "--viewer-mix", "400:30,1200:30,0:40", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run dais-load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dais-load failed: {}\n{stdout}\n{stderr}", out.status);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report")).expect("it parses");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(field(&report, "viewers.joined"), 10, "{stdout}");
+    assert_eq!(field(&report, "scenario.simulcast"), true);
+    let classes = field(&report, "classes").as_array().expect("a list of classes");
+    assert_eq!(classes.len(), 3, "{stdout}");
+    for (class, (cap, layer)) in classes.iter().zip([(400, "q"), (1200, "h"), (0, "f")]) {
+        assert_eq!(field(class, "cap_kbps"), cap);
+        assert_eq!(field(class, "expected_layer"), layer, "{stdout}");
+        let viewers = field(class, "viewers").as_u64().expect("a number");
+        assert!(viewers >= 2, "class {cap}: {viewers} viewers:\n{stdout}");
+        assert_eq!(field(class, "pairs"), viewers, "one speaker:\n{stdout}");
+        assert_eq!(field(class, "on_expected_at_end"), viewers, "class {cap} ends on {layer}:\n{stdout}");
+        assert_eq!(field(class, &format!("at_end.{layer}")), viewers, "{stdout}");
+        let delivered = field(class, &format!("layer_delivered_pct.{layer}")).as_f64().expect("a number");
+        assert!(delivered >= 99.0, "class {cap}: {delivered} % of {layer} delivered:\n{stdout}");
+        let rembs = field(class, "rembs_per_s").as_f64().expect("a number");
+        assert!(rembs >= 0.5, "class {cap}: {rembs} REMB/s:\n{stdout}");
+    }
+    // The estimates reflect the caps: below each cap, and above the top layer without one.
+    let estimate = |c: &Value| field(c, "estimate_kbps").as_f64().expect("a number");
+    assert!(estimate(&classes[0]) <= 400.0 && estimate(&classes[1]) <= 1200.0, "{stdout}");
+    assert!(estimate(&classes[2]) > 1500.0, "{stdout}");
+    assert!(stdout.contains("class 400 kbit/s"), "{stdout}");
+}
+
 #[test]
 fn help_documents_every_flag_and_preset() {
     let out = Command::new(env!("CARGO_BIN_EXE_dais-load")).arg("--help").output().expect("run dais-load --help");
@@ -229,6 +276,8 @@ fn help_documents_every_flag_and_preset() {
         "--blip",
         "--blip-share",
         "--blip-drop-signaling",
+        "--simulcast",
+        "--viewer-mix",
         "--json",
         "--quiet",
     ] {
@@ -248,4 +297,22 @@ fn a_server_that_is_not_there_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("speaker 0 failed: connect_failed"), "{stderr}");
+}
+
+#[test]
+fn bad_simulcast_and_mix_flags_are_clear_errors() {
+    for (args, says) in [
+        (&["--viewer-mix", "400:30,0:30"][..], "add up to 60"),
+        (&["--viewer-mix", "400:100", "--transport", "tcp"][..], "UDP downlinks"),
+        (&["--simulcast", "--decrypt-one-in", "4"][..], "leave out --decrypt-one-in"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dais-load"))
+            .args(["--url", "ws://127.0.0.1:9/ws", "--quiet"])
+            .args(args)
+            .output()
+            .expect("run dais-load");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
