@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dais_forward::speech::LevelMeter;
 use dais_forward::{
     ConsumerId, ConsumerSpec, DropReason, KeyframeKind, LayerCensus, LayerId, Output, ProducerId, ProducerSpec, Router,
     RouterConfig, RtpIn,
@@ -120,6 +121,8 @@ struct ProducerRec {
     key: ProducerKey,
     kind: Kind,
     specs: Vec<CodecSpec>,
+    /// A local audio producer's audio levels, summarised for the active-speaker detector.
+    meter: Option<LevelMeter>,
 }
 
 struct Slot {
@@ -340,8 +343,13 @@ impl Hub {
             PeerMessage::MirrorAdd(m) => {
                 let kind = m.spec.kind;
                 let pid = self.router.add_producer(now, m.spec);
-                let rec =
-                    ProducerRec { origin: Origin::Mirror { home: m.home }, key: m.producer, kind, specs: m.specs };
+                let rec = ProducerRec {
+                    origin: Origin::Mirror { home: m.home },
+                    key: m.producer,
+                    kind,
+                    specs: m.specs,
+                    meter: None,
+                };
                 self.producers.insert(pid, rec);
                 self.keys.insert(m.producer, pid);
             }
@@ -509,7 +517,8 @@ impl Hub {
         // Mirrors exist before anyone hears of the producer, so no subscription can arrive first.
         let mirror = Mirror { producer: key, home: self.index, spec, specs: p.specs.clone() };
         self.tell_others(|| PeerMessage::MirrorAdd(mirror.clone()));
-        self.producers.insert(pid, ProducerRec { origin: Origin::Local(id), key, kind: p.kind, specs: p.specs });
+        let meter = (p.kind == Kind::Audio).then(LevelMeter::default);
+        self.producers.insert(pid, ProducerRec { origin: Origin::Local(id), key, kind: p.kind, specs: p.specs, meter });
         self.keys.insert(key, pid);
         info!(?id, mid = %p.mid, ?key, codec = %p.codec_name, layers, "producer added");
         let event = SessionEvent::ProducerAdded { producer: key, kind: p.kind, codec: p.codec_name };
@@ -567,6 +576,7 @@ impl Hub {
         // Packets the home router drops for what they are (paused, unknown payload type, ...) are not
         // relayed: each such drop is counted once, here.
         let key = self.producers.get(&pid).map(|p| p.key);
+        self.meter_audio(now, pid, &packet);
         if let (true, Some(key), Ok(())) = (self.workers > 1, key, self.router.admits(now, pid, &packet)) {
             // The other workers start on their viewers while this one serves its own.
             let relayed = Arc::new(Relayed { producer: key, packet: packet.clone(), arrival });
@@ -576,6 +586,18 @@ impl Hub {
             }
         }
         self.route(now, pid, packet, arrival);
+    }
+
+    /// A local audio packet's level (RFC 6464) into its producer's meter; each finished window goes to
+    /// the publisher's session owner as [`SessionEvent::AudioActivity`] (about 5 a second).
+    fn meter_audio(&mut self, now: Instant, pid: ProducerId, packet: &RtpIn) {
+        let Some(level) = packet.ext.audio_level else { return };
+        let Some(rec) = self.producers.get_mut(&pid) else { return };
+        let (Origin::Local(session), Some(meter)) = (&rec.origin, rec.meter.as_mut()) else { return };
+        if let Some(activity) = meter.count(now, level.unsigned_abs()) {
+            let event = SessionEvent::AudioActivity { producer: rec.key, activity };
+            self.out.push_back(HubOutput::Event(*session, event));
+        }
     }
 
     /// One packet through this worker's router, its copies written to the consumers' sessions.

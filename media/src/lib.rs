@@ -139,6 +139,16 @@ pub enum SessionEvent {
         /// The producer.
         producer: ProducerKey,
     },
+    /// One of this session's audio producers finished a window of
+    /// [`dais_forward::speech::METER_WINDOW`]: `activity` is the percentage of its packets whose
+    /// RFC 6464 audio level was voice ([`dais_forward::speech::LevelMeter`]). Only for packets that
+    /// carry the extension.
+    AudioActivity {
+        /// The producer.
+        producer: ProducerKey,
+        /// 0 to 100.
+        activity: u8,
+    },
 }
 
 /// How long a session may take from its first completed SDP exchange to a connected DTLS transport.

@@ -158,6 +158,9 @@ impl Signaling {
             }
         }
         r.count_viewer(role == Role::Viewer);
+        if role == Role::Viewer {
+            r.forget_speaker(std::time::Instant::now(), id);
+        }
         drop(rooms);
         self.control(id, Control::SetRole(role));
         self.media.set_publisher(session, role == Role::Speaker);

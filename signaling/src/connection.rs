@@ -332,6 +332,11 @@ impl Signaling {
                     }
                     None => {}
                 },
+                msg = speaking_changed(&mut p.speaking) => {
+                    if let Some(m) = msg {
+                        if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
+                    }
+                }
                 () = &mut hold, if holding => holding = false,
                 () = &mut answer_due, if awaiting_answer => {
                     warn!("the server offer was not answered in time, closing");
@@ -532,6 +537,9 @@ impl Signaling {
         }
         let audience = room.viewers.subscribe();
         let viewers = *audience.borrow();
+        let mut speaking = room.speaking.subscribe();
+        // Someone already speaking (or having spoken) is news for the newcomer.
+        speaking.mark_changed();
         // Media session first, then subscriptions to what the room already publishes.
         self.media.open_session(id, role == Role::Speaker, media_tx.clone());
         for m in room.members.values() {
@@ -543,7 +551,7 @@ impl Signaling {
         drop(rooms);
         info!(room = %room_name, participant = %info.id, ?role, "joined");
         let joined = Joined { room: room_name.clone(), id, role, session: id };
-        let p = self.new_participant(joined, notices, (media_tx, media_rx), audience);
+        let p = self.new_participant(joined, notices, (media_tx, media_rx), audience, speaking);
         let reply = ServerMessage::Joined {
             room: room_name,
             participant_id: participant_wire_id(id),
@@ -570,6 +578,9 @@ impl Signaling {
         let Some(room) = rooms.by_name.get_mut(&j.room) else { return };
         if let Some(me) = room.members.remove(&j.id) {
             let role = me.info.role;
+            if role == Role::Speaker {
+                room.forget_speaker(Instant::now(), j.id);
+            }
             for media in &me.info.media {
                 room.broadcast_about(
                     role,
@@ -646,6 +657,13 @@ impl Signaling {
             MediaEvent::VideoResumed { producer } => {
                 Some(MediaStep::Tell(ServerMessage::VideoResumed { media_id: media_wire_id(producer) }))
             }
+            MediaEvent::AudioActivity { activity, .. } => {
+                let Ok(mut rooms) = self.rooms.lock() else { return None };
+                if let Some(room) = rooms.by_name.get_mut(&j.room) {
+                    room.hear(Instant::now(), j.id, activity);
+                }
+                None
+            }
             other => {
                 self.apply_media_event(j, other);
                 None
@@ -700,7 +718,8 @@ impl Signaling {
             MediaEvent::Offer { .. }
             | MediaEvent::Disconnected
             | MediaEvent::VideoPaused { .. }
-            | MediaEvent::VideoResumed { .. } => {}
+            | MediaEvent::VideoResumed { .. }
+            | MediaEvent::AudioActivity { .. } => {}
         }
     }
 }
@@ -744,6 +763,14 @@ async fn audience_changed(rx: &mut watch::Receiver<u64>) -> Option<u64> {
         return std::future::pending().await;
     }
     Some(*rx.borrow_and_update())
+}
+
+/// The room's next `speaking` message; once the room is gone, never.
+async fn speaking_changed(rx: &mut watch::Receiver<Option<ServerMessage>>) -> Option<ServerMessage> {
+    if rx.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    rx.borrow_and_update().clone()
 }
 
 /// A non-text frame: the reply to send, or `Err` with the close frame to send when the socket is done

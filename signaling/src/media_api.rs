@@ -42,6 +42,14 @@ pub enum MediaEvent {
         /// Media-plane producer id.
         producer: u64,
     },
+    /// One of the client's audio streams finished a window of its level meter: `activity` is the
+    /// percentage of voiced packets (0 to 100), for the room's active-speaker detector.
+    AudioActivity {
+        /// Media-plane producer id.
+        producer: u64,
+        /// 0 to 100.
+        activity: u8,
+    },
     /// ICE and DTLS completed.
     Connected,
     /// The media connection was lost; the session is gone.

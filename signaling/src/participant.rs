@@ -67,6 +67,9 @@ pub(crate) struct Participant {
     pub audience: watch::Receiver<u64>,
     /// The count this client last heard.
     pub heard: u64,
+    /// The room's latest `speaking` message (`None` before anyone spoke), watched while a socket
+    /// carries the participant.
+    pub speaking: watch::Receiver<Option<ServerMessage>>,
     /// The last server offer sent (or due), until it is answered.
     pub outstanding_offer: Option<String>,
     /// The media session ended while no socket carried the participant.
@@ -132,6 +135,7 @@ impl Signaling {
         notices: mpsc::UnboundedReceiver<ServerMessage>,
         media: (mpsc::UnboundedSender<MediaEvent>, mpsc::UnboundedReceiver<MediaEvent>),
         audience: watch::Receiver<u64>,
+        speaking: watch::Receiver<Option<ServerMessage>>,
     ) -> Participant {
         let (control_tx, control) = mpsc::unbounded_channel();
         self.register_control(joined.id, control_tx);
@@ -147,6 +151,7 @@ impl Signaling {
             token,
             audience,
             heard,
+            speaking,
             outstanding_offer: None,
             media_gone: false,
         }

@@ -10,7 +10,9 @@
 //! watches and announces as `audience`, at most once per interval.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
+use dais_forward::speech::Detector;
 use dais_proto::{MediaInfo, ParticipantInfo, Role, ServerMessage};
 use tokio::sync::{mpsc, watch};
 
@@ -37,11 +39,21 @@ pub(crate) struct Room {
     pub members: BTreeMap<u64, Member>,
     /// Viewers among `members`. Every member's connection watches it and sends `audience`.
     pub viewers: watch::Sender<u64>,
+    /// The active-speaker detector, fed by the speakers' connections with their audio activity.
+    speech: Detector<u64>,
+    /// Its latest `speaking` message. Every member's connection watches it and sends it on change
+    /// (the detector already limits changes to 4 a second; a slow client just sees the latest).
+    pub speaking: watch::Sender<Option<ServerMessage>>,
 }
 
 impl Default for Room {
     fn default() -> Self {
-        Room { members: BTreeMap::new(), viewers: watch::Sender::new(0) }
+        Room {
+            members: BTreeMap::new(),
+            viewers: watch::Sender::new(0),
+            speech: Detector::new(),
+            speaking: watch::Sender::new(None),
+        }
     }
 }
 
@@ -52,6 +64,34 @@ pub(crate) fn sees(watcher: Role, subject: Role) -> bool {
 }
 
 impl Room {
+    /// Speaker `id` sent a window of audio `activity` (percent voiced). A muted speaker counts as
+    /// silent whatever its packets say.
+    pub fn hear(&mut self, now: Instant, id: u64, activity: u8) {
+        let Some(m) = self.members.get(&id) else { return };
+        if m.info.role != Role::Speaker {
+            return;
+        }
+        let muted = m.audio_muted || m.operator_muted[kind_index(dais_proto::MediaKind::Audio)];
+        self.speech.push(now, &id, if muted { 0 } else { activity });
+        self.announce_speech(now);
+    }
+
+    /// `id` no longer speaks here (it left, or is no longer a speaker).
+    pub fn forget_speaker(&mut self, now: Instant, id: u64) {
+        self.speech.remove(&id);
+        self.announce_speech(now);
+    }
+
+    fn announce_speech(&mut self, now: Instant) {
+        if let Some(s) = self.speech.poll(now) {
+            let msg = ServerMessage::Speaking {
+                participants: s.speaking.iter().map(|id| participant_wire_id(*id)).collect(),
+                dominant: s.dominant.map(participant_wire_id),
+            };
+            self.speaking.send_replace(Some(msg));
+        }
+    }
+
     /// Send news about a participant whose role is `subject` to every member except `except` who
     /// sees it.
     pub fn broadcast_about(&self, subject: Role, except: u64, msg: &ServerMessage) {

@@ -688,3 +688,75 @@ async fn a_socket_that_takes_nothing_is_let_go_within_the_send_and_close_timeout
     assert!(took >= Duration::from_secs(10), "the first reply had its send timeout: {took:?}");
     assert_eq!(sig.metrics().connections, 0, "the connection is no longer counted");
 }
+
+/// The next `speaking` message, skipping everything else (feeding `feed` every 200 ms meanwhile).
+async fn next_speaking(p: &mut Peer, mut feed: impl FnMut()) -> (Vec<String>, Option<String>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        feed();
+        tokio::select! {
+            m = p.msg() => if let ServerMessage::Speaking { participants, dominant } = m { return (participants, dominant) },
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no speaking message");
+    }
+}
+
+#[tokio::test]
+async fn audio_activity_makes_a_dominant_speaker_that_everyone_hears_and_mute_hands_over() {
+    let (media, sig) = setup_with(SignalingConfig { max_participants: 5, ..SignalingConfig::default() });
+    let mut a = connect(&sig);
+    let ServerMessage::Joined { participant_id: a_id, .. } = a.join("talk", "A", "speaker").await else { panic!() };
+    let mut b = connect(&sig);
+    let ServerMessage::Joined { participant_id: b_id, .. } = b.join("talk", "B", "speaker").await else { panic!() };
+    let mut v = connect(&sig);
+    let ServerMessage::Joined { participant_id: v_id, .. } = v.join("talk", "V", "viewer").await else { panic!() };
+    let session = |id: &str| id.trim_start_matches('p').parse::<u64>().unwrap();
+    let (sa, sb, sv) = (session(&a_id), session(&b_id), session(&v_id));
+    let feed = |a: u8, b: u8, v: u8| {
+        let media = media.clone();
+        move || {
+            media.emit(sa, MediaEvent::AudioActivity { producer: 1, activity: a });
+            media.emit(sb, MediaEvent::AudioActivity { producer: 2, activity: b });
+            // A viewer's activity (it publishes nothing, so this is forged) is never counted.
+            media.emit(sv, MediaEvent::AudioActivity { producer: 3, activity: v });
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut heard = next_speaking(&mut v, feed(90, 0, 100)).await;
+    while heard.1.is_none() {
+        heard = next_speaking(&mut v, feed(90, 0, 100)).await;
+    }
+    assert_eq!(heard, (vec![a_id.clone()], Some(a_id.clone())));
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+    // Speakers hear it too.
+    loop {
+        if next_speaking(&mut b, || {}).await.1 == Some(a_id.clone()) {
+            break;
+        }
+    }
+    // A mutes and keeps sending loud packets; B speaks: the floor changes hands.
+    a.send(r#"{"type":"mute","kind":"audio","muted":true}"#);
+    let swap = std::time::Instant::now();
+    loop {
+        let (speaking, dominant) = next_speaking(&mut v, feed(90, 90, 0)).await;
+        if dominant == Some(b_id.clone()) {
+            assert_eq!(speaking, vec![b_id.clone()]);
+            break;
+        }
+    }
+    assert!(swap.elapsed() < std::time::Duration::from_secs(3), "{:?}", swap.elapsed());
+    // B leaves: it is no longer dominant, nor speaking.
+    b.send(r#"{"type":"leave"}"#);
+    loop {
+        let (speaking, dominant) = next_speaking(&mut v, || {}).await;
+        if dominant.is_none() {
+            assert!(speaking.is_empty(), "{speaking:?}");
+            break;
+        }
+    }
+    // A late joiner hears the current state at once.
+    let mut late = connect(&sig);
+    late.join("talk", "L", "viewer").await;
+    assert_eq!(next_speaking(&mut late, || {}).await, (vec![], None));
+}

@@ -83,12 +83,38 @@ async function routeStaleAssets(context) {
  * other than localhost to treat as secure, so that their pages may use the camera (a test's own
  * server on a veth address, say).
  */
-export async function launchBrowser({ secure = [] } = {}) {
+export async function launchBrowser({ secure = [], args = [] } = {}) {
   assert.ok(BASE, 'DAIS_URL must name the server, e.g. http://127.0.0.1:8080 (scripts/browser-test.sh sets it)');
   await checkAssets();
   // headless: false because the flag list above already carries --headless=new; Playwright's own
   // headless mode would add its flags (and --mute-audio) on top.
-  return chromium.launch({ executablePath: EXECUTABLE, headless: false, args: [...CHROMIUM_ARGS, ...secureArgs(secure)] });
+  return chromium.launch({
+    executablePath: EXECUTABLE, headless: false, args: [...CHROMIUM_ARGS, ...secureArgs(secure), ...args],
+  });
+}
+
+/**
+ * Write a WAV file (48 kHz, 16-bit mono) of `seconds` of a `hz` tone whose loudness swells and
+ * fades four times a second, like syllables, at about -10 dBFS at its peak; the path. For
+ * Chromium's --use-file-for-fake-audio-capture: the default fake microphone only beeps briefly
+ * once a second, which no speech detector takes for speech.
+ */
+export function writeToneWav(hz = 440, seconds = 10) {
+  const rate = 48_000;
+  const n = rate * seconds;
+  const buf = Buffer.alloc(44 + n * 2);
+  buf.write('RIFF', 0); buf.writeUInt32LE(36 + n * 2, 4); buf.write('WAVE', 8);
+  buf.write('fmt ', 12); buf.writeUInt32LE(16, 16); buf.writeUInt16LE(1, 20); buf.writeUInt16LE(1, 22);
+  buf.writeUInt32LE(rate, 24); buf.writeUInt32LE(rate * 2, 28); buf.writeUInt16LE(2, 32); buf.writeUInt16LE(16, 34);
+  buf.write('data', 36); buf.writeUInt32LE(n * 2, 40);
+  for (let i = 0; i < n; i++) {
+    const t = i / rate;
+    const envelope = 0.6 + 0.4 * Math.sin(2 * Math.PI * 4 * t);
+    buf.writeInt16LE(Math.round(0.32 * envelope * Math.sin(2 * Math.PI * hz * t) * 32767), 44 + i * 2);
+  }
+  const path = joinPath(mkdtempSync(joinPath(tmpdir(), 'dais-tone-')), `tone-${hz}.wav`);
+  writeFileSync(path, buf);
+  return path;
 }
 
 function secureArgs(origins) {

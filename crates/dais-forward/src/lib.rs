@@ -19,6 +19,7 @@ mod hash;
 pub mod keyframe;
 mod router;
 mod seq;
+pub mod speech;
 pub mod vp8;
 
 pub use drop::{DropCounters, DropReason};

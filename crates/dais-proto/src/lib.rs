@@ -326,6 +326,16 @@ pub enum ServerMessage {
         /// Viewers in the room now.
         viewers: u64,
     },
+    /// Who is speaking changed (the server's active-speaker detector, from the RFC 6464 audio levels
+    /// speakers send). Sent to everyone in the room, only on change, at most 4 times a second; a
+    /// participant who joins while someone speaks gets the current state at once.
+    Speaking {
+        /// Participant ids of the speakers speaking now, most active first; empty in silence.
+        participants: Vec<String>,
+        /// The dominant speaker: who holds the floor, kept through silence; `null` until someone
+        /// has spoken, and after the dominant speaker left.
+        dominant: Option<String>,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's id.
@@ -617,6 +627,8 @@ mod tests {
         let j = ServerMessage::MediaUnpublished { participant_id: "p1".into(), media_id: "m2".into() };
         assert!(j.to_json().starts_with(r#"{"type":"media_unpublished""#));
         assert_eq!(ServerMessage::Audience { viewers: 1200 }.to_json(), r#"{"type":"audience","viewers":1200}"#);
+        let s = ServerMessage::Speaking { participants: vec!["p3".into()], dominant: None };
+        assert_eq!(s.to_json(), r#"{"type":"speaking","participants":["p3"],"dominant":null}"#);
     }
 
     #[test]

@@ -170,6 +170,8 @@ export class DaisError extends Error {
  * - `participantleft`    `{participantId, participant?: Participant}`: someone this client saw left, or
  *                        (to a viewer) a speaker was demoted
  * - `audience`           `{viewers}`: the room's viewer count changed (at most about once a second)
+ * - `speaking`           `{participants: string[], dominant: string|null}`: who speaks now (most active
+ *                          first) and who holds the floor; only on change, at most 4 a second
  * - `mediapublished`     `{participantId, media}`
  * - `mediaunpublished`   `{participantId, mediaId}`
  * - `mutechanged`        `{participantId, mediaId, kind, muted}`
@@ -238,6 +240,8 @@ export class DaisClient extends EventTarget {
     this.publishedCodecs = {};
     /** Own mute state by kind. */
     this.muted = { audio: false, video: false };
+    /** The room's latest `speaking` state (who speaks, who holds the floor). */
+    this.speaking = { participants: [], dominant: null };
     /** `performance.now()` when `join()` was called and when `joined` arrived. */
     this.timing = { joinStarted: NaN, joined: NaN };
 
@@ -531,6 +535,9 @@ export class DaisClient extends EventTarget {
       case 'audience':
         this.viewers = msg.viewers;
         return this._emit('audience', { viewers: msg.viewers });
+      case 'speaking':
+        this.speaking = { participants: msg.participants, dominant: msg.dominant };
+        return this._emit('speaking', this.speaking);
       case 'role_changed': {
         const p = this.participants.get(msg.participant_id);
         if (p) p.role = msg.role;

@@ -147,6 +147,18 @@ export class TileGrid {
     if (tile) tile.dataset[kind === 'audio' ? 'audioMuted' : 'videoMuted'] = String(muted);
   }
 
+  /**
+   * Mark who speaks (`data-speaking`) and who holds the floor (`data-dominant`), from the server's
+   * `speaking` message; tiles added later are marked by the next one.
+   */
+  setSpeaking(participants, dominant) {
+    const speaking = new Set(participants);
+    for (const [id, tile] of this.tiles) {
+      tile.dataset.speaking = String(speaking.has(id));
+      tile.dataset.dominant = String(id === dominant);
+    }
+  }
+
   _sync() {
     const n = this.tiles.size;
     this.container.dataset.count = String(n);
@@ -179,6 +191,7 @@ export function bindRoom(client, grid, onAudience = () => {}) {
     onAudience(viewers);
   });
   client.on('audience', ({ viewers }) => onAudience(viewers));
+  client.on('speaking', ({ participants, dominant }) => grid.setSpeaking(participants, dominant));
   client.on('participantjoined', ({ participant }) => showSpeaker(participant));
   client.on('participantleft', ({ participantId }) => grid.remove(participantId));
   client.on('rolechanged', ({ participantId }) => {

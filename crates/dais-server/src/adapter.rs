@@ -39,6 +39,9 @@ impl MediaPlane for MediaAdapter {
                     MediaEvent::VideoPaused { producer: producer.0, reason: reason.as_str().to_owned() }
                 }
                 SessionEvent::VideoResumed { producer } => MediaEvent::VideoResumed { producer: producer.0 },
+                SessionEvent::AudioActivity { producer, activity } => {
+                    MediaEvent::AudioActivity { producer: producer.0, activity }
+                }
             };
             let _ = events.send(ev);
         });
