@@ -23,7 +23,7 @@ fn main() {
         b.iter(|| {
             now += Duration::from_millis(20);
             i = i.wrapping_add(1);
-            black_box(m.count(now, if i % 3 == 0 { 127 } else { 30 }));
+            black_box(m.count(now, if i.is_multiple_of(3) { 127 } else { 30 }));
         });
     });
     for speakers in [4u32, 9, 20] {

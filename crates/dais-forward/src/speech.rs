@@ -166,11 +166,6 @@ impl<K: Clone + PartialEq> Detector<K> {
         }
     }
 
-    /// Whether nobody is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.tracks.is_empty()
-    }
-
     /// The state at `now`, if it differs from the last one reported and [`MIN_INTERVAL`] has passed
     /// since that report.
     pub fn poll(&mut self, now: Instant) -> Option<Speaking<K>> {
@@ -193,20 +188,6 @@ impl<K: Clone + PartialEq> Detector<K> {
         self.last_report = Some(now);
         self.reported = state.clone();
         Some(state)
-    }
-
-    /// When [`Detector::poll`] may next report something new without new input: when a
-    /// rate-limited change becomes due, or while someone speaks (their averages decay).
-    pub fn next_poll(&self) -> Option<Instant> {
-        if self.tracks.is_empty() && self.reported == Speaking::default() {
-            return None;
-        }
-        let due = self.last_report.map(|t| t + MIN_INTERVAL);
-        let decay = self.tracks.iter().map(|t| t.heard + STALE_AFTER).min();
-        match (due, decay) {
-            (Some(a), Some(b)) => Some(a.max(b.min(a + STALE_AFTER))),
-            (a, b) => a.or(b),
-        }
     }
 
     fn elect(&mut self) {
@@ -350,6 +331,5 @@ mod tests {
         t += Duration::from_secs(1);
         assert_eq!(d.poll(t), Some(Speaking { speaking: vec![], dominant: d.dominant }));
         assert_ne!(d.dominant, Some(0));
-        assert!(d.next_poll().is_some());
     }
 }
