@@ -332,7 +332,12 @@ impl Signaling {
                     }
                     None => {}
                 },
-                msg = speaking_changed(&mut p.speaking) => {
+                msg = room_news(&mut p.reactions) => {
+                    if let Some(m) = msg {
+                        if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
+                    }
+                }
+                msg = room_news(&mut p.speaking) => {
                     if let Some(m) = msg {
                         if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
                     }
@@ -505,6 +510,28 @@ impl Signaling {
                 self.set_muted(j, kind, muted);
                 Step::Reply(vec![])
             }
+            ClientMessage::React { reaction } => {
+                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
+                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
+                match room.react(Instant::now(), j.id, reaction) {
+                    Ok(true) => {
+                        // One flush per interval and room, whoever reacts in it.
+                        let rooms = self.rooms.clone();
+                        let name = j.room.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(dais_proto::REACTIONS_INTERVAL_MS)).await;
+                            if let Ok(mut rooms) = rooms.lock() {
+                                if let Some(room) = rooms.by_name.get_mut(&name) {
+                                    room.flush_reactions();
+                                }
+                            }
+                        });
+                        Step::Reply(vec![])
+                    }
+                    Ok(false) => Step::Reply(vec![]),
+                    Err(code) => err(code, "too many reactions: at most 2 a second (bursts of 5) are counted"),
+                }
+            }
             ClientMessage::VideoSize { media, width, height } => {
                 let Some(producer) = room::parse_media_wire_id(&media) else {
                     return err(ErrorCode::BadMessage, "media is not a stream id (m<digits>)");
@@ -537,6 +564,7 @@ impl Signaling {
         }
         let audience = room.viewers.subscribe();
         let viewers = *audience.borrow();
+        let reactions = room.reactions.subscribe();
         let mut speaking = room.speaking.subscribe();
         // Someone already speaking (or having spoken) is news for the newcomer.
         speaking.mark_changed();
@@ -551,7 +579,7 @@ impl Signaling {
         drop(rooms);
         info!(room = %room_name, participant = %info.id, ?role, "joined");
         let joined = Joined { room: room_name.clone(), id, role, session: id };
-        let p = self.new_participant(joined, notices, (media_tx, media_rx), audience, speaking);
+        let p = self.new_participant(joined, notices, (media_tx, media_rx), audience, (speaking, reactions));
         let reply = ServerMessage::Joined {
             room: room_name,
             participant_id: participant_wire_id(id),
@@ -765,8 +793,8 @@ async fn audience_changed(rx: &mut watch::Receiver<u64>) -> Option<u64> {
     Some(*rx.borrow_and_update())
 }
 
-/// The room's next `speaking` message; once the room is gone, never.
-async fn speaking_changed(rx: &mut watch::Receiver<Option<ServerMessage>>) -> Option<ServerMessage> {
+/// The room's next `speaking` or `reactions` message (whichever `rx` watches); once the room is gone, never.
+async fn room_news(rx: &mut watch::Receiver<Option<ServerMessage>>) -> Option<ServerMessage> {
     if rx.changed().await.is_err() {
         return std::future::pending().await;
     }

@@ -131,7 +131,7 @@ pub struct SignalingMetrics {
 /// The signaling service: all rooms, shared by every connection.
 pub struct Signaling {
     media: Arc<dyn MediaPlane>,
-    rooms: Mutex<room::Rooms>,
+    rooms: Arc<Mutex<room::Rooms>>,
     next_id: AtomicU64,
     config: SignalingConfig,
     phase: tokio::sync::watch::Sender<Phase>,
@@ -155,7 +155,7 @@ impl Signaling {
         let (phase, _) = tokio::sync::watch::channel(Phase::Running);
         Arc::new(Signaling {
             media,
-            rooms: Mutex::new(room::Rooms::default()),
+            rooms: Arc::new(Mutex::new(room::Rooms::default())),
             next_id: AtomicU64::new(1),
             config,
             phase,

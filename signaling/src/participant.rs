@@ -70,6 +70,8 @@ pub(crate) struct Participant {
     /// The room's latest `speaking` message (`None` before anyone spoke), watched while a socket
     /// carries the participant.
     pub speaking: watch::Receiver<Option<ServerMessage>>,
+    /// The room's latest `reactions` message, watched likewise.
+    pub reactions: watch::Receiver<Option<ServerMessage>>,
     /// The last server offer sent (or due), until it is answered.
     pub outstanding_offer: Option<String>,
     /// The media session ended while no socket carried the participant.
@@ -135,7 +137,7 @@ impl Signaling {
         notices: mpsc::UnboundedReceiver<ServerMessage>,
         media: (mpsc::UnboundedSender<MediaEvent>, mpsc::UnboundedReceiver<MediaEvent>),
         audience: watch::Receiver<u64>,
-        speaking: watch::Receiver<Option<ServerMessage>>,
+        (speaking, reactions): (watch::Receiver<Option<ServerMessage>>, watch::Receiver<Option<ServerMessage>>),
     ) -> Participant {
         let (control_tx, control) = mpsc::unbounded_channel();
         self.register_control(joined.id, control_tx);
@@ -152,6 +154,7 @@ impl Signaling {
             audience,
             heard,
             speaking,
+            reactions,
             outstanding_offer: None,
             media_gone: false,
         }

@@ -66,9 +66,48 @@ impl RateLimit {
     }
 }
 
+/// A plain token bucket: `rate` a second, at most `burst` at once (reactions per participant).
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl Bucket {
+    /// A full bucket at `now`.
+    pub fn new(now: Instant, rate: f64, burst: f64) -> Self {
+        Bucket { tokens: burst, last: now, rate, burst }
+    }
+
+    /// Take one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_passes_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, 2.0, 5.0);
+        assert_eq!((0..8).filter(|_| b.take(t0)).count(), 5);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!((0..8).filter(|_| b.take(t1)).count(), 4);
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!((0..8).filter(|_| b.take(t2)).count(), 5, "never more than the burst");
+    }
 
     #[test]
     fn a_burst_passes_then_the_rate_holds() {

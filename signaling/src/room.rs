@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use dais_forward::speech::Detector;
-use dais_proto::{MediaInfo, ParticipantInfo, Role, ServerMessage};
+
+use crate::rate::Bucket;
+use dais_proto::{ErrorCode, MediaInfo, ParticipantInfo, Reaction, Role, ServerMessage};
 use tokio::sync::{mpsc, watch};
 
 /// One participant inside a room.
@@ -31,6 +33,8 @@ pub(crate) struct Member {
     /// and the participant's own `mute{muted:false}` is refused.
     pub operator_muted: [bool; 2],
     pub notices: mpsc::UnboundedSender<ServerMessage>,
+    /// Its reaction allowance ([`dais_proto::REACTIONS_PER_SECOND`]).
+    pub reactions: Bucket,
 }
 
 /// One room.
@@ -44,6 +48,13 @@ pub(crate) struct Room {
     /// Its latest `speaking` message. Every member's connection watches it and sends it on change
     /// (the detector already limits changes to 4 a second; a slow client just sees the latest).
     pub speaking: watch::Sender<Option<ServerMessage>>,
+    /// Reactions counted in the current interval and since the room began, by [`Reaction::index`].
+    reacted: [u64; Reaction::ALL.len()],
+    reacted_total: [u64; Reaction::ALL.len()],
+    /// Whether a flush of `reacted` is scheduled.
+    flush_due: bool,
+    /// The latest `reactions` message, watched by every member's connection like `speaking`.
+    pub reactions: watch::Sender<Option<ServerMessage>>,
 }
 
 impl Default for Room {
@@ -53,6 +64,10 @@ impl Default for Room {
             viewers: watch::Sender::new(0),
             speech: Detector::new(),
             speaking: watch::Sender::new(None),
+            reacted: [0; Reaction::ALL.len()],
+            reacted_total: [0; Reaction::ALL.len()],
+            flush_due: false,
+            reactions: watch::Sender::new(None),
         }
     }
 }
@@ -80,6 +95,31 @@ impl Room {
     pub fn forget_speaker(&mut self, now: Instant, id: u64) {
         self.speech.remove(&id);
         self.announce_speech(now);
+    }
+
+    /// Member `id` reacted at `now`. `Ok(true)`: counted, and the caller must schedule
+    /// [`Room::flush_reactions`] in [`dais_proto::REACTIONS_INTERVAL_MS`] (none is due yet);
+    /// `Ok(false)`: counted, a flush is already due; `Err`: over its allowance, not counted.
+    pub fn react(&mut self, now: Instant, id: u64, reaction: Reaction) -> Result<bool, ErrorCode> {
+        let Some(m) = self.members.get_mut(&id) else { return Ok(false) };
+        if !m.reactions.take(now) {
+            return Err(ErrorCode::TooManyReactions);
+        }
+        self.reacted[reaction.index()] += 1;
+        self.reacted_total[reaction.index()] += 1;
+        Ok(!std::mem::replace(&mut self.flush_due, true))
+    }
+
+    /// The interval is over: its counts (and the running totals) go to everyone as one `reactions`
+    /// message in the room's watch, and a new interval starts.
+    pub fn flush_reactions(&mut self) {
+        self.flush_due = false;
+        let by_name = |counts: &[u64; Reaction::ALL.len()]| -> BTreeMap<Reaction, u64> {
+            Reaction::ALL.iter().zip(counts).filter(|(_, n)| **n > 0).map(|(r, n)| (*r, *n)).collect()
+        };
+        let msg = ServerMessage::Reactions { counts: by_name(&self.reacted), totals: by_name(&self.reacted_total) };
+        self.reacted = [0; Reaction::ALL.len()];
+        self.reactions.send_replace(Some(msg));
     }
 
     fn announce_speech(&mut self, now: Instant) {
@@ -167,6 +207,7 @@ pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::Unbounded
         video_muted: false,
         operator_muted: [false; 2],
         notices,
+        reactions: Bucket::new(Instant::now(), dais_proto::REACTIONS_PER_SECOND, dais_proto::REACTION_BURST),
     }
 }
 

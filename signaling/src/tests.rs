@@ -1,11 +1,12 @@
 //! Signaling unit tests: a fake media plane records commands, in-memory channels stand in for the
 //! WebSocket, and assertions read the JSON a client would see.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dais_proto::{ErrorCode, MediaKind, Role, ServerMessage, CLOSE_MESSAGE_TOO_BIG};
+use dais_proto::{ErrorCode, MediaKind, Reaction, Role, ServerMessage, CLOSE_MESSAGE_TOO_BIG};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -759,4 +760,74 @@ async fn audio_activity_makes_a_dominant_speaker_that_everyone_hears_and_mute_ha
     let mut late = connect(&sig);
     late.join("talk", "L", "viewer").await;
     assert_eq!(next_speaking(&mut late, || {}).await, (vec![], None));
+}
+
+/// The next `reactions` message, skipping everything else.
+async fn next_reactions(p: &mut Peer) -> (BTreeMap<Reaction, u64>, BTreeMap<Reaction, u64>) {
+    loop {
+        if let ServerMessage::Reactions { counts, totals } = p.msg().await {
+            return (counts, totals);
+        }
+    }
+}
+
+#[tokio::test]
+async fn reactions_are_counted_per_room_and_sent_as_one_total_per_interval() {
+    let (_media, sig) = setup_with(SignalingConfig { max_participants: 50, ..SignalingConfig::default() });
+    let mut watcher = connect(&sig);
+    watcher.join("cheer", "W", "viewer").await;
+    let mut crowd = Vec::new();
+    for i in 0..20 {
+        let mut p = connect(&sig);
+        p.join("cheer", &format!("V{i}"), "viewer").await;
+        crowd.push(p);
+    }
+    let started = std::time::Instant::now();
+    for (i, p) in crowd.iter().enumerate() {
+        p.send(r#"{"type":"react","reaction":"applause"}"#);
+        if i % 4 == 0 {
+            p.send(r#"{"type":"react","reaction":"heart"}"#);
+        }
+    }
+    // The first interval may close before the last reactions arrive: add up until all 25 are in.
+    let (mut applause, mut hearts, mut messages) = (0, 0, 0);
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    while applause + hearts < 25 {
+        last = next_reactions(&mut watcher).await;
+        applause += last.0.get(&Reaction::Applause).copied().unwrap_or(0);
+        hearts += last.0.get(&Reaction::Heart).copied().unwrap_or(0);
+        messages += 1;
+    }
+    assert_eq!((applause, hearts), (20, 5));
+    assert!(messages <= 2, "{messages} messages for one burst");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(dais_proto::REACTIONS_INTERVAL_MS));
+    let totals: BTreeMap<Reaction, u64> = [(Reaction::Applause, 20), (Reaction::Heart, 5)].into_iter().collect();
+    assert_eq!(last.1, totals);
+    // A reactor hears the same totals.
+    let mut heard = next_reactions(&mut crowd[0]).await;
+    while heard.1 != totals {
+        heard = next_reactions(&mut crowd[0]).await;
+    }
+    // Past its burst, a participant's reactions are refused and not counted.
+    let fast = &mut crowd[1];
+    for _ in 0..8 {
+        fast.send(r#"{"type":"react","reaction":"wow"}"#);
+    }
+    assert_eq!(fast.error_code().await, ErrorCode::TooManyReactions);
+    // A reaction outside the set is a bad message.
+    fast.send(r#"{"type":"react","reaction":"boo"}"#);
+    loop {
+        match fast.msg().await {
+            ServerMessage::Error { code: ErrorCode::TooManyReactions, .. } => {}
+            ServerMessage::Error { code, .. } => {
+                assert_eq!(code, ErrorCode::BadMessage);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (_, totals) = next_reactions(&mut watcher).await;
+    let wow = totals.get(&Reaction::Wow).copied().unwrap_or(0);
+    // Its burst (5) minus the one wow-free reaction it already spent counted, never 8.
+    assert!((4..=5).contains(&wow), "{wow} wows counted of 8 sent");
 }

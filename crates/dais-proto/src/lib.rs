@@ -7,6 +7,7 @@
 //! and must change with it.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// The protocol version this crate speaks. A `join` with another version is refused.
@@ -96,6 +97,42 @@ pub struct ParticipantInfo {
     pub media: Vec<MediaInfo>,
 }
 
+/// The fixed set of reactions, in wire order (the order of [`Reaction::ALL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reaction {
+    /// Clapping hands.
+    Applause,
+    /// A heart.
+    Heart,
+    /// Laughter.
+    Laugh,
+    /// Thumbs up.
+    ThumbsUp,
+    /// Surprise.
+    Wow,
+    /// A celebration (party popper).
+    Celebrate,
+}
+
+impl Reaction {
+    /// Every reaction.
+    pub const ALL: [Reaction; 6] =
+        [Reaction::Applause, Reaction::Heart, Reaction::Laugh, Reaction::ThumbsUp, Reaction::Wow, Reaction::Celebrate];
+
+    /// Its position in [`Reaction::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Reactions counted per participant per second (`react`); see [`REACTION_BURST`].
+pub const REACTIONS_PER_SECOND: f64 = 2.0;
+/// Reactions a participant may send at once before [`REACTIONS_PER_SECOND`] applies.
+pub const REACTION_BURST: f64 = 5.0;
+/// How often, at most, the room's reaction totals go out (`reactions`), in milliseconds.
+pub const REACTIONS_INTERVAL_MS: u64 = 500;
+
 /// A message from a participant to the server. Unknown fields are ignored (forward compatibility).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -159,6 +196,14 @@ pub enum ClientMessage {
         width: u32,
         /// Height, 0 to 65,535.
         height: u32,
+    },
+    /// React to what is happening on stage (any role). Counted into the room's totals, which everyone
+    /// receives as `reactions` at most twice a second; at most [`REACTIONS_PER_SECOND`] a second
+    /// (bursts of [`REACTION_BURST`]) are counted per participant, and one beyond that is answered
+    /// with `too_many_reactions`. A reaction outside the set is `bad_message`.
+    React {
+        /// Which one.
+        reaction: Reaction,
     },
     /// Leave the room; the server closes the socket afterwards.
     Leave,
@@ -336,6 +381,15 @@ pub enum ServerMessage {
         /// has spoken, and after the dominant speaker left.
         dominant: Option<String>,
     },
+    /// The room's reactions of the last interval. Sent to everyone in the room, once per
+    /// [`REACTIONS_INTERVAL_MS`] at most, and only after an interval in which someone reacted; a client
+    /// that reads slowly gets the latest, never a backlog.
+    Reactions {
+        /// Reactions counted in that interval, by reaction (only those with a count).
+        counts: BTreeMap<Reaction, u64>,
+        /// Reactions counted since the room began, by reaction (only those with a count).
+        totals: BTreeMap<Reaction, u64>,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's id.
@@ -422,6 +476,9 @@ pub enum ErrorCode {
     /// The client sent messages faster than allowed (20 a second, bursts of 200); the message was
     /// dropped. A flood (over 1,000 dropped within 10 s) closes the socket (1008).
     RateLimited,
+    /// A `react` beyond the participant's reaction rate ([`REACTIONS_PER_SECOND`], bursts of
+    /// [`REACTION_BURST`]); that reaction was not counted. The socket stays.
+    TooManyReactions,
 }
 
 impl ErrorCode {
@@ -458,6 +515,7 @@ impl ErrorCode {
             ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::TooManyStreams => "too_many_streams",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyReactions => "too_many_reactions",
         }
     }
 }
@@ -566,6 +624,7 @@ impl ClientMessage {
             ClientMessage::Mute { .. } => "mute",
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::VideoSize { .. } => "video_size",
+            ClientMessage::React { .. } => "react",
             ClientMessage::Leave => "leave",
             ClientMessage::Resume { .. } => "resume",
         }
@@ -688,6 +747,24 @@ mod tests {
     }
 
     #[test]
+    fn reactions_parse_from_the_fixed_set_and_totals_serialize_by_name() {
+        assert_eq!(
+            parse_client(r#"{"type":"react","reaction":"thumbs_up"}"#).ok(),
+            Some(ClientMessage::React { reaction: Reaction::ThumbsUp })
+        );
+        assert_eq!(parse_client(r#"{"type":"react","reaction":"boo"}"#).err().map(|e| e.code), Some(ErrorCode::BadMessage));
+        assert_eq!(parse_client(r#"{"type":"react"}"#).err().map(|e| e.code), Some(ErrorCode::BadMessage));
+        let m = ServerMessage::Reactions {
+            counts: [(Reaction::Heart, 3)].into_iter().collect(),
+            totals: [(Reaction::Applause, 1), (Reaction::Heart, 7)].into_iter().collect(),
+        };
+        assert_eq!(m.to_json(), r#"{"type":"reactions","counts":{"heart":3},"totals":{"applause":1,"heart":7}}"#);
+        for (i, r) in Reaction::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
     fn every_code_spells_as_serde_does() {
         for c in [
             ErrorCode::BadJson,
@@ -702,6 +779,7 @@ mod tests {
             ErrorCode::ResumeFailed,
             ErrorCode::TooManyStreams,
             ErrorCode::RateLimited,
+            ErrorCode::TooManyReactions,
             ErrorCode::TokenNotYetValid,
         ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));

@@ -46,6 +46,9 @@ export const PROTOCOL_VERSION = 1;
 /** The video codecs `publish({videoCodec})` accepts, in no particular order of preference. */
 export const VIDEO_CODECS = Object.freeze(['vp8', 'h264', 'vp9', 'av1']);
 
+/** The reactions the server counts (`react`), in wire order. */
+export const REACTIONS = Object.freeze(['applause', 'heart', 'laugh', 'thumbs_up', 'wow', 'celebrate']);
+
 /**
  * The simulcast encodings a speaker's camera is published with (VP8 and H.264): a quarter, a half
  * and the full resolution, lowest first. The server sends each viewer the highest one its downlink
@@ -170,6 +173,8 @@ export class DaisError extends Error {
  * - `participantleft`    `{participantId, participant?: Participant}`: someone this client saw left, or
  *                        (to a viewer) a speaker was demoted
  * - `audience`           `{viewers}`: the room's viewer count changed (at most about once a second)
+ * - `reactions`          `{counts, totals}`: the room's reactions of the last interval and since it
+ *                          began, each an object from reaction name to count (at most 2 a second)
  * - `speaking`           `{participants: string[], dominant: string|null}`: who speaks now (most active
  *                          first) and who holds the floor; only on change, at most 4 a second
  * - `mediapublished`     `{participantId, media}`
@@ -383,6 +388,17 @@ export class DaisClient extends EventTarget {
   }
 
   /**
+   * React: one of {@link REACTIONS}. The server counts it into the room's totals, which every
+   * participant receives as a `reactions` event at most twice a second. Beyond 2 a second (bursts of
+   * 5) the server answers with the error `too_many_reactions`. Not sent while no socket carries us.
+   * @param {string} reaction
+   */
+  react(reaction) {
+    if (!REACTIONS.includes(reaction)) throw new DaisError('bad_message', `unknown reaction ${reaction}`);
+    if (this._carrying()) this._send({ type: 'react', reaction });
+  }
+
+  /**
    * Tell the server the size at which a received video is shown, in CSS pixels (multiplied by
    * `devicePixelRatio` here): it then sends no larger a simulcast layer than that needs. `0, 0`
    * hides the tile, which pauses that video until a size is set again. Remembered across
@@ -535,6 +551,8 @@ export class DaisClient extends EventTarget {
       case 'audience':
         this.viewers = msg.viewers;
         return this._emit('audience', { viewers: msg.viewers });
+      case 'reactions':
+        return this._emit('reactions', { counts: msg.counts, totals: msg.totals });
       case 'speaking':
         this.speaking = { participants: msg.participants, dominant: msg.dominant };
         return this._emit('speaking', this.speaking);

@@ -5,7 +5,7 @@
 // and a separate <audio> (so video can autoplay while sound waits for a click if the browser
 // insists), each with data-media-id of the media it plays.
 
-import { DaisClient, sendableVideoCodecs } from './dais.js';
+import { DaisClient, REACTIONS, sendableVideoCodecs } from './dais.js';
 
 /** Create an element: `el('div', {class: 'x', dataset: {a: '1'}}, child, 'text')`. */
 export function el(tag, attrs = {}, ...children) {
@@ -303,8 +303,37 @@ export async function openRoom({ room, name, role, token, onLeave = () => {} }) 
     throw err;
   }
   controls.hidden = false;
+  addReactions(client, controls);
   setStatus('Connecting media…');
   return { client, grid };
+}
+
+const REACTION_ICONS = {
+  applause: '\u{1F44F}', heart: '\u{2764}\u{FE0F}', laugh: '\u{1F602}', thumbs_up: '\u{1F44D}', wow: '\u{1F62E}', celebrate: '\u{1F389}',
+};
+
+/**
+ * A reaction button per reaction in the controls, and beside them the room's reactions of each
+ * interval for two seconds (`#reactions-feed`, one chip per reaction with its count). Both live in
+ * the controls bar, so they never cover a tile or a name.
+ */
+function addReactions(client, controls) {
+  const bar = el('div', { class: 'reactions', role: 'group', 'aria-label': 'reactions' });
+  for (const r of REACTIONS) {
+    const b = el('button', { type: 'button', class: 'reaction', dataset: { reaction: r }, title: r.replace('_', ' ') }, REACTION_ICONS[r]);
+    b.addEventListener('click', () => client.react(r));
+    bar.append(b);
+  }
+  controls.prepend(bar);
+  const feed = el('div', { id: 'reactions-feed', class: 'reactions-feed', 'aria-live': 'polite' });
+  bar.after(feed);
+  let clear = 0;
+  client.on('reactions', ({ counts }) => {
+    feed.replaceChildren(...REACTIONS.filter((r) => counts[r]).map((r) =>
+      el('span', { class: 'chip', dataset: { reaction: r } }, `${REACTION_ICONS[r]} ${counts[r]}`)));
+    clearTimeout(clear);
+    clear = setTimeout(() => feed.replaceChildren(), 2_000);
+  });
 }
 
 /**
