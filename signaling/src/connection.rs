@@ -519,7 +519,8 @@ impl Signaling {
                         let rooms = self.rooms.clone();
                         let name = j.room.clone();
                         tokio::spawn(async move {
-                            tokio::time::sleep(std::time::Duration::from_millis(dais_proto::REACTIONS_INTERVAL_MS)).await;
+                            tokio::time::sleep(std::time::Duration::from_millis(dais_proto::REACTIONS_INTERVAL_MS))
+                                .await;
                             if let Ok(mut rooms) = rooms.lock() {
                                 if let Some(room) = rooms.by_name.get_mut(&name) {
                                     room.flush_reactions();

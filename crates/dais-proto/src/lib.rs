@@ -546,7 +546,7 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 const CLIENT_TYPES: &[&str] =
-    &["join", "offer", "answer", "candidate", "mute", "video_size", "ping", "leave", "resume"];
+    &["join", "offer", "answer", "candidate", "mute", "video_size", "react", "ping", "leave", "resume"];
 
 /// Parse one client text frame, classifying failures as `bad_json`, `unknown_type` or `bad_message`.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
@@ -752,7 +752,10 @@ mod tests {
             parse_client(r#"{"type":"react","reaction":"thumbs_up"}"#).ok(),
             Some(ClientMessage::React { reaction: Reaction::ThumbsUp })
         );
-        assert_eq!(parse_client(r#"{"type":"react","reaction":"boo"}"#).err().map(|e| e.code), Some(ErrorCode::BadMessage));
+        assert_eq!(
+            parse_client(r#"{"type":"react","reaction":"boo"}"#).err().map(|e| e.code),
+            Some(ErrorCode::BadMessage)
+        );
         assert_eq!(parse_client(r#"{"type":"react"}"#).err().map(|e| e.code), Some(ErrorCode::BadMessage));
         let m = ServerMessage::Reactions {
             counts: [(Reaction::Heart, 3)].into_iter().collect(),
