@@ -37,10 +37,15 @@ test(`a viewer decodes every one of ${CYCLES + 1} speakers who come and go`, { t
     // 640x360: ten speakers' encoders share two cores (Chromium then sends two simulcast layers).
     const speaker = await joinIn(browser, `speaker-${i}`, `/speak?room=${ROOM}&name=S${i}&video=640x360`);
     pages.push(speaker);
-    await waitFor(`the viewer decodes speaker ${i}`, async () => {
-      const video = fromSpeaker(await inbound(viewer.page), speaker.id, 'video');
-      return video.length === 1 && video[0].framesDecoded > 10 ? video : null;
-    });
+    try {
+      await waitFor(`the viewer decodes speaker ${i}`, async () => {
+        const video = fromSpeaker(await inbound(viewer.page), speaker.id, 'video');
+        return video.length === 1 && video[0].framesDecoded > 10 ? video : null;
+      });
+    } catch (e) {
+      console.log(`# viewer, speaker ${i}: ${JSON.stringify(await explain(viewer, speaker))}`);
+      throw e;
+    }
     const size = await viewer.page.evaluate(() => ({
       sections: (window.dais.pc.remoteDescription?.sdp.match(/^m=/gm) ?? []).length,
       offer: window.dais.pc.remoteDescription?.sdp.length ?? 0,
@@ -67,3 +72,32 @@ test(`a viewer decodes every one of ${CYCLES + 1} speakers who come and go`, { t
   const problems = pages.flatMap((p) => p.problems.map((x) => `${p.label}: ${x}`));
   assert.deepEqual(problems, [], 'no page threw or logged an error');
 });
+
+/** What the viewer and a speaker it does not decode show: for a failure's message. */
+async function explain(viewer, speaker) {
+  const view = await viewer.page.evaluate((id) => {
+    const pc = window.dais.pc;
+    const sections = [...window.__sdpSections(pc.remoteDescription?.sdp ?? '').entries()]
+      .filter(([, s]) => s.participantId === id).map(([mid, s]) => ({ mid, ...s }));
+    return { signaling: pc.signalingState, connection: pc.connectionState, sections };
+  }, speaker.id).catch((e) => `unreadable: ${e.message}`);
+  const entries = (await inbound(viewer.page).catch(() => []))
+    .filter((s) => s.participantId === speaker.id)
+    .map(({ raw, ...s }) => ({ ...s, keyFramesDecoded: raw.keyFramesDecoded, pliCount: raw.pliCount, firCount: raw.firCount, bytesReceived: raw.bytesReceived }));
+  const sent = await speaker.page.evaluate(async () => {
+    const pc = window.dais.pc;
+    const out = [];
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'outbound-rtp') out.push({ kind: r.kind, rid: r.rid, active: r.active, packetsSent: r.packetsSent, framesEncoded: r.framesEncoded, keyFramesEncoded: r.keyFramesEncoded, pliCount: r.pliCount, width: r.frameWidth, limitation: r.qualityLimitationReason });
+    });
+    return { connection: pc.connectionState, signaling: pc.signalingState, out };
+  }).catch((e) => `unreadable: ${e.message}`);
+  const tiles = await viewer.page.evaluate(() => [...document.querySelectorAll('[data-video-paused]')]
+    .map((t) => t.dataset.videoPaused)).catch(() => []);
+  const headers = { authorization: `Bearer ${process.env.DAIS_ADMIN_KEY}` };
+  const room = await fetch(`${BASE}/admin/rooms`, { headers }).then((r) => r.json())
+    .then((rooms) => (rooms.rooms ?? rooms).find?.((r) => r.name === ROOM) ?? rooms).catch((e) => `unreadable: ${e.message}`);
+  const consumers = await fetch(`${BASE}/metrics`).then((r) => r.text())
+    .then((t) => t.split('\n').filter((l) => l.startsWith('dais_video_consumers'))).catch((e) => `unreadable: ${e.message}`);
+  return { view, entries, sent, tiles, room, consumers, problems: [...viewer.problems, ...speaker.problems] };
+}
