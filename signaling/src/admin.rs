@@ -28,6 +28,9 @@ pub enum AdminError {
     /// No participant of that id in the room.
     #[error("no such participant in the room")]
     ParticipantNotFound,
+    /// No chat message of that id in the room.
+    #[error("no such chat message in the room")]
+    MessageNotFound,
 }
 
 /// Close code sent to a kicked participant.
@@ -141,21 +144,25 @@ impl Signaling {
             return Ok(());
         }
         m.info.role = role;
-        let (session, info, notices) = (m.session, m.info.clone(), m.notices.clone());
+        let (session, info) = (m.session, m.info.clone());
         let role_changed = ServerMessage::RoleChanged { participant_id: info.id.clone(), role };
+        let mut for_it = Vec::new();
         for (_, o) in r.members.iter().filter(|(other, _)| **other != id) {
             let msg = match (o.info.role, role) {
                 (Role::Speaker, _) => role_changed.clone(),
                 (Role::Viewer, Role::Speaker) => ServerMessage::ParticipantJoined { participant: info.clone() },
                 (Role::Viewer, Role::Viewer) => ServerMessage::ParticipantLeft { participant_id: info.id.clone() },
             };
-            let _ = o.notices.send(msg);
+            o.notify(msg);
             if o.info.role == Role::Viewer {
-                let _ = notices.send(match role {
+                for_it.push(match role {
                     Role::Speaker => ServerMessage::ParticipantJoined { participant: o.info.clone() },
                     Role::Viewer => ServerMessage::ParticipantLeft { participant_id: o.info.id.clone() },
                 });
             }
+        }
+        if let Some(m) = r.members.get(&id) {
+            for_it.into_iter().for_each(|msg| m.notify(msg));
         }
         r.count_viewer(role == Role::Viewer);
         if role == Role::Viewer {
@@ -164,6 +171,32 @@ impl Signaling {
         drop(rooms);
         self.control(id, Control::SetRole(role));
         self.media.set_publisher(session, role == Role::Speaker);
+        Ok(())
+    }
+
+    /// Delete chat message `id` for everyone in the room (`chat_deleted`); a participant who joins
+    /// later no longer gets it in `chat_history`.
+    pub fn admin_delete_chat(&self, room: &str, id: u64) -> Result<(), AdminError> {
+        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
+        r.chat.delete(id).then_some(()).ok_or(AdminError::MessageNotFound)
+    }
+
+    /// Silence (or let speak again) a participant's chat: its `chat` is refused with `chat_silenced`.
+    /// It lasts as long as the participant (a resume keeps it; a new join is a new participant).
+    pub fn admin_silence_chat(&self, room: &str, participant: &str, silenced: bool) -> Result<(), AdminError> {
+        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
+        let m = r.members.values_mut().find(|m| m.info.id == participant).ok_or(AdminError::ParticipantNotFound)?;
+        m.chat_silenced = silenced;
+        Ok(())
+    }
+
+    /// Let the room's viewers chat, or not (`chat_policy` to everyone on a change); speakers always may.
+    pub fn admin_viewer_chat(&self, room: &str, allowed: bool) -> Result<(), AdminError> {
+        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
+        r.chat.set_viewer_chat(allowed);
         Ok(())
     }
 }

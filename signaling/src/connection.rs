@@ -21,12 +21,13 @@ use dais_proto::{
     CLOSE_MESSAGE_TOO_BIG, MAX_SDP_BYTES, PROTOCOL_VERSION,
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::admin::Control;
+use crate::chat::CLOSE_TOO_SLOW;
 use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
-use crate::participant::{Joined, Participant, Takeover};
+use crate::participant::{Feeds, Joined, Participant, Takeover};
 use crate::rate::{RateLimit, Verdict};
 use crate::room::{self, media_wire_id, participant_wire_id};
 use crate::{Frame, OutFrame, Phase, Signaling};
@@ -337,6 +338,19 @@ impl Signaling {
                         if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
                     }
                 }
+                shared = feed_next(&mut p.feed) => match shared {
+                    Ok(text) => {
+                        if send_shared(outgoing, text).await.is_err() { return End::Lost(None); }
+                    }
+                    Err(behind) => {
+                        warn!(behind, "the client fell behind the room's chat feed; closing as too slow");
+                        return End::Lost(Some((CLOSE_TOO_SLOW, "too_slow".into())));
+                    }
+                },
+                Ok(()) = p.overflow.changed() => if *p.overflow.borrow_and_update() {
+                    warn!("the client fell behind its room news; closing as too slow");
+                    return End::Lost(Some((CLOSE_TOO_SLOW, "too_slow".into())));
+                },
                 msg = room_news(&mut p.speaking) => {
                     if let Some(m) = msg {
                         if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
@@ -416,7 +430,7 @@ impl Signaling {
                     return refuse(ErrorCode::InvalidName, "names are 1-64 bytes without control characters");
                 }
                 match self.join(room, name, role) {
-                    Ok((p, reply)) => Unjoined::Joined(Box::new(p), vec![reply]),
+                    Ok((p, replies)) => Unjoined::Joined(Box::new(p), replies),
                     Err(ErrorCode::RoomFull) => refuse(ErrorCode::RoomFull, "the room is full"),
                     Err(code) => refuse(code, "the join could not be completed"),
                 }
@@ -533,6 +547,14 @@ impl Signaling {
                     Err(code) => err(code, "too many reactions: at most 2 a second (bursts of 5) are counted"),
                 }
             }
+            ClientMessage::Chat { text } => {
+                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
+                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
+                match room.chat(Instant::now(), j.id, text) {
+                    Ok(_) => Step::Reply(vec![]),
+                    Err(code) => err(code, chat_refusal(code)),
+                }
+            }
             ClientMessage::VideoSize { media, width, height } => {
                 let Some(producer) = room::parse_media_wire_id(&media) else {
                     return err(ErrorCode::BadMessage, "media is not a stream id (m<digits>)");
@@ -546,9 +568,14 @@ impl Signaling {
         }
     }
 
-    fn join(&self, room_name: String, name: String, role: Role) -> Result<(Participant, ServerMessage), ErrorCode> {
+    fn join(
+        &self,
+        room_name: String,
+        name: String,
+        role: Role,
+    ) -> Result<(Participant, Vec<ServerMessage>), ErrorCode> {
         let id = self.next_id();
-        let (notice_tx, notices) = mpsc::unbounded_channel::<ServerMessage>();
+        let (notice_tx, notices) = mpsc::channel::<ServerMessage>(room::NOTICE_QUEUE);
         let (media_tx, media_rx) = mpsc::unbounded_channel::<MediaEvent>();
         let Ok(mut rooms) = self.rooms.lock() else { return Err(ErrorCode::Internal) };
         let room = rooms.by_name.entry(room_name.clone()).or_default();
@@ -569,6 +596,8 @@ impl Signaling {
         let mut speaking = room.speaking.subscribe();
         // Someone already speaking (or having spoken) is news for the newcomer.
         speaking.mark_changed();
+        let (feed, history) = room.chat.subscribe();
+        let overflow = me.overflow.subscribe();
         // Media session first, then subscriptions to what the room already publishes.
         self.media.open_session(id, role == Role::Speaker, media_tx.clone());
         for m in room.members.values() {
@@ -580,7 +609,8 @@ impl Signaling {
         drop(rooms);
         info!(room = %room_name, participant = %info.id, ?role, "joined");
         let joined = Joined { room: room_name.clone(), id, role, session: id };
-        let p = self.new_participant(joined, notices, (media_tx, media_rx), audience, (speaking, reactions));
+        let feeds = Feeds { audience, speaking, reactions, feed, overflow };
+        let p = self.new_participant(joined, notices, (media_tx, media_rx), feeds);
         let reply = ServerMessage::Joined {
             room: room_name,
             participant_id: participant_wire_id(id),
@@ -591,7 +621,7 @@ impl Signaling {
             ice_servers: self.config.ice.for_participant(&participant_wire_id(id), std::time::SystemTime::now()),
             resume_token: (!p.token.is_empty()).then(|| p.token.clone()),
         };
-        Ok((p, reply))
+        Ok((p, vec![reply, history]))
     }
 
     /// Remove the participant. Others hear `media_unpublished` and `participant_left` before the media
@@ -802,6 +832,27 @@ async fn room_news(rx: &mut watch::Receiver<Option<ServerMessage>>) -> Option<Se
     rx.borrow_and_update().clone()
 }
 
+/// The next buffer of the room's chat feed; `Err` with how many it missed when the client fell
+/// behind by more than the feed holds; once the room is gone, never.
+async fn feed_next(rx: &mut broadcast::Receiver<bytes::Bytes>) -> Result<bytes::Bytes, u64> {
+    match rx.recv().await {
+        Ok(b) => Ok(b),
+        Err(broadcast::error::RecvError::Lagged(n)) => Err(n),
+        Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+    }
+}
+
+/// The text of a refused `chat`.
+fn chat_refusal(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidChat => "chat text must be 1-500 bytes, without control characters other than line feeds",
+        ErrorCode::TooManyChats => "too many chat messages: at most one every 2 s (bursts of 3)",
+        ErrorCode::ChatSilenced => "an operator silenced your chat",
+        ErrorCode::ChatDisabled => "an operator turned viewer chat off for this room",
+        _ => "the message could not be sent",
+    }
+}
+
 /// A non-text frame: the reply to send, or `Err` with the close frame to send when the socket is done
 /// (`None`: nothing to send, the client went away).
 fn socket_frame(frame: Frame) -> Result<Vec<ServerMessage>, Option<(u16, String)>> {
@@ -855,6 +906,17 @@ fn phase_news(now: Option<Phase>) -> Result<Option<ServerMessage>, (u16, String)
 
 fn parse_error(e: dais_proto::ParseError) -> ServerMessage {
     ServerMessage::Error { code: e.code, message: e.message, request: e.request }
+}
+
+/// Send a message serialized once for many connections.
+async fn send_shared<K>(out: &mut K, text: bytes::Bytes) -> Result<(), ()>
+where
+    K: Sink<OutFrame> + Unpin,
+{
+    match tokio::time::timeout(SEND_TIMEOUT, out.send(OutFrame::Shared(text))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 async fn send_all<K>(out: &mut K, msgs: Vec<ServerMessage>) -> Result<(), ()>

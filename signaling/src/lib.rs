@@ -9,6 +9,7 @@
 //! carry a token whose grant sets the participant's name and role.
 
 mod admin;
+mod chat;
 mod connection;
 pub mod ice;
 mod media_api;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use admin::{AdminError, CLOSE_KICKED, CLOSE_ROOM_CLOSED};
+pub use chat::{CLOSE_TOO_SLOW, FEED_CAPACITY};
 pub use connection::CLOSE_REPLACED;
 pub use media_api::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection};
 pub use room::RoomSnapshot;
@@ -50,6 +52,9 @@ pub enum Frame {
 pub enum OutFrame {
     /// A text frame.
     Text(String),
+    /// A text frame whose UTF-8 bytes are shared with other connections (a room's chat feed):
+    /// serialized once, sent many times.
+    Shared(bytes::Bytes),
     /// A WebSocket ping (keep-alive).
     Ping,
     /// Close with a code and reason.

@@ -21,8 +21,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use dais_proto::{ErrorCode, Role, ServerMessage, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::admin::Control;
@@ -55,7 +56,7 @@ pub(crate) struct Joined {
 /// A joined participant and every channel that reaches it. See the module docs.
 pub(crate) struct Participant {
     pub joined: Joined,
-    pub notices: mpsc::UnboundedReceiver<ServerMessage>,
+    pub notices: mpsc::Receiver<ServerMessage>,
     pub media: mpsc::UnboundedReceiver<MediaEvent>,
     /// Kept for a new media session after a reset.
     pub media_tx: mpsc::UnboundedSender<MediaEvent>,
@@ -72,10 +73,24 @@ pub(crate) struct Participant {
     pub speaking: watch::Receiver<Option<ServerMessage>>,
     /// The room's latest `reactions` message, watched likewise.
     pub reactions: watch::Receiver<Option<ServerMessage>>,
+    /// The room's chat feed (shared serialized messages), read while a socket carries the
+    /// participant; a new reader after a resume.
+    pub feed: broadcast::Receiver<Bytes>,
+    /// Set when the room's news overflowed this participant's queue: its socket is closed as too slow.
+    pub overflow: watch::Receiver<bool>,
     /// The last server offer sent (or due), until it is answered.
     pub outstanding_offer: Option<String>,
     /// The media session ended while no socket carried the participant.
     pub media_gone: bool,
+}
+
+/// What a participant's connection watches in its room, taken at join under the rooms lock.
+pub(crate) struct Feeds {
+    pub audience: watch::Receiver<u64>,
+    pub speaking: watch::Receiver<Option<ServerMessage>>,
+    pub reactions: watch::Receiver<Option<ServerMessage>>,
+    pub feed: broadcast::Receiver<Bytes>,
+    pub overflow: watch::Receiver<bool>,
 }
 
 /// The resume tokens of live and parked participants, and those of participants an operator ended.
@@ -134,11 +149,11 @@ impl Signaling {
     pub(crate) fn new_participant(
         &self,
         joined: Joined,
-        notices: mpsc::UnboundedReceiver<ServerMessage>,
+        notices: mpsc::Receiver<ServerMessage>,
         media: (mpsc::UnboundedSender<MediaEvent>, mpsc::UnboundedReceiver<MediaEvent>),
-        audience: watch::Receiver<u64>,
-        (speaking, reactions): (watch::Receiver<Option<ServerMessage>>, watch::Receiver<Option<ServerMessage>>),
+        feeds: Feeds,
     ) -> Participant {
+        let Feeds { audience, speaking, reactions, feed, overflow } = feeds;
         let (control_tx, control) = mpsc::unbounded_channel();
         self.register_control(joined.id, control_tx);
         let (token, takeover) = self.issue_token();
@@ -155,6 +170,8 @@ impl Signaling {
             heard,
             speaking,
             reactions,
+            feed,
+            overflow,
             outstanding_offer: None,
             media_gone: false,
         }
@@ -297,7 +314,7 @@ impl Signaling {
         let (token, takeover) = self.issue_token();
         p.token = token;
         p.takeover = takeover;
-        let Some((participants, viewers, role)) = self.resume_snapshot(&mut p) else {
+        let Some((participants, viewers, role, history)) = self.resume_snapshot(&mut p) else {
             // The room went away under it (cannot happen while it is a member): it is gone.
             self.finish(p);
             return Err(ResumeError::Failed);
@@ -319,6 +336,7 @@ impl Signaling {
                 .ice
                 .for_participant(&participant_wire_id(p.joined.id), std::time::SystemTime::now()),
         }];
+        out.push(history);
         if let Some(sdp) = &p.outstanding_offer {
             out.push(ServerMessage::Offer { sdp: sdp.clone() });
         }
@@ -326,13 +344,21 @@ impl Signaling {
     }
 
     /// Under the rooms lock: drop the news queued for the old socket, read the room as this participant
-    /// sees it, and open a new media session if the old one is gone (subscribed to what the room
-    /// publishes, as at join).
-    fn resume_snapshot(&self, p: &mut Participant) -> Option<(Vec<dais_proto::ParticipantInfo>, u64, Role)> {
+    /// sees it (and its chat, from a new reader of the feed), and open a new media session if the old
+    /// one is gone (subscribed to what the room publishes, as at join).
+    fn resume_snapshot(
+        &self,
+        p: &mut Participant,
+    ) -> Option<(Vec<dais_proto::ParticipantInfo>, u64, Role, ServerMessage)> {
         let Ok(mut rooms) = self.rooms.lock() else { return None };
         let room = rooms.by_name.get_mut(&p.joined.room)?;
         while p.notices.try_recv().is_ok() {}
-        let role = room.members.get(&p.joined.id)?.info.role;
+        let me = room.members.get(&p.joined.id)?;
+        let role = me.info.role;
+        me.overflow.send_replace(false);
+        p.overflow.mark_unchanged();
+        let (feed, history) = room.chat.subscribe();
+        p.feed = feed;
         let participants = room
             .members
             .iter()
@@ -357,7 +383,7 @@ impl Signaling {
                 }
             }
         }
-        Some((participants, viewers, role))
+        Some((participants, viewers, role, history))
     }
 }
 

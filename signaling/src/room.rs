@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use dais_forward::speech::Detector;
 
+use crate::chat::{self, Chat};
 use crate::rate::Bucket;
 use dais_proto::{ErrorCode, MediaInfo, ParticipantInfo, Reaction, Role, ServerMessage};
 use tokio::sync::{mpsc, watch};
@@ -32,9 +33,31 @@ pub(crate) struct Member {
     /// Muted by an operator (admin API): streams of that kind stay paused, also ones published later,
     /// and the participant's own `mute{muted:false}` is refused.
     pub operator_muted: [bool; 2],
-    pub notices: mpsc::UnboundedSender<ServerMessage>,
+    /// Its queue of room news ([`NOTICE_QUEUE`] long). When it is full the news is dropped and
+    /// `overflow` set: its connection then closes as too slow, and the client's resume brings the
+    /// room as it is.
+    pub notices: mpsc::Sender<ServerMessage>,
+    pub overflow: watch::Sender<bool>,
     /// Its reaction allowance ([`dais_proto::REACTIONS_PER_SECOND`]).
     pub reactions: Bucket,
+    /// Its chat allowance ([`dais_proto::CHATS_PER_SECOND`]).
+    pub chats: Bucket,
+    /// An operator silenced its chat.
+    pub chat_silenced: bool,
+}
+
+/// Room news one member may have queued. Viewers only hear of speakers (a handful); a speaker hears
+/// of every viewer who joins or leaves, so this covers a ramp of thousands of viewers arriving faster
+/// than a healthy speaker's socket drains them (each notice is about 150 bytes: at most 600 KiB).
+pub(crate) const NOTICE_QUEUE: usize = 4096;
+
+impl Member {
+    /// Queue `msg` for this member; a full queue drops it and marks the member too slow.
+    pub fn notify(&self, msg: ServerMessage) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.notices.try_send(msg) {
+            self.overflow.send_replace(true);
+        }
+    }
 }
 
 /// One room.
@@ -55,6 +78,8 @@ pub(crate) struct Room {
     flush_due: bool,
     /// The latest `reactions` message, watched by every member's connection like `speaking`.
     pub reactions: watch::Sender<Option<ServerMessage>>,
+    /// The chat, whose feed every member's connection reads.
+    pub chat: Chat,
 }
 
 impl Default for Room {
@@ -68,6 +93,7 @@ impl Default for Room {
             reacted_total: [0; Reaction::ALL.len()],
             flush_due: false,
             reactions: watch::Sender::new(None),
+            chat: Chat::default(),
         }
     }
 }
@@ -110,6 +136,24 @@ impl Room {
         Ok(!std::mem::replace(&mut self.flush_due, true))
     }
 
+    /// Member `id` writes `text` to the chat at `now`: checked (text, silence, viewer policy, then its
+    /// allowance, so a refused message costs none of it) and posted. Returns the message id.
+    pub fn chat(&mut self, now: Instant, id: u64, text: String) -> Result<u64, ErrorCode> {
+        chat::check_text(&text)?;
+        let Some(m) = self.members.get_mut(&id) else { return Err(ErrorCode::NotJoined) };
+        let writer = chat::Writer {
+            participant_id: &m.info.id,
+            name: &m.info.name,
+            role: m.info.role,
+            silenced: m.chat_silenced,
+        };
+        self.chat.may_post(&writer)?;
+        if !m.chats.take(now) {
+            return Err(ErrorCode::TooManyChats);
+        }
+        Ok(self.chat.post(&writer, text))
+    }
+
     /// The interval is over: its counts (and the running totals) go to everyone as one `reactions`
     /// message in the room's watch, and a new interval starts.
     pub fn flush_reactions(&mut self) {
@@ -137,7 +181,7 @@ impl Room {
     pub fn broadcast_about(&self, subject: Role, except: u64, msg: &ServerMessage) {
         for (id, m) in &self.members {
             if *id != except && sees(m.info.role, subject) {
-                let _ = m.notices.send(msg.clone());
+                m.notify(msg.clone());
             }
         }
     }
@@ -198,7 +242,7 @@ pub(crate) fn parse_media_wire_id(id: &str) -> Option<u64> {
 }
 
 /// A fresh member record.
-pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::UnboundedSender<ServerMessage>) -> Member {
+pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::Sender<ServerMessage>) -> Member {
     Member {
         info: ParticipantInfo { id: participant_wire_id(id), name, role, media: Vec::<MediaInfo>::new() },
         session: id,
@@ -207,7 +251,10 @@ pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::Unbounded
         video_muted: false,
         operator_muted: [false; 2],
         notices,
+        overflow: watch::Sender::new(false),
         reactions: Bucket::new(Instant::now(), dais_proto::REACTIONS_PER_SECOND, dais_proto::REACTION_BURST),
+        chats: Bucket::new(Instant::now(), dais_proto::CHATS_PER_SECOND, dais_proto::CHAT_BURST),
+        chat_silenced: false,
     }
 }
 

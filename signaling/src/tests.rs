@@ -89,7 +89,7 @@ type Out = Pin<Box<dyn Sink<OutFrame, Error = ()> + Send>>;
 /// One fake WebSocket: what the test sends in, and what the server sent out.
 struct Peer {
     to_server: mpsc::UnboundedSender<Frame>,
-    from_server: mpsc::UnboundedReceiver<OutFrame>,
+    from_server: mpsc::Receiver<OutFrame>,
 }
 
 impl Peer {
@@ -124,17 +124,11 @@ impl Peer {
 
     /// The next message other than `audience`.
     async fn msg(&mut self) -> ServerMessage {
-        match self.next().await {
-            OutFrame::Text(t) => serde_json::from_str(&t).expect("server JSON parses"),
-            other => panic!("expected a text frame, got {other:?}"),
-        }
+        text_message(self.next().await)
     }
 
     async fn msg_or_audience(&mut self) -> ServerMessage {
-        match self.next_raw().await {
-            OutFrame::Text(t) => serde_json::from_str(&t).expect("server JSON parses"),
-            other => panic!("expected a text frame, got {other:?}"),
-        }
+        text_message(self.next_raw().await)
     }
 
     async fn error_code(&mut self) -> ErrorCode {
@@ -144,19 +138,57 @@ impl Peer {
         }
     }
 
+    /// Join; returns `joined` (or the refusal), having taken the `chat_history` that follows it.
     async fn join(&mut self, room: &str, name: &str, role: &str) -> ServerMessage {
+        self.join_with_history(room, name, role).await.0
+    }
+
+    /// Join; returns `joined` and the `chat_history` that follows it (`None` after a refusal).
+    async fn join_with_history(
+        &mut self,
+        room: &str,
+        name: &str,
+        role: &str,
+    ) -> (ServerMessage, Option<ServerMessage>) {
         self.send(&format!(r#"{{"type":"join","room":"{room}","name":"{name}","role":"{role}","version":1}}"#));
-        self.msg().await
+        let joined = self.msg().await;
+        let history = match joined {
+            ServerMessage::Joined { .. } => Some(self.history().await),
+            _ => None,
+        };
+        (joined, history)
+    }
+
+    /// The `chat_history` that comes right after `joined` and `resumed`.
+    async fn history(&mut self) -> ServerMessage {
+        let m = self.msg_or_audience().await;
+        assert!(matches!(m, ServerMessage::ChatHistory { .. }), "expected chat_history, got {m:?}");
+        m
+    }
+}
+
+/// A text frame's message, shared (the chat feed) or not.
+fn text_message(f: OutFrame) -> ServerMessage {
+    match f {
+        OutFrame::Text(t) => serde_json::from_str(&t).expect("server JSON parses"),
+        OutFrame::Shared(b) => serde_json::from_slice(&b).expect("server JSON parses"),
+        other => panic!("expected a text frame, got {other:?}"),
     }
 }
 
 fn connect(sig: &Arc<Signaling>) -> Peer {
+    connect_reading(sig, 100_000)
+}
+
+/// A fake WebSocket whose client has room for only `window` frames it has not read: the server's
+/// sends wait while it is full, as on a socket whose TCP window is.
+fn connect_reading(sig: &Arc<Signaling>, window: usize) -> Peer {
     let (to_server, rx_in) = mpsc::unbounded_channel::<Frame>();
-    let (tx_out, from_server) = mpsc::unbounded_channel::<OutFrame>();
+    let (tx_out, from_server) = mpsc::channel::<OutFrame>(window);
     let incoming: In =
         Box::pin(futures_util::stream::unfold(rx_in, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) }));
     let outgoing: Out = Box::pin(futures_util::sink::unfold(tx_out, |tx, f: OutFrame| async move {
-        tx.send(f).map_err(|_| ())?;
+        tx.send(f).await.map_err(|_| ())?;
         Ok::<_, ()>(tx)
     }));
     tokio::spawn(sig.clone().serve(incoming, outgoing));
@@ -621,6 +653,7 @@ async fn joined_carries_the_ice_servers_with_credentials_minted_for_the_particip
     assert!(text.contains(r#""type":"joined""#) && !text.contains("ice_servers"), "{text}");
 }
 
+mod chat;
 mod resume;
 
 #[tokio::test]
@@ -644,7 +677,7 @@ async fn a_message_flood_gets_rate_limited_then_closed_and_a_bystander_is_unaffe
                 ServerMessage::Error { code: ErrorCode::RateLimited, .. } => limited += 1,
                 other => panic!("unexpected {other:?}"),
             },
-            OutFrame::Ping => {}
+            OutFrame::Ping | OutFrame::Shared(_) => {}
         }
     };
     assert_eq!(close, (1008, "rate_limited".into()), "the flood is closed");

@@ -133,6 +133,38 @@ pub const REACTION_BURST: f64 = 5.0;
 /// How often, at most, the room's reaction totals go out (`reactions`), in milliseconds.
 pub const REACTIONS_INTERVAL_MS: u64 = 500;
 
+/// Longest chat message, in bytes of UTF-8 (`chat`).
+pub const MAX_CHAT_BYTES: usize = 500;
+/// Chat messages a participant may send per second (`chat`); see [`CHAT_BURST`].
+pub const CHATS_PER_SECOND: f64 = 0.5;
+/// Chat messages a participant may send at once before [`CHATS_PER_SECOND`] applies.
+pub const CHAT_BURST: f64 = 3.0;
+/// Chat messages a room keeps and sends to a participant who joins or resumes (`chat_history`).
+pub const CHAT_HISTORY: usize = 50;
+
+/// Check a chat text: 1..=[`MAX_CHAT_BYTES`] bytes, not only whitespace, no control characters
+/// other than line feeds.
+pub fn valid_chat(text: &str) -> bool {
+    !text.trim().is_empty() && text.len() <= MAX_CHAT_BYTES && !text.chars().any(|c| c.is_control() && c != '\n')
+}
+
+/// One chat message as the room keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatEntry {
+    /// Its id in the room, increasing from 1 (moderation deletes by it).
+    pub id: u64,
+    /// Who wrote it.
+    pub participant_id: String,
+    /// Their display name when they wrote it.
+    pub name: String,
+    /// Their role when they wrote it.
+    pub role: Role,
+    /// The text, as sent.
+    pub text: String,
+    /// When the server took it, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
 /// A message from a participant to the server. Unknown fields are ignored (forward compatibility).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -204,6 +236,15 @@ pub enum ClientMessage {
     React {
         /// Which one.
         reaction: Reaction,
+    },
+    /// Write to the room's chat (any role). Everyone in the room, the writer included, receives it as
+    /// `chat`. Refused with `invalid_chat` (empty, longer than [`MAX_CHAT_BYTES`], control
+    /// characters), `too_many_chats` (over [`CHATS_PER_SECOND`], bursts of [`CHAT_BURST`]),
+    /// `chat_silenced` (an operator silenced this participant) or `chat_disabled` (an operator turned
+    /// viewer chat off and this is a viewer). The socket stays in every case.
+    Chat {
+        /// The text.
+        text: String,
     },
     /// Leave the room; the server closes the socket afterwards.
     Leave,
@@ -390,6 +431,26 @@ pub enum ServerMessage {
         /// Reactions counted since the room began, by reaction (only those with a count).
         totals: BTreeMap<Reaction, u64>,
     },
+    /// A chat message, to everyone in the room (its writer too), in the order the server took them.
+    Chat(ChatEntry),
+    /// Sent right after `joined` and after `resumed`: the room's last [`CHAT_HISTORY`] chat messages,
+    /// oldest first, and whether viewers may chat. `chat` messages that follow are newer.
+    ChatHistory {
+        /// The messages.
+        messages: Vec<ChatEntry>,
+        /// Whether viewers may chat now (speakers always may, unless silenced).
+        viewer_chat: bool,
+    },
+    /// An operator deleted a chat message: remove it from view.
+    ChatDeleted {
+        /// Its id.
+        id: u64,
+    },
+    /// An operator turned viewer chat on or off for the room.
+    ChatPolicy {
+        /// Whether viewers may chat now.
+        viewer_chat: bool,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's id.
@@ -479,6 +540,17 @@ pub enum ErrorCode {
     /// A `react` beyond the participant's reaction rate ([`REACTIONS_PER_SECOND`], bursts of
     /// [`REACTION_BURST`]); that reaction was not counted. The socket stays.
     TooManyReactions,
+    /// A `chat` whose text is empty, longer than [`MAX_CHAT_BYTES`] or holds control characters other
+    /// than line feeds; nothing was sent. The socket stays.
+    InvalidChat,
+    /// A `chat` beyond the participant's chat rate ([`CHATS_PER_SECOND`], bursts of [`CHAT_BURST`]);
+    /// that message was not sent. The socket stays.
+    TooManyChats,
+    /// An operator silenced this participant's chat; the message was not sent. The socket stays.
+    ChatSilenced,
+    /// An operator turned viewer chat off for this room and the sender is a viewer; the message was
+    /// not sent. The socket stays.
+    ChatDisabled,
 }
 
 impl ErrorCode {
@@ -516,6 +588,10 @@ impl ErrorCode {
             ErrorCode::TooManyStreams => "too_many_streams",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyReactions => "too_many_reactions",
+            ErrorCode::InvalidChat => "invalid_chat",
+            ErrorCode::TooManyChats => "too_many_chats",
+            ErrorCode::ChatSilenced => "chat_silenced",
+            ErrorCode::ChatDisabled => "chat_disabled",
         }
     }
 }
@@ -546,7 +622,7 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 const CLIENT_TYPES: &[&str] =
-    &["join", "offer", "answer", "candidate", "mute", "video_size", "react", "ping", "leave", "resume"];
+    &["join", "offer", "answer", "candidate", "mute", "video_size", "react", "chat", "ping", "leave", "resume"];
 
 /// Parse one client text frame, classifying failures as `bad_json`, `unknown_type` or `bad_message`.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
@@ -625,6 +701,7 @@ impl ClientMessage {
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::VideoSize { .. } => "video_size",
             ClientMessage::React { .. } => "react",
+            ClientMessage::Chat { .. } => "chat",
             ClientMessage::Leave => "leave",
             ClientMessage::Resume { .. } => "resume",
         }
@@ -768,6 +845,34 @@ mod tests {
     }
 
     #[test]
+    fn chat_parses_and_serializes_flat_with_its_checks() {
+        assert_eq!(
+            parse_client(r#"{"type":"chat","text":"hello"}"#).ok(),
+            Some(ClientMessage::Chat { text: "hello".into() })
+        );
+        assert_eq!(parse_client(r#"{"type":"chat"}"#).err().map(|e| e.code), Some(ErrorCode::BadMessage));
+        let entry = ChatEntry {
+            id: 7,
+            participant_id: "p3".into(),
+            name: "Ada".into(),
+            role: Role::Viewer,
+            text: "hi".into(),
+            at_ms: 1,
+        };
+        assert_eq!(
+            ServerMessage::Chat(entry.clone()).to_json(),
+            r#"{"type":"chat","id":7,"participant_id":"p3","name":"Ada","role":"viewer","text":"hi","at_ms":1}"#
+        );
+        let history = ServerMessage::ChatHistory { messages: vec![entry], viewer_chat: false };
+        assert_eq!(serde_json::from_str::<ServerMessage>(&history.to_json()).ok(), Some(history));
+        assert!(valid_chat("two\nlines"));
+        assert!(!valid_chat("  \n "));
+        assert!(!valid_chat("bell\u{7}"));
+        assert!(valid_chat(&"é".repeat(MAX_CHAT_BYTES / 2)));
+        assert!(!valid_chat(&"é".repeat(MAX_CHAT_BYTES / 2 + 1)));
+    }
+
+    #[test]
     fn every_code_spells_as_serde_does() {
         for c in [
             ErrorCode::BadJson,
@@ -783,6 +888,10 @@ mod tests {
             ErrorCode::TooManyStreams,
             ErrorCode::RateLimited,
             ErrorCode::TooManyReactions,
+            ErrorCode::InvalidChat,
+            ErrorCode::TooManyChats,
+            ErrorCode::ChatSilenced,
+            ErrorCode::ChatDisabled,
             ErrorCode::TokenNotYetValid,
         ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));

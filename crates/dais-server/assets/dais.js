@@ -49,6 +49,17 @@ export const VIDEO_CODECS = Object.freeze(['vp8', 'h264', 'vp9', 'av1']);
 /** The reactions the server counts (`react`), in wire order. */
 export const REACTIONS = Object.freeze(['applause', 'heart', 'laugh', 'thumbs_up', 'wow', 'celebrate']);
 
+/** Longest chat text the server takes, in bytes of UTF-8 (dais-proto MAX_CHAT_BYTES). */
+export const MAX_CHAT_BYTES = 500;
+
+/** Chat messages a client keeps in {@link DaisClient#chat}, oldest dropped first. */
+const CHAT_KEPT = 200;
+
+/** A chat entry of the wire (snake_case) as the client presents it. */
+function chatEntry(e) {
+  return { id: e.id, participantId: e.participant_id, name: e.name, role: e.role, text: e.text, atMs: e.at_ms };
+}
+
 /**
  * The simulcast encodings a speaker's camera is published with (VP8 and H.264): a quarter, a half
  * and the full resolution, lowest first. The server sends each viewer the highest one its downlink
@@ -188,6 +199,11 @@ export class DaisError extends Error {
  * - `track`              `RemoteMedia`: a remote track started arriving (or moved to another m-line)
  * - `trackremoved`       `RemoteMedia`: the server stopped sending it
  * - `connectionstatechange` `{state}`: the RTCPeerConnection's connectionState
+ * - `chathistory`        `{messages, viewerChat}`: the room's last chat messages, after each join and
+ *                        resume (also kept in {@link DaisClient#chat})
+ * - `chat`               `{id, participantId, name, role, text, atMs}`: a new chat message
+ * - `chatdeleted`        `{id}`: an operator deleted that message
+ * - `chatpolicy`         `{viewerChat}`: an operator turned viewer chat on or off
  * - `pong`               `{id, rttMs}`
  * - `rolechanged`        `{participantId, role, self}`: an operator promoted or demoted someone in place;
  *                        when `self`, a promoted client may now `publish()`, a demoted one stopped capturing
@@ -284,6 +300,12 @@ export class DaisClient extends EventTarget {
     this._candidatesHeld = [];        // local candidates gathered before their description was sent
     this._descriptionSent = false;
     this._midBindings = new Map();    // mid -> media id, as of the last remote description
+    /**
+     * The room's chat as this client knows it: `messages` oldest first (the server's history on each
+     * join or resume, then every new one, at most 200), and whether viewers may chat.
+     * @type {{messages: {id: number, participantId: string, name: string, role: string, text: string, atMs: number}[], viewerChat: boolean}}
+     */
+    this.chat = { messages: [], viewerChat: true };
   }
 
   /**
@@ -396,6 +418,21 @@ export class DaisClient extends EventTarget {
   react(reaction) {
     if (!REACTIONS.includes(reaction)) throw new DaisError('bad_message', `unknown reaction ${reaction}`);
     if (this._carrying()) this._send({ type: 'react', reaction });
+  }
+
+  /**
+   * Write to the room's chat. Everyone, this client included, receives it as a `chat` event. The
+   * server refuses with an `error` event whose `error.request` is `'chat'`: `invalid_chat` (empty,
+   * over {@link MAX_CHAT_BYTES} bytes, control characters), `too_many_chats` (over one every 2 s,
+   * bursts of 3), `chat_silenced` or `chat_disabled` (an operator's doing). Returns false, sending
+   * nothing, while no socket carries us (reconnecting).
+   * @param {string} text
+   * @returns {boolean}
+   */
+  sendChat(text) {
+    if (!this._carrying()) return false;
+    this._send({ type: 'chat', text: String(text) });
+    return true;
   }
 
   /**
@@ -553,6 +590,21 @@ export class DaisClient extends EventTarget {
         return this._emit('audience', { viewers: msg.viewers });
       case 'reactions':
         return this._emit('reactions', { counts: msg.counts, totals: msg.totals });
+      case 'chat_history':
+        this.chat = { messages: (msg.messages ?? []).map(chatEntry), viewerChat: msg.viewer_chat !== false };
+        return this._emit('chathistory', this.chat);
+      case 'chat': {
+        const entry = chatEntry(msg);
+        this.chat.messages.push(entry);
+        if (this.chat.messages.length > CHAT_KEPT) this.chat.messages.shift();
+        return this._emit('chat', entry);
+      }
+      case 'chat_deleted':
+        this.chat.messages = this.chat.messages.filter((m) => m.id !== msg.id);
+        return this._emit('chatdeleted', { id: msg.id });
+      case 'chat_policy':
+        this.chat.viewerChat = msg.viewer_chat !== false;
+        return this._emit('chatpolicy', { viewerChat: this.chat.viewerChat });
       case 'speaking':
         this.speaking = { participants: msg.participants, dominant: msg.dominant };
         return this._emit('speaking', this.speaking);

@@ -256,7 +256,10 @@ export async function openRoom({ room, name, role, token, onLeave = () => {} }) 
     else if (state === 'failed') setStatus('Media connection failed', 'error');
     else if (state === 'disconnected') setStatus('Media connection interrupted…', 'error');
   });
-  client.on('error', ({ error }) => setStatus(`Error: ${error.message}`, 'error'));
+  // Refused chat messages and reactions are the chat panel's and the reaction bar's business.
+  client.on('error', ({ error }) => {
+    if (error.request !== 'chat' && error.request !== 'react') setStatus(`Error: ${error.message}`, 'error');
+  });
   client.on('rolechanged', async ({ role, self }) => {
     if (!self) return;
     if (role === 'viewer') {
@@ -304,6 +307,7 @@ export async function openRoom({ room, name, role, token, onLeave = () => {} }) 
   }
   controls.hidden = false;
   addReactions(client, controls);
+  addChat(client);
   setStatus('Connecting media…');
   return { client, grid };
 }
@@ -334,6 +338,74 @@ function addReactions(client, controls) {
     clearTimeout(clear);
     clear = setTimeout(() => feed.replaceChildren(), 2_000);
   });
+}
+
+/** What the chat panel says when the server refuses a message. */
+const CHAT_REFUSALS = {
+  invalid_chat: 'Messages are 1 to 500 bytes of text.',
+  too_many_chats: 'Slow down: one message every 2 seconds.',
+  chat_silenced: 'An organiser has silenced your chat.',
+  chat_disabled: 'Chat is off for the audience.',
+};
+
+/**
+ * The room's chat beside the stage (below it on a phone): the log (`#chat-log`, one `<li
+ * data-chat-id>` per message, text only, never HTML), a form (`#chat-form`, `#chat-input`), and a
+ * line for refusals (`#chat-error`). It renders the client's chat state first (its history may
+ * have arrived before this panel existed), then follows the chat events.
+ */
+function addChat(client) {
+  const grid = document.getElementById('grid');
+  const log = el('ol', { id: 'chat-log', class: 'chat-log', 'aria-live': 'polite', 'aria-label': 'chat messages' });
+  const input = el('input', { id: 'chat-input', name: 'text', autocomplete: 'off', maxlength: '500', placeholder: 'Say something…', 'aria-label': 'chat message' });
+  const send = el('button', { type: 'submit' }, 'Send');
+  const form = el('form', { id: 'chat-form', class: 'chat-form' }, input, send);
+  const error = el('p', { id: 'chat-error', class: 'chat-error', role: 'status' });
+  const panel = el('aside', { id: 'chat', class: 'chat', 'aria-label': 'chat' }, el('h2', {}, 'Chat'), log, error, form);
+  const stage = el('div', { class: 'stage' });
+  grid.replaceWith(stage);
+  stage.append(grid, panel);
+
+  const line = (m) => el('li', { dataset: { chatId: String(m.id), role: m.role } },
+    el('span', { class: 'who' }, m.name), ' ', el('span', { class: 'text' }, m.text));
+  const atBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  const render = () => {
+    log.replaceChildren(...client.chat.messages.map(line));
+    log.scrollTop = log.scrollHeight;
+  };
+  const policy = () => {
+    const off = client.role !== 'speaker' && !client.chat.viewerChat;
+    input.disabled = off;
+    send.disabled = off;
+    input.placeholder = off ? 'Chat is off for the audience' : 'Say something…';
+  };
+  let clear = 0;
+  const say = (text) => {
+    error.textContent = text;
+    clearTimeout(clear);
+    clear = setTimeout(() => { error.textContent = ''; }, 5_000);
+  };
+  client.on('chathistory', () => { render(); policy(); });
+  client.on('chat', (m) => {
+    const follow = atBottom();
+    log.append(line(m));
+    while (log.children.length > 200) log.firstElementChild.remove();
+    if (follow) log.scrollTop = log.scrollHeight;
+  });
+  client.on('chatdeleted', ({ id }) => log.querySelector(`li[data-chat-id="${id}"]`)?.remove());
+  client.on('chatpolicy', policy);
+  client.on('rolechanged', ({ self }) => { if (self) policy(); });
+  client.on('error', ({ error: e }) => { if (e.request === 'chat') say(CHAT_REFUSALS[e.code] ?? e.message); });
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const text = input.value.trim();
+    if (!text) return;
+    if (new TextEncoder().encode(text).length > 500) { say(CHAT_REFUSALS.invalid_chat); return; }
+    if (client.sendChat(text)) input.value = '';
+    else say('Reconnecting; try again in a moment.');
+  });
+  render();
+  policy();
 }
 
 /**

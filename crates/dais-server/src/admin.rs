@@ -7,7 +7,12 @@
 //! - `POST /admin/rooms/{room}/participants/{id}/mute` `{"kind":"audio"|"video","muted":bool}`:
 //!   server-side mute, the media stops being forwarded;
 //! - `POST /admin/rooms/{room}/participants/{id}/role` `{"role":"speaker"|"viewer"}`: promote or
-//!   demote in place, the session renegotiates and the WebSocket stays.
+//!   demote in place, the session renegotiates and the WebSocket stays;
+//! - `DELETE /admin/rooms/{room}/chat/{message}`: delete a chat message for everyone (`chat_deleted`);
+//! - `POST /admin/rooms/{room}/participants/{id}/chat` `{"silenced":bool}`: silence a participant's
+//!   chat (`chat_silenced`), or lift it;
+//! - `POST /admin/rooms/{room}/chat` `{"viewer_chat":bool}`: turn viewer chat off or on for the room
+//!   (`chat_policy` to everyone).
 //!
 //! Without a configured admin key every route answers 404 `admin_disabled`; a missing or wrong key
 //! is 401 `unauthorized`. The key is compared in constant time and never logged.
@@ -46,6 +51,9 @@ pub fn routes(key: Option<String>) -> axum::Router<AppState> {
         .route("/admin/rooms/{room}/participants/{id}", delete(kick))
         .route("/admin/rooms/{room}/participants/{id}/mute", post(mute))
         .route("/admin/rooms/{room}/participants/{id}/role", post(set_role))
+        .route("/admin/rooms/{room}/participants/{id}/chat", post(silence_chat))
+        .route("/admin/rooms/{room}/chat", post(viewer_chat))
+        .route("/admin/rooms/{room}/chat/{message}", delete(delete_chat))
         .route_layer(auth)
 }
 
@@ -111,6 +119,67 @@ async fn set_role(
     }
 }
 
+async fn delete_chat(State(st): State<AppState>, Path((room, message)): Path<(String, String)>) -> Response {
+    let Ok(id) = message.parse::<u64>() else {
+        return error(StatusCode::NOT_FOUND, "message_not_found", "no such chat message in the room");
+    };
+    match st.signaling.admin_delete_chat(&room, id) {
+        Ok(()) => {
+            info!(%room, message = id, "admin: chat message deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn silence_chat(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    body: Result<Json<SilenceBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    match st.signaling.admin_silence_chat(&room, &id, b.silenced) {
+        Ok(()) => {
+            info!(%room, participant = %id, silenced = b.silenced, "admin: chat silence");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn viewer_chat(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    body: Result<Json<ChatPolicyBody>, JsonRejection>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    match st.signaling.admin_viewer_chat(&room, b.viewer_chat) {
+        Ok(()) => {
+            info!(%room, viewer_chat = b.viewer_chat, "admin: viewer chat");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+/// Body of the chat silence route.
+#[derive(Debug, Deserialize)]
+pub struct SilenceBody {
+    silenced: bool,
+}
+
+/// Body of the room chat policy route.
+#[derive(Debug, Deserialize)]
+pub struct ChatPolicyBody {
+    viewer_chat: bool,
+}
+
 /// Body of the mute route.
 #[derive(Debug, Deserialize)]
 pub struct MuteBody {
@@ -133,6 +202,9 @@ fn admin_error(e: AdminError) -> Response {
         AdminError::RoomNotFound => error(StatusCode::NOT_FOUND, "room_not_found", "no such room"),
         AdminError::ParticipantNotFound => {
             error(StatusCode::NOT_FOUND, "participant_not_found", "no such participant in the room")
+        }
+        AdminError::MessageNotFound => {
+            error(StatusCode::NOT_FOUND, "message_not_found", "no such chat message in the room")
         }
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "admin action failed"),
     }

@@ -528,6 +528,8 @@ async fn serve_socket(sig: Arc<Signaling>, socket: WebSocket) {
     let outgoing = sink.with(|f: OutFrame| {
         futures_util::future::ready(Ok::<_, axum::Error>(match f {
             OutFrame::Text(t) => Message::Text(t.into()),
+            // The room's chat feed: the same buffer for every connection (checked as UTF-8, not copied).
+            OutFrame::Shared(b) => Message::Text(b.try_into().unwrap_or_default()),
             OutFrame::Ping => Message::Ping(Default::default()),
             OutFrame::Close(code, reason) => Message::Close(Some(CloseFrame { code, reason: reason.into() })),
         }))

@@ -3,9 +3,14 @@
 use super::*;
 
 impl Peer {
+    /// Resume; returns `resumed` (or the refusal), having taken the `chat_history` that follows it.
     async fn resume(&mut self, token: &str) -> ServerMessage {
         self.send(&format!(r#"{{"type":"resume","token":"{token}","version":1}}"#));
-        self.msg().await
+        let m = self.msg().await;
+        if matches!(m, ServerMessage::Resumed { .. }) {
+            self.history().await;
+        }
+        m
     }
 
     /// The next message other than `audience`, however long it takes (paused time jumps ahead).

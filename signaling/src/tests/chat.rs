@@ -1,0 +1,199 @@
+//! Chat: a round trip, its refusals, the history on join, moderation, and a client too slow for the feed.
+
+use super::*;
+use crate::chat::{Writer, CLOSE_TOO_SLOW, FEED_CAPACITY};
+
+impl Peer {
+    /// The next message of the chat feed or a `chat_history`, skipping everything else.
+    async fn chat_news(&mut self) -> ServerMessage {
+        loop {
+            let m = text_message(self.next_raw().await);
+            if let ServerMessage::Chat(_)
+            | ServerMessage::ChatHistory { .. }
+            | ServerMessage::ChatDeleted { .. }
+            | ServerMessage::ChatPolicy { .. }
+            | ServerMessage::Error { .. } = m
+            {
+                return m;
+            }
+        }
+    }
+
+    /// The close frame, skipping whatever comes before it.
+    async fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            if let OutFrame::Close(code, reason) = self.next_raw().await {
+                return (code, reason);
+            }
+        }
+    }
+
+    async fn chat_error(&mut self) -> ErrorCode {
+        match self.chat_news().await {
+            ServerMessage::Error { code, .. } => code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    fn chat(&self, text: &str) {
+        self.send(&serde_json::json!({"type": "chat", "text": text}).to_string());
+    }
+}
+
+fn wire_id(m: &ServerMessage) -> String {
+    match m {
+        ServerMessage::Joined { participant_id, .. } => participant_id.clone(),
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn chat_goes_to_everyone_with_history_on_join_refusals_and_moderation() {
+    let (_, sig) = setup_with(SignalingConfig::default());
+    let mut a = connect(&sig);
+    let (_, history) = a.join_with_history("c", "Ann", "speaker").await;
+    assert!(
+        matches!(history, Some(ServerMessage::ChatHistory { ref messages, viewer_chat: true }) if messages.is_empty())
+    );
+    let mut b = connect(&sig);
+    let b_id = wire_id(&b.join("c", "Bo", "viewer").await);
+
+    b.chat("hello\nall");
+    for p in [&mut a, &mut b] {
+        let ServerMessage::Chat(e) = p.chat_news().await else { panic!("chat") };
+        assert_eq!(
+            (e.id, e.participant_id.as_str(), e.name.as_str(), e.role, e.text.as_str()),
+            (1, b_id.as_str(), "Bo", Role::Viewer, "hello\nall")
+        );
+        assert!(e.at_ms > 1_700_000_000_000, "wall-clock milliseconds");
+    }
+    b.chat("   ");
+    assert_eq!(b.chat_error().await, ErrorCode::InvalidChat);
+    b.chat(&"x".repeat(dais_proto::MAX_CHAT_BYTES + 1));
+    assert_eq!(b.chat_error().await, ErrorCode::InvalidChat);
+    // The burst is 3: "hello" was one, two more go, the next is refused and not sent.
+    b.chat("two");
+    b.chat("three");
+    b.chat("four");
+    // (A refusal is a direct reply, so it may overtake the writer's own messages coming back
+    // through the room's feed.)
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(b.chat_news().await);
+    }
+    let texts: Vec<_> =
+        got.iter().filter_map(|m| if let ServerMessage::Chat(e) = m { Some(e.text.as_str()) } else { None }).collect();
+    assert_eq!(texts, ["two", "three"], "{got:?}");
+    assert!(got.iter().any(|m| matches!(m, ServerMessage::Error { code: ErrorCode::TooManyChats, .. })), "{got:?}");
+
+    // A newcomer gets the last messages, oldest first, and no error of anyone else's.
+    let mut c = connect(&sig);
+    let Some(ServerMessage::ChatHistory { messages, viewer_chat }) = c.join_with_history("c", "Cy", "viewer").await.1
+    else {
+        panic!("history")
+    };
+    assert!(viewer_chat);
+    assert_eq!(
+        messages.iter().map(|e| (e.id, e.text.as_str())).collect::<Vec<_>>(),
+        vec![(1, "hello\nall"), (2, "two"), (3, "three")]
+    );
+
+    for text in ["two", "three"] {
+        assert!(matches!(a.chat_news().await, ServerMessage::Chat(e) if e.text == text));
+    }
+    // Moderation: a deleted message disappears for everyone and from the history.
+    sig.admin_delete_chat("c", 1).expect("delete");
+    assert_eq!(sig.admin_delete_chat("c", 99), Err(crate::AdminError::MessageNotFound));
+    assert_eq!(sig.admin_delete_chat("nowhere", 1), Err(crate::AdminError::RoomNotFound));
+    for p in [&mut a, &mut b, &mut c] {
+        assert_eq!(p.chat_news().await, ServerMessage::ChatDeleted { id: 1 });
+    }
+    let mut d = connect(&sig);
+    let Some(ServerMessage::ChatHistory { messages, .. }) = d.join_with_history("c", "Di", "viewer").await.1 else {
+        panic!("history")
+    };
+    assert_eq!(messages.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3], "the deleted one is gone");
+
+    // Silenced: refused whatever the allowance (Cy has all of hers, Bo gets his back in 2 s).
+    sig.admin_silence_chat("c", &b_id, true).expect("silence");
+    assert_eq!(sig.admin_silence_chat("c", "p999", true), Err(crate::AdminError::ParticipantNotFound));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    b.chat("let me in");
+    assert_eq!(b.chat_error().await, ErrorCode::ChatSilenced);
+    sig.admin_silence_chat("c", &b_id, false).expect("unsilence");
+    b.chat("thanks");
+    assert!(matches!(b.chat_news().await, ServerMessage::Chat(e) if e.text == "thanks"));
+
+    // Viewer chat off: everyone hears it; viewers are refused, speakers are not.
+    sig.admin_viewer_chat("c", false).expect("policy");
+    for p in [&mut a, &mut c] {
+        assert!(matches!(p.chat_news().await, ServerMessage::Chat(e) if e.text == "thanks"));
+        assert_eq!(p.chat_news().await, ServerMessage::ChatPolicy { viewer_chat: false });
+    }
+    c.chat("me too");
+    assert_eq!(c.chat_error().await, ErrorCode::ChatDisabled);
+    a.chat("speakers still may");
+    assert!(matches!(c.chat_news().await, ServerMessage::Chat(e) if e.role == Role::Speaker));
+    let mut e = connect(&sig);
+    let history = e.join_with_history("c", "Ed", "viewer").await.1;
+    assert!(matches!(history, Some(ServerMessage::ChatHistory { viewer_chat: false, .. })));
+}
+
+#[tokio::test]
+async fn a_client_that_falls_behind_the_chat_feed_is_closed_as_too_slow_and_resumes_with_the_history() {
+    let (_, sig) = setup_with(SignalingConfig::default());
+    // Room for 4 unread frames: the server's sends to it stall once they are taken.
+    let mut slow = connect_reading(&sig, 4);
+    let joined = slow.join("busy", "Slow", "viewer").await;
+    let ServerMessage::Joined { resume_token: Some(token), .. } = joined else { panic!("token") };
+    let mut fast = connect(&sig);
+    fast.join("busy", "Fast", "viewer").await;
+    // More messages than the feed holds, while the slow client reads nothing (posted as a room's many
+    // writers would, each within its allowance).
+    let writer = Writer { participant_id: "p0", name: "Crowd", role: Role::Viewer, silenced: false };
+    for batch in 0..(FEED_CAPACITY + 20) / 44 {
+        {
+            let mut rooms = sig.rooms.lock().expect("rooms");
+            let chat = &mut rooms.by_name.get_mut("busy").expect("room").chat;
+            for i in batch * 44..(batch + 1) * 44 {
+                chat.post(&writer, format!("m{i}"));
+            }
+        }
+        // The fast client's connection keeps up between batches.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The fast client got all of them, in order.
+    for i in 0..(FEED_CAPACITY + 20) / 44 * 44 {
+        let ServerMessage::Chat(e) = fast.chat_news().await else { panic!("chat") };
+        assert_eq!(e.text, format!("m{i}"));
+    }
+    // The slow one, once it reads again, is told it was too slow.
+    let close = slow.close_frame().await;
+    assert_eq!(close, (CLOSE_TOO_SLOW, "too_slow".into()));
+    // It is parked, not gone: a resume gets the room's last messages.
+    let mut again = connect(&sig);
+    again.send(&format!(r#"{{"type":"resume","token":"{token}","version":1}}"#));
+    assert!(matches!(again.msg_or_audience().await, ServerMessage::Resumed { .. }));
+    let ServerMessage::ChatHistory { messages, .. } = again.chat_news().await else { panic!("history") };
+    assert_eq!(messages.len(), dais_proto::CHAT_HISTORY);
+    assert_eq!(messages.last().map(|e| e.text.clone()), Some(format!("m{}", (FEED_CAPACITY + 20) / 44 * 44 - 1)));
+}
+
+#[tokio::test]
+async fn a_member_whose_notice_queue_overflows_is_closed_as_too_slow() {
+    let (_, sig) = setup_with(SignalingConfig::default());
+    let mut slow = connect_reading(&sig, 4);
+    slow.join("crowd", "Host", "speaker").await;
+    // Room news beyond its queue while it reads nothing.
+    {
+        let rooms = sig.rooms.lock().expect("rooms");
+        let room = rooms.by_name.get("crowd").expect("room");
+        let m = room.members.values().next().expect("member");
+        for _ in 0..crate::room::NOTICE_QUEUE + 10 {
+            m.notify(ServerMessage::Audience { viewers: 1 });
+        }
+    }
+    let close = slow.close_frame().await;
+    assert_eq!(close, (CLOSE_TOO_SLOW, "too_slow".into()));
+    assert_eq!(sig.metrics().parked, 1, "parked for a resume, not ended");
+}
