@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{has_media_from, http, speaker, viewer, Server, MEDIA_TIMEOUT, REPLY_TIMEOUT};
-use dais_client::{ErrorCode, MediaConfig, MediaKind, Role, ServerMessage};
+use dais_client::{ClientMessage, ErrorCode, MediaConfig, MediaKind, Role, ServerMessage};
 
 const KEY: &str = "test-admin-key-0123456789";
 
@@ -186,7 +186,7 @@ async fn the_admin_examples_in_operations_md_run_as_written() {
     let (v, vp) = viewer(&server, "panel-1", "Bo").await;
     v.wait_until(MEDIA_TIMEOUT, "the viewer receives", |x| has_media_from(x, &sp, 5, 5)).await.unwrap();
     let lines = documented_curls(&sp, &vp);
-    assert_eq!(lines.len(), 6, "list, mute, promote, demote, kick, close: {lines:#?}");
+    assert_eq!(lines.len(), 9, "list, mute, promote, demote, chat delete, silence, policy, kick, close: {lines:#?}");
 
     let list: serde_json::Value = serde_json::from_str(&run_curl(&lines[0], &dais)).expect("the list is JSON");
     assert_eq!(list["rooms"][0]["name"], "panel-1");
@@ -200,8 +200,25 @@ async fn the_admin_examples_in_operations_md_run_as_written() {
     v.wait_for_message(0, |m| matches!(m, ServerMessage::RoleChanged { role: Role::Viewer, .. }), REPLY_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("demoted: {e}"));
+    // Chat: the viewer writes message 1, which the doc's line deletes; then it is silenced; then
+    // viewer chat goes off for the room.
+    v.send(ClientMessage::Chat { text: "first".into() }).expect("chat");
+    v.wait_for_message(0, |m| matches!(m, ServerMessage::Chat(e) if e.id == 1), REPLY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("chat: {e}"));
     assert_eq!(run_curl(&lines[4], &dais), "", "{}", lines[4]);
+    v.wait_for_message(0, |m| matches!(m, ServerMessage::ChatDeleted { id: 1 }), REPLY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("deleted: {e}"));
+    assert_eq!(run_curl(&lines[5], &dais), "", "{}", lines[5]);
+    v.send(ClientMessage::Chat { text: "again".into() }).expect("chat");
+    v.wait_for_error(0, ErrorCode::ChatSilenced, REPLY_TIMEOUT).await.unwrap_or_else(|e| panic!("silenced: {e}"));
+    assert_eq!(run_curl(&lines[6], &dais), "", "{}", lines[6]);
+    s.wait_for_message(0, |m| matches!(m, ServerMessage::ChatPolicy { viewer_chat: false }), REPLY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("policy: {e}"));
+    assert_eq!(run_curl(&lines[7], &dais), "", "{}", lines[7]);
     assert_eq!(v.wait_closed(REPLY_TIMEOUT).await.expect("kicked").code, Some(4001));
-    assert_eq!(run_curl(&lines[5], &dais), r#"{"closed":1}"#, "{}", lines[5]);
+    assert_eq!(run_curl(&lines[8], &dais), r#"{"closed":1}"#, "{}", lines[8]);
     assert_eq!(s.wait_closed(REPLY_TIMEOUT).await.expect("closed").code, Some(4002));
 }
