@@ -4,7 +4,7 @@
 //! its control channel (registered when it joined), informs the rest of the room, and drives the
 //! media plane through [`MediaPlane`](crate::MediaPlane). Nothing here waits on a client.
 
-use dais_proto::{ErrorCode, MediaKind, Role, ServerMessage};
+use dais_proto::{ErrorCode, MediaKind, ModerateAction, Role, ServerMessage};
 use tokio::sync::mpsc;
 
 use crate::Signaling;
@@ -31,6 +31,15 @@ pub enum AdminError {
     /// No chat message of that id in the room.
     #[error("no such chat message in the room")]
     MessageNotFound,
+}
+
+/// Why a moderator's action failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ModerateError {
+    /// A field the action needs is missing: the message says which.
+    Missing(&'static str),
+    /// The participant or message is not in the room.
+    NotFound,
 }
 
 /// Close code sent to a kicked participant.
@@ -165,12 +174,51 @@ impl Signaling {
             for_it.into_iter().for_each(|msg| m.notify(msg));
         }
         r.count_viewer(role == Role::Viewer);
+        if role == Role::Speaker {
+            r.lower_hand(id);
+        }
         if role == Role::Viewer {
             r.forget_speaker(std::time::Instant::now(), id);
         }
         drop(rooms);
         self.control(id, Control::SetRole(role));
         self.media.set_publisher(session, role == Role::Speaker);
+        Ok(())
+    }
+
+    /// A moderator's `moderate` in `room`: the admin action it names.
+    pub(crate) fn moderate(
+        &self,
+        room: &str,
+        action: ModerateAction,
+        participant: Option<&str>,
+        kind: Option<MediaKind>,
+        muted: Option<bool>,
+        message: Option<u64>,
+    ) -> Result<(), ModerateError> {
+        let who = || participant.ok_or(ModerateError::Missing("this action needs participant"));
+        let done = match action {
+            ModerateAction::Promote => self.admin_set_role(room, who()?, Role::Speaker),
+            ModerateAction::Demote => self.admin_set_role(room, who()?, Role::Viewer),
+            ModerateAction::Kick => self.admin_kick(room, who()?),
+            ModerateAction::Mute => {
+                let kind = kind.ok_or(ModerateError::Missing("mute needs kind"))?;
+                self.admin_mute(room, who()?, kind, muted.unwrap_or(true)).map(|_| ())
+            }
+            ModerateAction::LowerHand => self.admin_lower_hand(room, who()?),
+            ModerateAction::DeleteChat => {
+                self.admin_delete_chat(room, message.ok_or(ModerateError::Missing("delete_chat needs message"))?)
+            }
+        };
+        done.map_err(|_| ModerateError::NotFound)
+    }
+
+    /// Lower a viewer's raised hand (it hears `hand`, speakers and moderators the new `hands`).
+    pub fn admin_lower_hand(&self, room: &str, participant: &str) -> Result<(), AdminError> {
+        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
+        let id = r.members.iter().find(|(_, m)| m.info.id == participant).map(|(id, _)| *id);
+        r.lower_hand(id.ok_or(AdminError::ParticipantNotFound)?);
         Ok(())
     }
 

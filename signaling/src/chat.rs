@@ -48,16 +48,18 @@ pub(crate) struct Writer<'a> {
     pub role: Role,
     /// An operator silenced them.
     pub silenced: bool,
+    /// They hold the moderator grant: a moderator may write while viewer chat is off.
+    pub moderator: bool,
 }
 
 impl Chat {
     /// Whether `writer` may post now (before their rate is spent): silenced writers may not, nor
-    /// viewers while viewer chat is off.
+    /// viewers (other than moderators) while viewer chat is off.
     pub fn may_post(&self, writer: &Writer<'_>) -> Result<(), ErrorCode> {
         if writer.silenced {
             return Err(ErrorCode::ChatSilenced);
         }
-        if writer.role == Role::Viewer && !self.viewer_chat {
+        if writer.role == Role::Viewer && !writer.moderator && !self.viewer_chat {
             return Err(ErrorCode::ChatDisabled);
         }
         Ok(())
@@ -68,7 +70,7 @@ impl Chat {
     pub fn post(&mut self, writer: &Writer<'_>, text: String) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let at_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let at_ms = unix_ms();
         let entry = ChatEntry {
             id,
             participant_id: writer.participant_id.to_owned(),
@@ -122,6 +124,11 @@ impl Chat {
     }
 }
 
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Check a chat text ([`dais_proto::valid_chat`]).
 pub(crate) fn check_text(text: &str) -> Result<(), ErrorCode> {
     if dais_proto::valid_chat(text) {
@@ -136,7 +143,7 @@ mod tests {
     use super::*;
 
     fn viewer(silenced: bool) -> Writer<'static> {
-        Writer { participant_id: "p2", name: "Ada", role: Role::Viewer, silenced }
+        Writer { participant_id: "p2", name: "Ada", role: Role::Viewer, silenced, moderator: false }
     }
 
     fn text(b: &Bytes) -> serde_json::Value {
@@ -184,6 +191,8 @@ mod tests {
         assert_eq!(chat.may_post(&viewer(false)), Err(ErrorCode::ChatDisabled));
         let speaker = Writer { role: Role::Speaker, ..viewer(false) };
         assert_eq!(chat.may_post(&speaker), Ok(()));
+        let moderator = Writer { moderator: true, ..viewer(false) };
+        assert_eq!(chat.may_post(&moderator), Ok(()));
     }
 
     #[test]

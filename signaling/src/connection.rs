@@ -24,7 +24,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::admin::Control;
+use crate::admin::{Control, ModerateError};
 use crate::chat::CLOSE_TOO_SLOW;
 use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
 use crate::participant::{Feeds, Joined, Participant, Takeover};
@@ -351,6 +351,11 @@ impl Signaling {
                     warn!("the client fell behind its room news; closing as too slow");
                     return End::Lost(Some((CLOSE_TOO_SLOW, "too_slow".into())));
                 },
+                msg = room_news(&mut p.hands), if p.joined.sees_hands() => {
+                    if let Some(m) = msg {
+                        if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
+                    }
+                }
                 msg = room_news(&mut p.speaking) => {
                     if let Some(m) = msg {
                         if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
@@ -405,7 +410,7 @@ impl Signaling {
                     Unjoined::Reply(vec![ServerMessage::error(e.code(), e.message(), Some(ty))])
                 }
             },
-            ClientMessage::Join { room, name, role, version, token } => {
+            ClientMessage::Join { room, name, role, version, token, moderator } => {
                 if !self.is_ready() {
                     return refuse(ErrorCode::Draining, "the server is draining; join another server");
                 }
@@ -416,10 +421,11 @@ impl Signaling {
                     return refuse(ErrorCode::InvalidRoom, "room names are 1-64 letters, digits, '-', '_' or '.'");
                 }
                 // With a secret, the token's grant replaces the requested name and role.
-                let (name, role) = match &self.config.tokens {
-                    None => (name, role),
+                // Open development mode grants the moderator flag to whoever asks for it.
+                let (name, role, moderator) = match &self.config.tokens {
+                    None => (name, role, moderator),
                     Some(verifier) => match verifier.verify(token.as_deref(), &room) {
-                        Ok(grant) => (grant.name, grant.role),
+                        Ok(grant) => (grant.name, grant.role, grant.moderator),
                         Err(e) => {
                             info!(room = %room, code = %e.code(), "join token refused");
                             return refuse(e.code(), &e.to_string());
@@ -429,7 +435,7 @@ impl Signaling {
                 if !valid_name(&name) {
                     return refuse(ErrorCode::InvalidName, "names are 1-64 bytes without control characters");
                 }
-                match self.join(room, name, role) {
+                match self.join(room, name, role, moderator) {
                     Ok((p, replies)) => Unjoined::Joined(Box::new(p), replies),
                     Err(ErrorCode::RoomFull) => refuse(ErrorCode::RoomFull, "the room is full"),
                     Err(code) => refuse(code, "the join could not be completed"),
@@ -555,6 +561,29 @@ impl Signaling {
                     Err(code) => err(code, chat_refusal(code)),
                 }
             }
+            ClientMessage::RaiseHand { raised } => {
+                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
+                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
+                match room.raise_hand(Instant::now(), j.id, raised) {
+                    Ok(_) => Step::Reply(vec![]),
+                    Err(ErrorCode::TooManyHandChanges) => {
+                        err(ErrorCode::TooManyHandChanges, "at most one hand change a second (bursts of 4)")
+                    }
+                    Err(code) => err(code, "only viewers raise hands; speakers are on stage"),
+                }
+            }
+            ClientMessage::Moderate { action, participant, kind, muted, message } => {
+                if !j.moderator {
+                    return err(ErrorCode::NotModerator, "moderate needs the moderator grant");
+                }
+                match self.moderate(&j.room, action, participant.as_deref(), kind, muted, message) {
+                    Ok(()) => Step::Reply(vec![]),
+                    Err(ModerateError::Missing(field)) => err(ErrorCode::BadMessage, field),
+                    Err(ModerateError::NotFound) => {
+                        err(ErrorCode::UnknownTarget, "no such participant or message in this room")
+                    }
+                }
+            }
             ClientMessage::VideoSize { media, width, height } => {
                 let Some(producer) = room::parse_media_wire_id(&media) else {
                     return err(ErrorCode::BadMessage, "media is not a stream id (m<digits>)");
@@ -573,6 +602,7 @@ impl Signaling {
         room_name: String,
         name: String,
         role: Role,
+        moderator: bool,
     ) -> Result<(Participant, Vec<ServerMessage>), ErrorCode> {
         let id = self.next_id();
         let (notice_tx, notices) = mpsc::channel::<ServerMessage>(room::NOTICE_QUEUE);
@@ -582,7 +612,7 @@ impl Signaling {
         if room.members.len() >= self.config.max_participants {
             return Err(ErrorCode::RoomFull);
         }
-        let me = room::member(id, name, role, notice_tx);
+        let me = room::member(id, name, role, moderator, notice_tx);
         let info = me.info.clone();
         let participants: Vec<_> =
             room.members.values().filter(|m| room::sees(role, m.info.role)).map(|m| m.info.clone()).collect();
@@ -598,6 +628,8 @@ impl Signaling {
         speaking.mark_changed();
         let (feed, history) = room.chat.subscribe();
         let overflow = me.overflow.subscribe();
+        let mut hands = room.hands.subscribe();
+        hands.mark_changed();
         // Media session first, then subscriptions to what the room already publishes.
         self.media.open_session(id, role == Role::Speaker, media_tx.clone());
         for m in room.members.values() {
@@ -608,8 +640,8 @@ impl Signaling {
         room.members.insert(id, me);
         drop(rooms);
         info!(room = %room_name, participant = %info.id, ?role, "joined");
-        let joined = Joined { room: room_name.clone(), id, role, session: id };
-        let feeds = Feeds { audience, speaking, reactions, feed, overflow };
+        let joined = Joined { room: room_name.clone(), id, role, session: id, moderator };
+        let feeds = Feeds { audience, speaking, reactions, feed, overflow, hands };
         let p = self.new_participant(joined, notices, (media_tx, media_rx), feeds);
         let reply = ServerMessage::Joined {
             room: room_name,
@@ -620,6 +652,7 @@ impl Signaling {
             viewers,
             ice_servers: self.config.ice.for_participant(&participant_wire_id(id), std::time::SystemTime::now()),
             resume_token: (!p.token.is_empty()).then(|| p.token.clone()),
+            moderator,
         };
         Ok((p, vec![reply, history]))
     }
@@ -650,6 +683,9 @@ impl Signaling {
             room.broadcast_about(role, j.id, &ServerMessage::ParticipantLeft { participant_id: me.info.id.clone() });
             if role == Role::Viewer {
                 room.count_viewer(false);
+            }
+            if me.hand.is_some() {
+                room.announce_hands();
             }
         }
         if room.members.is_empty() {

@@ -51,6 +51,15 @@ pub(crate) struct Joined {
     pub role: Role,
     /// The media-plane session; a new one (new id) after a reset.
     pub session: u64,
+    /// It holds the moderator grant.
+    pub moderator: bool,
+}
+
+impl Joined {
+    /// Whether it sees the room's raised hands: speakers and moderators do.
+    pub fn sees_hands(&self) -> bool {
+        self.role == Role::Speaker || self.moderator
+    }
 }
 
 /// A joined participant and every channel that reaches it. See the module docs.
@@ -78,6 +87,8 @@ pub(crate) struct Participant {
     pub feed: broadcast::Receiver<Bytes>,
     /// Set when the room's news overflowed this participant's queue: its socket is closed as too slow.
     pub overflow: watch::Receiver<bool>,
+    /// The room's latest `hands` message, read while it [`Joined::sees_hands`].
+    pub hands: watch::Receiver<Option<ServerMessage>>,
     /// The last server offer sent (or due), until it is answered.
     pub outstanding_offer: Option<String>,
     /// The media session ended while no socket carried the participant.
@@ -91,6 +102,7 @@ pub(crate) struct Feeds {
     pub reactions: watch::Receiver<Option<ServerMessage>>,
     pub feed: broadcast::Receiver<Bytes>,
     pub overflow: watch::Receiver<bool>,
+    pub hands: watch::Receiver<Option<ServerMessage>>,
 }
 
 /// The resume tokens of live and parked participants, and those of participants an operator ended.
@@ -153,7 +165,7 @@ impl Signaling {
         media: (mpsc::UnboundedSender<MediaEvent>, mpsc::UnboundedReceiver<MediaEvent>),
         feeds: Feeds,
     ) -> Participant {
-        let Feeds { audience, speaking, reactions, feed, overflow } = feeds;
+        let Feeds { audience, speaking, reactions, feed, overflow, hands } = feeds;
         let (control_tx, control) = mpsc::unbounded_channel();
         self.register_control(joined.id, control_tx);
         let (token, takeover) = self.issue_token();
@@ -172,6 +184,7 @@ impl Signaling {
             reactions,
             feed,
             overflow,
+            hands,
             outstanding_offer: None,
             media_gone: false,
         }
@@ -335,6 +348,7 @@ impl Signaling {
                 .config
                 .ice
                 .for_participant(&participant_wire_id(p.joined.id), std::time::SystemTime::now()),
+            moderator: p.joined.moderator,
         }];
         out.push(history);
         if let Some(sdp) = &p.outstanding_offer {
@@ -359,6 +373,8 @@ impl Signaling {
         p.overflow.mark_unchanged();
         let (feed, history) = room.chat.subscribe();
         p.feed = feed;
+        // The raised hands as they are now, for a speaker or moderator.
+        p.hands.mark_changed();
         let participants = room
             .members
             .iter()

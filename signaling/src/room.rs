@@ -42,8 +42,14 @@ pub(crate) struct Member {
     pub reactions: Bucket,
     /// Its chat allowance ([`dais_proto::CHATS_PER_SECOND`]).
     pub chats: Bucket,
+    /// Its allowance of hand changes (`raise_hand`).
+    pub hand_changes: Bucket,
     /// An operator silenced its chat.
     pub chat_silenced: bool,
+    /// It holds the moderator grant.
+    pub moderator: bool,
+    /// When its hand went up (milliseconds since the Unix epoch), while it is raised.
+    pub hand: Option<u64>,
 }
 
 /// Room news one member may have queued. Viewers only hear of speakers (a handful); a speaker hears
@@ -80,6 +86,8 @@ pub(crate) struct Room {
     pub reactions: watch::Sender<Option<ServerMessage>>,
     /// The chat, whose feed every member's connection reads.
     pub chat: Chat,
+    /// The latest `hands` message (raised hands), watched by speakers' and moderators' connections.
+    pub hands: watch::Sender<Option<ServerMessage>>,
 }
 
 impl Default for Room {
@@ -94,6 +102,7 @@ impl Default for Room {
             flush_due: false,
             reactions: watch::Sender::new(None),
             chat: Chat::default(),
+            hands: watch::Sender::new(None),
         }
     }
 }
@@ -146,12 +155,57 @@ impl Room {
             name: &m.info.name,
             role: m.info.role,
             silenced: m.chat_silenced,
+            moderator: m.moderator,
         };
         self.chat.may_post(&writer)?;
         if !m.chats.take(now) {
             return Err(ErrorCode::TooManyChats);
         }
         Ok(self.chat.post(&writer, text))
+    }
+
+    /// Viewer `id` raises or lowers its hand at `now`. `Ok(false)`: no change. It hears `hand`,
+    /// speakers and moderators the new `hands`. A change costs some of its allowance (each one
+    /// rebuilds the room's list of hands: the allowance bounds that work per viewer).
+    pub fn raise_hand(&mut self, now: Instant, id: u64, raised: bool) -> Result<bool, ErrorCode> {
+        let Some(m) = self.members.get_mut(&id) else { return Err(ErrorCode::NotJoined) };
+        if m.info.role != Role::Viewer {
+            return Err(ErrorCode::BadMessage);
+        }
+        if m.hand.is_some() == raised {
+            return Ok(false);
+        }
+        if !m.hand_changes.take(now) {
+            return Err(ErrorCode::TooManyHandChanges);
+        }
+        m.hand = raised.then(chat::unix_ms);
+        m.notify(ServerMessage::Hand { raised });
+        self.announce_hands();
+        Ok(true)
+    }
+
+    /// Lower `id`'s hand if it is raised (a moderator's doing, or its promotion).
+    pub fn lower_hand(&mut self, id: u64) {
+        if let Some(m) = self.members.get_mut(&id) {
+            if m.hand.take().is_some() {
+                m.notify(ServerMessage::Hand { raised: false });
+                self.announce_hands();
+            }
+        }
+    }
+
+    /// Publish the raised hands, earliest first.
+    pub fn announce_hands(&mut self) {
+        let mut hands: Vec<_> = self
+            .members
+            .values()
+            .filter_map(|m| {
+                let at_ms = m.hand?;
+                Some(dais_proto::RaisedHand { participant_id: m.info.id.clone(), name: m.info.name.clone(), at_ms })
+            })
+            .collect();
+        hands.sort_by_key(|h| h.at_ms);
+        self.hands.send_replace(Some(ServerMessage::Hands { participants: hands }));
     }
 
     /// The interval is over: its counts (and the running totals) go to everyone as one `reactions`
@@ -242,7 +296,13 @@ pub(crate) fn parse_media_wire_id(id: &str) -> Option<u64> {
 }
 
 /// A fresh member record.
-pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::Sender<ServerMessage>) -> Member {
+pub(crate) fn member(
+    id: u64,
+    name: String,
+    role: Role,
+    moderator: bool,
+    notices: mpsc::Sender<ServerMessage>,
+) -> Member {
     Member {
         info: ParticipantInfo { id: participant_wire_id(id), name, role, media: Vec::<MediaInfo>::new() },
         session: id,
@@ -254,7 +314,10 @@ pub(crate) fn member(id: u64, name: String, role: Role, notices: mpsc::Sender<Se
         overflow: watch::Sender::new(false),
         reactions: Bucket::new(Instant::now(), dais_proto::REACTIONS_PER_SECOND, dais_proto::REACTION_BURST),
         chats: Bucket::new(Instant::now(), dais_proto::CHATS_PER_SECOND, dais_proto::CHAT_BURST),
+        hand_changes: Bucket::new(Instant::now(), dais_proto::HANDS_PER_SECOND, dais_proto::HAND_BURST),
         chat_silenced: false,
+        moderator,
+        hand: None,
     }
 }
 

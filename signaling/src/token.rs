@@ -34,6 +34,9 @@ pub struct TokenClaims {
     /// with `token_not_yet_valid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// The moderator grant (`moderate`, raised hands); absent is false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moderator: bool,
 }
 
 impl TokenClaims {
@@ -47,6 +50,7 @@ impl TokenClaims {
             iat,
             exp: iat.saturating_add(ttl.as_secs()),
             nbf: None,
+            moderator: false,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct Grant {
     pub name: String,
     /// The role to use.
     pub role: Role,
+    /// The moderator grant.
+    pub moderator: bool,
 }
 
 /// Why a token was refused at join.
@@ -172,7 +178,7 @@ impl TokenVerifier {
         if c.room != room {
             return Err(VerifyError::WrongRoom);
         }
-        Ok(Grant { name: c.name, role: c.role })
+        Ok(Grant { name: c.name, role: c.role, moderator: c.moderator })
     }
 }
 
@@ -194,7 +200,7 @@ mod tests {
     fn a_minted_token_verifies_and_grants_its_claims() {
         let t = mint(SECRET, &claims("panel", Role::Viewer, 60)).expect("mint");
         let g = TokenVerifier::new(SECRET).expect("secret").verify(Some(&t), "panel").expect("valid");
-        assert_eq!(g, Grant { name: "Ann".into(), role: Role::Viewer });
+        assert_eq!(g, Grant { name: "Ann".into(), role: Role::Viewer, moderator: false });
     }
 
     #[test]

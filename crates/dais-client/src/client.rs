@@ -454,6 +454,7 @@ impl Client {
             role,
             version: PROTOCOL_VERSION,
             token,
+            moderator: false,
         })?;
         let reply = self
             .wait_for_message(

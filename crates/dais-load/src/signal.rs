@@ -79,7 +79,14 @@ impl Signal {
 
     /// Send `join`.
     pub async fn join(&mut self, room: &str, name: &str, role: Role, token: Option<String>) -> anyhow::Result<()> {
-        let join = ClientMessage::Join { room: room.into(), name: name.into(), role, version: PROTOCOL_VERSION, token };
+        let join = ClientMessage::Join {
+            room: room.into(),
+            name: name.into(),
+            role,
+            version: PROTOCOL_VERSION,
+            token,
+            moderator: false,
+        };
         self.send(&join).await
     }
 

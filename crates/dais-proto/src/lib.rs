@@ -133,12 +133,45 @@ pub const REACTION_BURST: f64 = 5.0;
 /// How often, at most, the room's reaction totals go out (`reactions`), in milliseconds.
 pub const REACTIONS_INTERVAL_MS: u64 = 500;
 
+/// What a moderator can do (`moderate`): the admin API's actions on one room, over the WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerateAction {
+    /// Make a viewer a speaker in place (its raised hand is lowered).
+    Promote,
+    /// Make a speaker a viewer in place.
+    Demote,
+    /// Remove a participant (`kicked`, close 4001).
+    Kick,
+    /// Server-side mute (or unmute) of a participant's audio or video.
+    Mute,
+    /// Lower a viewer's raised hand.
+    LowerHand,
+    /// Delete a chat message for everyone.
+    DeleteChat,
+}
+
+/// A raised hand, as speakers and moderators see it (`hands`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaisedHand {
+    /// The viewer.
+    pub participant_id: String,
+    /// Its display name.
+    pub name: String,
+    /// When it raised its hand, milliseconds since the Unix epoch (server clock).
+    pub at_ms: u64,
+}
+
 /// Longest chat message, in bytes of UTF-8 (`chat`).
 pub const MAX_CHAT_BYTES: usize = 500;
 /// Chat messages a participant may send per second (`chat`); see [`CHAT_BURST`].
 pub const CHATS_PER_SECOND: f64 = 0.5;
 /// Chat messages a participant may send at once before [`CHATS_PER_SECOND`] applies.
 pub const CHAT_BURST: f64 = 3.0;
+/// Hand changes (a `raise_hand` that raises or lowers) a viewer may make per second; see [`HAND_BURST`].
+pub const HANDS_PER_SECOND: f64 = 1.0;
+/// Hand changes a viewer may make at once before [`HANDS_PER_SECOND`] applies.
+pub const HAND_BURST: f64 = 4.0;
 /// Chat messages a room keeps and sends to a participant who joins or resumes (`chat_history`).
 pub const CHAT_HISTORY: usize = 50;
 
@@ -184,6 +217,10 @@ pub enum ClientMessage {
         /// Ignored by a server in open development mode.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Ask for the moderator grant (`moderate`, and seeing raised hands). Granted by a token
+        /// whose `moderator` claim is true, whatever this says; in open development mode, by this.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        moderator: bool,
     },
     /// An SDP offer from the client (a speaker publishing its media).
     Offer {
@@ -246,6 +283,32 @@ pub enum ClientMessage {
         /// The text.
         text: String,
     },
+    /// A viewer raises (or lowers) its hand: speakers and moderators see the room's raised hands as
+    /// `hands`, and the viewer is told its own state as `hand`. A speaker's is `bad_message`.
+    RaiseHand {
+        /// Raised (`true`) or lowered.
+        raised: bool,
+    },
+    /// A moderator acts on the room (participants with the moderator grant only; others get
+    /// `not_moderator`). `participant` names the target of `promote`, `demote`, `kick`, `mute` and
+    /// `lower_hand`; `kind` the media of `mute` (`muted` defaults to true); `message` the chat message
+    /// of `delete_chat`. A target not in the room is `unknown_target`; a missing field `bad_message`.
+    Moderate {
+        /// What to do.
+        action: ModerateAction,
+        /// The participant acted on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        participant: Option<String>,
+        /// For `mute`: which media.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<MediaKind>,
+        /// For `mute`: mute (`true`, the default) or unmute.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        muted: Option<bool>,
+        /// For `delete_chat`: the message id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<u64>,
+    },
     /// Leave the room; the server closes the socket afterwards.
     Leave,
     /// Take a joined participant over on this socket, after the previous one was lost: the first
@@ -301,6 +364,9 @@ pub enum ServerMessage {
         /// keeps it after losing this socket. Absent from servers before resume existed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume_token: Option<String>,
+        /// This participant holds the moderator grant (absent when not).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        moderator: bool,
     },
     /// The `resume` succeeded: this socket now carries the participant. What the client missed while it
     /// had no socket is not replayed; this is the room as it is now, to reconcile with.
@@ -325,6 +391,9 @@ pub enum ServerMessage {
         /// As in `joined`, with fresh TURN credentials.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
+        /// As in `joined`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        moderator: bool,
     },
     /// A server-initiated SDP offer (media to receive appeared or disappeared). Answer it with `answer`.
     Offer {
@@ -441,6 +510,18 @@ pub enum ServerMessage {
         /// Whether viewers may chat now (speakers always may, unless silenced).
         viewer_chat: bool,
     },
+    /// The room's raised hands, earliest first. To speakers and moderators only: on each change, and
+    /// the current list when one joins (or becomes a speaker); a slow client gets the latest.
+    Hands {
+        /// The raised hands.
+        participants: Vec<RaisedHand>,
+    },
+    /// This viewer's own hand went up or down (its `raise_hand`, a moderator's `lower_hand`, or its
+    /// promotion to speaker).
+    Hand {
+        /// Raised now.
+        raised: bool,
+    },
     /// An operator deleted a chat message: remove it from view.
     ChatDeleted {
         /// Its id.
@@ -551,6 +632,13 @@ pub enum ErrorCode {
     /// An operator turned viewer chat off for this room and the sender is a viewer; the message was
     /// not sent. The socket stays.
     ChatDisabled,
+    /// A `raise_hand` that changes the hand beyond [`HANDS_PER_SECOND`] (bursts of [`HAND_BURST`]);
+    /// the hand stays as it was. The socket stays.
+    TooManyHandChanges,
+    /// A `moderate` from a participant without the moderator grant. The socket stays.
+    NotModerator,
+    /// A `moderate` whose participant or message is not in the room. The socket stays.
+    UnknownTarget,
 }
 
 impl ErrorCode {
@@ -592,6 +680,9 @@ impl ErrorCode {
             ErrorCode::TooManyChats => "too_many_chats",
             ErrorCode::ChatSilenced => "chat_silenced",
             ErrorCode::ChatDisabled => "chat_disabled",
+            ErrorCode::TooManyHandChanges => "too_many_hand_changes",
+            ErrorCode::NotModerator => "not_moderator",
+            ErrorCode::UnknownTarget => "unknown_target",
         }
     }
 }
@@ -621,8 +712,21 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-const CLIENT_TYPES: &[&str] =
-    &["join", "offer", "answer", "candidate", "mute", "video_size", "react", "chat", "ping", "leave", "resume"];
+const CLIENT_TYPES: &[&str] = &[
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "mute",
+    "video_size",
+    "react",
+    "chat",
+    "raise_hand",
+    "moderate",
+    "ping",
+    "leave",
+    "resume",
+];
 
 /// Parse one client text frame, classifying failures as `bad_json`, `unknown_type` or `bad_message`.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ParseError> {
@@ -702,6 +806,8 @@ impl ClientMessage {
             ClientMessage::VideoSize { .. } => "video_size",
             ClientMessage::React { .. } => "react",
             ClientMessage::Chat { .. } => "chat",
+            ClientMessage::RaiseHand { .. } => "raise_hand",
+            ClientMessage::Moderate { .. } => "moderate",
             ClientMessage::Leave => "leave",
             ClientMessage::Resume { .. } => "resume",
         }
@@ -723,8 +829,16 @@ mod tests {
             .expect("valid join");
         assert_eq!(
             m,
-            ClientMessage::Join { room: "r1".into(), name: "Ann".into(), role: Role::Viewer, version: 1, token: None }
+            ClientMessage::Join {
+                room: "r1".into(),
+                name: "Ann".into(),
+                role: Role::Viewer,
+                version: 1,
+                token: None,
+                moderator: false
+            }
         );
+        assert!(!m.to_json().contains("moderator"), "no moderator field when not asked for");
         assert_eq!(parse_client(&m.to_json()).expect("round trip"), m);
         assert!(!m.to_json().contains("token"), "no token field when there is none");
         let t = parse_client(r#"{"type":"join","room":"r1","name":"Ann","role":"viewer","version":1,"token":"a.b.c"}"#)
@@ -873,6 +987,35 @@ mod tests {
     }
 
     #[test]
+    fn hands_and_moderation_parse() {
+        assert_eq!(
+            parse_client(r#"{"type":"raise_hand","raised":true}"#).ok(),
+            Some(ClientMessage::RaiseHand { raised: true })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"moderate","action":"promote","participant":"p7"}"#).ok(),
+            Some(ClientMessage::Moderate {
+                action: ModerateAction::Promote,
+                participant: Some("p7".into()),
+                kind: None,
+                muted: None,
+                message: None
+            })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"moderate","action":"ban"}"#).err().map(|e| e.code),
+            Some(ErrorCode::BadMessage)
+        );
+        let hands = ServerMessage::Hands {
+            participants: vec![RaisedHand { participant_id: "p7".into(), name: "Bo".into(), at_ms: 5 }],
+        };
+        assert_eq!(
+            hands.to_json(),
+            r#"{"type":"hands","participants":[{"participant_id":"p7","name":"Bo","at_ms":5}]}"#
+        );
+    }
+
+    #[test]
     fn every_code_spells_as_serde_does() {
         for c in [
             ErrorCode::BadJson,
@@ -892,6 +1035,9 @@ mod tests {
             ErrorCode::TooManyChats,
             ErrorCode::ChatSilenced,
             ErrorCode::ChatDisabled,
+            ErrorCode::TooManyHandChanges,
+            ErrorCode::NotModerator,
+            ErrorCode::UnknownTarget,
             ErrorCode::TokenNotYetValid,
         ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));

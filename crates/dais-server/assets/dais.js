@@ -142,6 +142,8 @@ export function tokenClaims(token) {
  * @property {'speaker'|'viewer'} role
  * @property {string} [token]  Join token (`dais token`), sent in `join`. Required when the server has a
  *   token secret; then the token's name and role replace `name` and `role`.
+ * @property {boolean} [moderator=false]  Ask for the moderator grant (`moderate()`, raised hands). A
+ *   server with a token secret grants it from the token's `moderator` claim only; an open one to whoever asks.
  * @property {RTCConfiguration} [rtcConfig]  Merged over `{bundlePolicy: 'max-bundle'}`. Without its own
  *   `iceServers`, the STUN/TURN servers the server hands out in `joined` (`ice_servers`) are used.
  * @property {number} [pingIntervalMs=5000] Keep-alive period; 0 disables pings (and the silence check).
@@ -204,6 +206,9 @@ export class DaisError extends Error {
  * - `chat`               `{id, participantId, name, role, text, atMs}`: a new chat message
  * - `chatdeleted`        `{id}`: an operator deleted that message
  * - `chatpolicy`         `{viewerChat}`: an operator turned viewer chat on or off
+ * - `hands`              `{hands}`: the room's raised hands, `[{participantId, name, atMs}]` earliest
+ *                        first (speakers and moderators only; also in {@link DaisClient#hands})
+ * - `hand`               `{raised}`: this viewer's own hand went up or down
  * - `pong`               `{id, rttMs}`
  * - `rolechanged`        `{participantId, role, self}`: an operator promoted or demoted someone in place;
  *                        when `self`, a promoted client may now `publish()`, a demoted one stopped capturing
@@ -230,7 +235,7 @@ export class DaisError extends Error {
 export class DaisClient extends EventTarget {
   /** @param {DaisClientOptions} options */
   constructor({
-    url, room, name, role, token, rtcConfig = {}, pingIntervalMs = 5000, joinTimeoutMs = 10000, reconnect = true,
+    url, room, name, role, token, moderator = false, rtcConfig = {}, pingIntervalMs = 5000, joinTimeoutMs = 10000, reconnect = true,
     reconnectTimeoutMs = 60000, signalTimeoutMs = 15000, connectTimeoutMs = 5000, iceRestartAfterMs = 4000,
   }) {
     super();
@@ -239,6 +244,12 @@ export class DaisClient extends EventTarget {
     this.url = url ?? defaultUrl();
     /** Room name. */
     this.room = room;
+    /** Whether the moderator grant is asked for; after `join()` whether the server granted it. */
+    this.moderator = !!moderator;
+    /** Raised hands of the room, earliest first, as speakers and moderators see them (`hands`). */
+    this.hands = [];
+    /** Whether this viewer's own hand is raised, as the server last said (`hand`). */
+    this.handRaised = false;
     /** Display name. */
     this.name = name;
     /** Requested role; after `join()` the role the server granted. */
@@ -436,6 +447,34 @@ export class DaisClient extends EventTarget {
   }
 
   /**
+   * Raise (or lower) this viewer's hand. Speakers and moderators see the room's raised hands as a
+   * `hands` event; this client gets `hand` with its own state. Returns false while no socket
+   * carries us.
+   * @param {boolean} raised
+   * @returns {boolean}
+   */
+  raiseHand(raised) {
+    if (!this._carrying()) return false;
+    this._send({ type: 'raise_hand', raised: !!raised });
+    return true;
+  }
+
+  /**
+   * A moderator's action (needs the moderator grant, else the error `not_moderator`): `'promote'`,
+   * `'demote'`, `'kick'`, `'lower_hand'` with `{participant}`; `'mute'` with `{participant, kind,
+   * muted}`; `'delete_chat'` with `{message}`. A target not in the room is `unknown_target`.
+   * Returns false while no socket carries us.
+   * @param {'promote'|'demote'|'kick'|'mute'|'lower_hand'|'delete_chat'} action
+   * @param {{participant?: string, kind?: 'audio'|'video', muted?: boolean, message?: number}} [target]
+   * @returns {boolean}
+   */
+  moderate(action, target = {}) {
+    if (!this._carrying()) return false;
+    this._send({ type: 'moderate', action, ...target });
+    return true;
+  }
+
+  /**
    * Tell the server the size at which a received video is shown, in CSS pixels (multiplied by
    * `devicePixelRatio` here): it then sends no larger a simulcast layer than that needs. `0, 0`
    * hides the tile, which pauses that video until a size is set again. Remembered across
@@ -602,6 +641,12 @@ export class DaisClient extends EventTarget {
       case 'chat_deleted':
         this.chat.messages = this.chat.messages.filter((m) => m.id !== msg.id);
         return this._emit('chatdeleted', { id: msg.id });
+      case 'hands':
+        this.hands = (msg.participants ?? []).map((h) => ({ participantId: h.participant_id, name: h.name, atMs: h.at_ms }));
+        return this._emit('hands', { hands: this.hands });
+      case 'hand':
+        this.handRaised = msg.raised === true;
+        return this._emit('hand', { raised: this.handRaised });
       case 'chat_policy':
         this.chat.viewerChat = msg.viewer_chat !== false;
         return this._emit('chatpolicy', { viewerChat: this.chat.viewerChat });
@@ -628,6 +673,7 @@ export class DaisClient extends EventTarget {
     this.participantId = msg.participant_id;
     this.role = msg.role;
     this.room = msg.room;
+    this.moderator = msg.moderator === true;
     this._resumeToken = msg.resume_token ?? null;
     this.timing.joined = performance.now();
     for (const p of msg.participants ?? []) this.participants.set(p.id, normalizeParticipant(p));
@@ -984,6 +1030,7 @@ export class DaisClient extends EventTarget {
     if (this.participantId !== null) this._dropRoom();
     const join = { type: 'join', room: this.room, name: this.name, role: this.role, version: PROTOCOL_VERSION };
     if (this._token) join.token = this._token;
+    if (this.moderator) join.moderator = true;
     this._send(join);
   }
 

@@ -241,8 +241,8 @@ function initials(name) {
  * the grid, the header and the Leave button. Resolves once joined; shows and rethrows a failure.
  * @param {{room: string, name: string, role: 'speaker'|'viewer', onLeave?: () => void}} options
  */
-export async function openRoom({ room, name, role, token, onLeave = () => {} }) {
-  const client = new DaisClient({ room, name, role, token });
+export async function openRoom({ room, name, role, token, moderator = false, onLeave = () => {} }) {
+  const client = new DaisClient({ room, name, role, token, moderator });
   window.dais = client;
   const grid = new TileGrid(document.getElementById('grid'), new AudioUnlock(document.getElementById('unmute')));
   const audience = document.getElementById('audience');
@@ -256,9 +256,9 @@ export async function openRoom({ room, name, role, token, onLeave = () => {} }) 
     else if (state === 'failed') setStatus('Media connection failed', 'error');
     else if (state === 'disconnected') setStatus('Media connection interrupted…', 'error');
   });
-  // Refused chat messages and reactions are the chat panel's and the reaction bar's business.
+  // Refused chat messages, reactions and hand changes are their own controls' business.
   client.on('error', ({ error }) => {
-    if (error.request !== 'chat' && error.request !== 'react') setStatus(`Error: ${error.message}`, 'error');
+    if (!['chat', 'react', 'raise_hand'].includes(error.request)) setStatus(`Error: ${error.message}`, 'error');
   });
   client.on('rolechanged', async ({ role, self }) => {
     if (!self) return;
@@ -307,6 +307,7 @@ export async function openRoom({ room, name, role, token, onLeave = () => {} }) 
   }
   controls.hidden = false;
   addReactions(client, controls);
+  addHand(client, controls);
   addChat(client);
   setStatus('Connecting media…');
   return { client, grid };
@@ -340,6 +341,62 @@ function addReactions(client, controls) {
   });
 }
 
+/**
+ * A viewer's "Raise hand" toggle in the controls (`#raise-hand`, `aria-pressed`): speakers and
+ * moderators see the room's raised hands. It follows the server's `hand` (a moderator may lower it),
+ * and is hidden while this participant is a speaker.
+ */
+function addHand(client, controls) {
+  const button = el('button', { id: 'raise-hand', type: 'button', 'aria-pressed': 'false' }, '\u{270B} Raise hand');
+  const show = () => {
+    button.hidden = client.role !== 'viewer' || client.moderator;
+    button.setAttribute('aria-pressed', String(client.handRaised));
+    button.textContent = client.handRaised ? '\u{270B} Lower hand' : '\u{270B} Raise hand';
+  };
+  button.addEventListener('click', () => client.raiseHand(!client.handRaised));
+  client.on('hand', () => { button.title = ''; show(); });
+  client.on('error', ({ error }) => { if (error.request === 'raise_hand') button.title = error.message; });
+  client.on('rolechanged', ({ self }) => { if (self) show(); });
+  controls.querySelector('#leave')?.before(button);
+  show();
+}
+
+/**
+ * The moderator's panel beside the stage (`#moderation`): raised hands (`#hands`, each `<li
+ * data-participant-id>` with Promote and Lower), and who is on stage (`#on-stage`, each with Mute,
+ * Demote and Kick). Every button is a `moderate` message; the server's news redraws the lists.
+ */
+export function addModeration(client) {
+  const hands = el('ol', { id: 'hands', class: 'mod-list', 'aria-label': 'raised hands' });
+  const onStage = el('ol', { id: 'on-stage', class: 'mod-list', 'aria-label': 'speakers' });
+  const panel = el('aside', { id: 'moderation', class: 'moderation', 'aria-label': 'moderation' },
+    el('h2', {}, 'Raised hands'), hands, el('h2', {}, 'On stage'), onStage);
+  document.querySelector('.stage')?.append(panel);
+  const act = (label, action, target) => el('button', { type: 'button', dataset: { action }, onclick: () => client.moderate(action, target) }, label);
+  const drawHands = () => {
+    hands.replaceChildren(...client.hands.map((h) => el('li', { dataset: { participantId: h.participantId } },
+      el('span', { class: 'who' }, h.name), ' ',
+      act('Promote', 'promote', { participant: h.participantId }),
+      act('Lower', 'lower_hand', { participant: h.participantId }))));
+    if (client.hands.length === 0) hands.append(el('li', { class: 'none' }, 'No raised hands'));
+  };
+  const drawStage = () => {
+    const speakers = [...client.participants.values()].filter((p) => p.role === 'speaker');
+    onStage.replaceChildren(...speakers.map((p) => el('li', { dataset: { participantId: p.id } },
+      el('span', { class: 'who' }, p.name), ' ',
+      act('Mute', 'mute', { participant: p.id, kind: 'audio', muted: true }),
+      act('Demote', 'demote', { participant: p.id }),
+      act('Kick', 'kick', { participant: p.id }))));
+    if (speakers.length === 0) onStage.append(el('li', { class: 'none' }, 'Nobody on stage'));
+  };
+  client.on('hands', drawHands);
+  for (const ev of ['joined', 'participantjoined', 'participantleft', 'rolechanged', 'reconnected']) client.on(ev, drawStage);
+  client.on('error', ({ error }) => { if (error.request === 'moderate') setStatus(`Moderation: ${error.message}`, 'error'); });
+  drawHands();
+  drawStage();
+  return panel;
+}
+
 /** What the chat panel says when the server refuses a message. */
 const CHAT_REFUSALS = {
   invalid_chat: 'Messages are 1 to 500 bytes of text.',
@@ -366,8 +423,10 @@ function addChat(client) {
   grid.replaceWith(stage);
   stage.append(grid, panel);
 
+  // A moderator gets a delete button on each line.
   const line = (m) => el('li', { dataset: { chatId: String(m.id), role: m.role } },
-    el('span', { class: 'who' }, m.name), ' ', el('span', { class: 'text' }, m.text));
+    el('span', { class: 'who' }, m.name), ' ', el('span', { class: 'text' }, m.text),
+    client.moderator ? el('button', { type: 'button', class: 'delete', title: 'Delete for everyone', onclick: () => client.moderate('delete_chat', { message: m.id }) }, '×') : null);
   const atBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < 40;
   const render = () => {
     log.replaceChildren(...client.chat.messages.map(line));

@@ -12,7 +12,11 @@
 //! - `POST /admin/rooms/{room}/participants/{id}/chat` `{"silenced":bool}`: silence a participant's
 //!   chat (`chat_silenced`), or lift it;
 //! - `POST /admin/rooms/{room}/chat` `{"viewer_chat":bool}`: turn viewer chat off or on for the room
-//!   (`chat_policy` to everyone).
+//!   (`chat_policy` to everyone);
+//! - `DELETE /admin/rooms/{room}/participants/{id}/hand`: lower a viewer's raised hand;
+//! - `POST /admin/rooms/{room}/tokens` `{"name":..., "role":..., "moderator":bool, "ttl_secs":n}`:
+//!   mint a join token for the room with the server's token secret (`{"token": ...}`), so that a
+//!   moderator page can log in with the admin key; 409 `tokens_disabled` in open development mode.
 //!
 //! Without a configured admin key every route answers 404 `admin_disabled`; a missing or wrong key
 //! is 401 `unauthorized`. The key is compared in constant time and never logged.
@@ -34,8 +38,10 @@ use crate::AppState;
 
 /// The `/admin` routes; `key` is the configured admin key, if any. One layer checks the key for
 /// every route, so the handlers only do their action.
-pub fn routes(key: Option<String>) -> axum::Router<AppState> {
+/// `token_secret` (auth.token_secret) signs the tokens the tokens route mints.
+pub fn routes(key: Option<String>, token_secret: Option<String>) -> axum::Router<AppState> {
     let key = std::sync::Arc::new(key);
+    let secret = std::sync::Arc::new(token_secret);
     let auth = middleware::from_fn(move |req: Request, next: Next| {
         let key = key.clone();
         async move {
@@ -54,6 +60,14 @@ pub fn routes(key: Option<String>) -> axum::Router<AppState> {
         .route("/admin/rooms/{room}/participants/{id}/chat", post(silence_chat))
         .route("/admin/rooms/{room}/chat", post(viewer_chat))
         .route("/admin/rooms/{room}/chat/{message}", delete(delete_chat))
+        .route("/admin/rooms/{room}/participants/{id}/hand", delete(lower_hand))
+        .route(
+            "/admin/rooms/{room}/tokens",
+            post(move |path: Path<String>, body: Result<Json<TokenBody>, JsonRejection>| {
+                let secret = secret.clone();
+                async move { mint_token(secret.as_deref(), path, body) }
+            }),
+        )
         .route_layer(auth)
 }
 
@@ -166,6 +180,72 @@ async fn viewer_chat(
         }
         Err(e) => admin_error(e),
     }
+}
+
+async fn lower_hand(State(st): State<AppState>, Path((room, id)): Path<(String, String)>) -> Response {
+    match st.signaling.admin_lower_hand(&room, &id) {
+        Ok(()) => {
+            info!(%room, participant = %id, "admin: hand lowered");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+/// Longest lifetime of a token minted through the admin API.
+const MAX_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+fn mint_token(
+    secret: Option<&str>,
+    Path(room): Path<String>,
+    body: Result<Json<TokenBody>, JsonRejection>,
+) -> Response {
+    use dais_signaling::token::{mint, MintError, TokenClaims};
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    let Some(secret) = secret else {
+        return error(
+            StatusCode::CONFLICT,
+            "tokens_disabled",
+            "open development mode: no token secret is configured, so joins need no token",
+        );
+    };
+    if b.ttl_secs == 0 || b.ttl_secs > MAX_TOKEN_TTL_SECS {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "ttl_secs must be 1 to 86400");
+    }
+    let mut claims =
+        TokenClaims::new(room.as_str(), b.name.as_str(), b.role, std::time::Duration::from_secs(b.ttl_secs));
+    claims.moderator = b.moderator;
+    match mint(secret, &claims) {
+        Ok(token) => {
+            info!(%room, role = ?b.role, moderator = b.moderator, ttl_secs = b.ttl_secs, "admin: token minted");
+            Json(json!({ "token": token, "exp": claims.exp })).into_response()
+        }
+        Err(MintError::InvalidRoom) => {
+            error(StatusCode::BAD_REQUEST, "invalid_room", &MintError::InvalidRoom.to_string())
+        }
+        Err(MintError::InvalidName) => {
+            error(StatusCode::BAD_REQUEST, "invalid_name", &MintError::InvalidName.to_string())
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "minting failed"),
+    }
+}
+
+/// Body of the token route.
+#[derive(Debug, Deserialize)]
+pub struct TokenBody {
+    name: String,
+    role: Role,
+    #[serde(default)]
+    moderator: bool,
+    #[serde(default = "default_token_ttl")]
+    ttl_secs: u64,
+}
+
+fn default_token_ttl() -> u64 {
+    3600
 }
 
 /// Body of the chat silence route.

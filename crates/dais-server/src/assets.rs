@@ -10,10 +10,12 @@ const FILES: &[(&str, &str, &str)] = &[
     ("index.html", "text/html; charset=utf-8", include_str!("../assets/index.html")),
     ("speak.html", "text/html; charset=utf-8", include_str!("../assets/speak.html")),
     ("watch.html", "text/html; charset=utf-8", include_str!("../assets/watch.html")),
+    ("moderate.html", "text/html; charset=utf-8", include_str!("../assets/moderate.html")),
     ("dais.js", "text/javascript; charset=utf-8", include_str!("../assets/dais.js")),
     ("index.js", "text/javascript; charset=utf-8", include_str!("../assets/index.js")),
     ("speak.js", "text/javascript; charset=utf-8", include_str!("../assets/speak.js")),
     ("watch.js", "text/javascript; charset=utf-8", include_str!("../assets/watch.js")),
+    ("moderate.js", "text/javascript; charset=utf-8", include_str!("../assets/moderate.js")),
     ("ui.js", "text/javascript; charset=utf-8", include_str!("../assets/ui.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../assets/style.css")),
 ];

@@ -166,6 +166,10 @@ struct TokenArgs {
     /// Lifetime: a number with an optional s, m, h or d suffix, e.g. 90s, 30m, 1h.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
     ttl: Duration,
+    /// Grant moderation: the holder may promote, demote, mute and kick participants, lower raised
+    /// hands and delete chat messages over its WebSocket (the /moderate page), and sees raised hands.
+    #[arg(long)]
+    moderator: bool,
     /// Signing secret instead of the configured auth.token_secret. Other local users can read it in
     /// the process list; prefer DAIS_TOKEN_SECRET.
     #[arg(long, value_name = "SECRET")]
@@ -249,7 +253,8 @@ fn print_token(t: &TokenArgs, config: &Config) -> anyhow::Result<()> {
             anyhow::bail!("no token secret: set DAIS_TOKEN_SECRET, auth.token_secret in --config, or --secret")
         }
     };
-    let claims = dais_signaling::token::TokenClaims::new(&t.room, &t.name, t.role, t.ttl);
+    let mut claims = dais_signaling::token::TokenClaims::new(&t.room, &t.name, t.role, t.ttl);
+    claims.moderator = t.moderator;
     let token = dais_signaling::token::mint(secret, &claims)?;
     println!("{token}");
     Ok(())
@@ -320,12 +325,13 @@ async fn main() -> anyhow::Result<()> {
         .route("/", get(|| async { assets::page("index.html") }))
         .route("/speak", get(|| async { assets::page("speak.html") }))
         .route("/watch", get(|| async { assets::page("watch.html") }))
+        .route("/moderate", get(|| async { assets::page("moderate.html") }))
         .route("/assets/{name}", get(|Path(name): Path<String>| async move { assets::page(&name) }))
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
-        .merge(admin::routes(config.auth.admin_key.clone()))
+        .merge(admin::routes(config.auth.admin_key.clone(), config.auth.token_secret.clone()))
         .with_state(AppState { signaling: signaling.clone(), media: handle.stats().clone(), http: http_stats.clone() });
 
     let listener = tokio::net::TcpListener::bind(config.http.addr)

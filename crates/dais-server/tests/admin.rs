@@ -186,7 +186,11 @@ async fn the_admin_examples_in_operations_md_run_as_written() {
     let (v, vp) = viewer(&server, "panel-1", "Bo").await;
     v.wait_until(MEDIA_TIMEOUT, "the viewer receives", |x| has_media_from(x, &sp, 5, 5)).await.unwrap();
     let lines = documented_curls(&sp, &vp);
-    assert_eq!(lines.len(), 9, "list, mute, promote, demote, chat delete, silence, policy, kick, close: {lines:#?}");
+    assert_eq!(
+        lines.len(),
+        10,
+        "list, mute, promote, demote, chat delete, silence, policy, hand, kick, close: {lines:#?}"
+    );
 
     let list: serde_json::Value = serde_json::from_str(&run_curl(&lines[0], &dais)).expect("the list is JSON");
     assert_eq!(list["rooms"][0]["name"], "panel-1");
@@ -217,8 +221,117 @@ async fn the_admin_examples_in_operations_md_run_as_written() {
     s.wait_for_message(0, |m| matches!(m, ServerMessage::ChatPolicy { viewer_chat: false }), REPLY_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("policy: {e}"));
+    // The viewer raises its hand; the doc's line lowers it.
+    v.send(ClientMessage::RaiseHand { raised: true }).expect("raise");
+    s.wait_for_message(
+        0,
+        |m| matches!(m, ServerMessage::Hands { participants } if participants.len() == 1),
+        REPLY_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("raised: {e}"));
+    let mark = v.message_count();
     assert_eq!(run_curl(&lines[7], &dais), "", "{}", lines[7]);
+    v.wait_for_message(mark, |m| matches!(m, ServerMessage::Hand { raised: false }), REPLY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("lowered: {e}"));
+    assert_eq!(run_curl(&lines[8], &dais), "", "{}", lines[8]);
     assert_eq!(v.wait_closed(REPLY_TIMEOUT).await.expect("kicked").code, Some(4001));
-    assert_eq!(run_curl(&lines[8], &dais), r#"{"closed":1}"#, "{}", lines[8]);
+    assert_eq!(run_curl(&lines[9], &dais), r#"{"closed":1}"#, "{}", lines[9]);
     assert_eq!(s.wait_closed(REPLY_TIMEOUT).await.expect("closed").code, Some(4002));
+}
+
+/// The token `curl` line of docs/operations.md's *Join tokens* section.
+fn documented_token_curl() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operations.md")).expect("doc");
+    let section = doc.split("## Join tokens").nth(1).expect("a Join tokens section");
+    let lines: Vec<_> =
+        section.lines().take_while(|l| !l.starts_with("## ")).filter(|l| l.starts_with("curl ")).collect();
+    assert_eq!(lines.len(), 1, "one token line: {lines:#?}");
+    lines[0].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_key_mints_a_moderator_token_that_moderates_over_its_socket() {
+    const SECRET: &str = "test-token-secret-0123456789abcdef";
+    let server = Server::start_with_env(&[], &[("DAIS_ADMIN_KEY", KEY), ("DAIS_TOKEN_SECRET", SECRET)]);
+    let dais = format!("http://{}", server.http);
+    let path = "/admin/rooms/panel-1/tokens";
+    assert_eq!(http(server.http, "POST", path, None, Some(r#"{"name":"Mod","role":"viewer"}"#)).0, 401);
+    let (status, body) =
+        http(server.http, "POST", "/admin/rooms/bad%20room/tokens", Some(KEY), Some(r#"{"name":"M","role":"viewer"}"#));
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid_room"), "{body}");
+    let (status, body) =
+        http(server.http, "POST", path, Some(KEY), Some(r#"{"name":"M","role":"viewer","ttl_secs":0}"#));
+    assert_eq!((status, body.contains("bad_request")), (400, true), "{body}");
+
+    let minted: serde_json::Value = serde_json::from_str(&run_curl(&documented_token_curl(), &dais)).expect("JSON");
+    let token = minted["token"].as_str().expect("a token");
+    let claims = dais_signaling::token::TokenVerifier::new(SECRET).expect("verifier").verify(Some(token), "panel-1");
+    let grant = claims.expect("the minted token verifies");
+    assert_eq!((grant.name.as_str(), grant.role, grant.moderator), ("Mod", Role::Viewer, true));
+
+    // A speaker and a viewer with plain tokens; the moderator joins with the minted one.
+    let plain = |name: &str, role: &str| {
+        let body = format!(r#"{{"name":"{name}","role":"{role}"}}"#);
+        let (status, body) = http(server.http, "POST", path, Some(KEY), Some(&body));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["token"].as_str().expect("token").to_owned()
+    };
+    let s = dais_client::Client::connect(&server.ws_url()).await.expect("connect");
+    s.join_with_token("panel-1", "x", Role::Speaker, Some(&plain("Ann", "speaker"))).await.expect("speaker joins");
+    let v = dais_client::Client::connect(&server.ws_url()).await.expect("connect");
+    let vp = v
+        .join_with_token("panel-1", "x", Role::Viewer, Some(&plain("Bo", "viewer")))
+        .await
+        .expect("joins")
+        .participant_id;
+    let m = dais_client::Client::connect(&server.ws_url()).await.expect("connect");
+    let mark = m.message_count();
+    m.join_with_token("panel-1", "x", Role::Speaker, Some(token)).await.expect("the moderator joins");
+    m.wait_for_message(
+        mark,
+        |x| matches!(x, ServerMessage::Joined { moderator: true, role: Role::Viewer, .. }),
+        REPLY_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("joined as a viewer with the moderator grant: {e}"));
+
+    // A plain viewer may not moderate; the moderator sees the raised hand and promotes in place.
+    v.send(ClientMessage::Moderate {
+        action: dais_proto::ModerateAction::Kick,
+        participant: Some("p1".into()),
+        kind: None,
+        muted: None,
+        message: None,
+    })
+    .expect("send");
+    v.wait_for_error(0, ErrorCode::NotModerator, REPLY_TIMEOUT).await.unwrap_or_else(|e| panic!("refused: {e}"));
+    v.send(ClientMessage::RaiseHand { raised: true }).expect("raise");
+    m.wait_for_message(
+        0,
+        |x| matches!(x, ServerMessage::Hands { participants } if participants.iter().any(|h| h.participant_id == vp)),
+        REPLY_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the moderator sees the hand: {e}"));
+    m.send(ClientMessage::Moderate {
+        action: dais_proto::ModerateAction::Promote,
+        participant: Some(vp.clone()),
+        kind: None,
+        muted: None,
+        message: None,
+    })
+    .expect("send");
+    v.wait_for_message(0, |x| matches!(x, ServerMessage::RoleChanged { role: Role::Speaker, .. }), REPLY_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("promoted: {e}"));
+    drop((s, v, m));
+
+    // Open development mode mints nothing.
+    let open = Server::start_with_env(&[], &[("DAIS_ADMIN_KEY", KEY)]);
+    let (status, body) = http(open.http, "POST", path, Some(KEY), Some(r#"{"name":"Mod","role":"viewer"}"#));
+    assert_eq!(status, 409);
+    assert!(body.contains("tokens_disabled"), "{body}");
 }

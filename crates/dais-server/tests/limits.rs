@@ -97,8 +97,14 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
 
     let server = Server::start();
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("connect");
-    let join =
-        ClientMessage::Join { room: "utf".into(), name: "U".into(), role: Role::Viewer, version: 1, token: None };
+    let join = ClientMessage::Join {
+        room: "utf".into(),
+        name: "U".into(),
+        role: Role::Viewer,
+        version: 1,
+        token: None,
+        moderator: false,
+    };
     ws.send(Message::text(join.to_json())).await.expect("join");
     let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     ws.send(Message::Frame(bad)).await.expect("send");

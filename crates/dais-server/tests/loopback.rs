@@ -376,9 +376,15 @@ async fn bad_input_is_refused_without_disturbing_others() {
     expect(&sdp_speaker, &garbage, ErrorCode::BadSdp).await;
     assert_flowing(&observers, &sp, 25, "bad_sdp").await;
 
-    let join_again =
-        ClientMessage::Join { room: room.into(), name: "again".into(), role: Role::Viewer, version: 1, token: None }
-            .to_json();
+    let join_again = ClientMessage::Join {
+        room: room.into(),
+        name: "again".into(),
+        role: Role::Viewer,
+        version: 1,
+        token: None,
+        moderator: false,
+    }
+    .to_json();
     expect(&bad, &join_again, ErrorCode::AlreadyJoined).await;
     assert_flowing(&observers, &sp, 25, "already_joined").await;
 

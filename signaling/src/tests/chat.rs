@@ -28,6 +28,23 @@ impl Peer {
         }
     }
 
+    /// The next `hands`, `hand` or error, skipping everything else.
+    async fn hand_news(&mut self) -> ServerMessage {
+        loop {
+            let m = text_message(self.next_raw().await);
+            if let ServerMessage::Hands { .. } | ServerMessage::Hand { .. } | ServerMessage::Error { .. } = m {
+                return m;
+            }
+        }
+    }
+
+    async fn hand_error(&mut self) -> ErrorCode {
+        match self.hand_news().await {
+            ServerMessage::Error { code, .. } => code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
     async fn chat_error(&mut self) -> ErrorCode {
         match self.chat_news().await {
             ServerMessage::Error { code, .. } => code,
@@ -150,7 +167,7 @@ async fn a_client_that_falls_behind_the_chat_feed_is_closed_as_too_slow_and_resu
     fast.join("busy", "Fast", "viewer").await;
     // More messages than the feed holds, while the slow client reads nothing (posted as a room's many
     // writers would, each within its allowance).
-    let writer = Writer { participant_id: "p0", name: "Crowd", role: Role::Viewer, silenced: false };
+    let writer = Writer { participant_id: "p0", name: "Crowd", role: Role::Viewer, silenced: false, moderator: false };
     for batch in 0..(FEED_CAPACITY + 20) / 44 {
         {
             let mut rooms = sig.rooms.lock().expect("rooms");
@@ -196,4 +213,72 @@ async fn a_member_whose_notice_queue_overflows_is_closed_as_too_slow() {
     let close = slow.close_frame().await;
     assert_eq!(close, (CLOSE_TOO_SLOW, "too_slow".into()));
     assert_eq!(sig.metrics().parked, 1, "parked for a resume, not ended");
+}
+
+#[tokio::test]
+async fn raised_hands_reach_speakers_and_moderators_and_a_moderator_promotes_over_its_socket() {
+    let (media, sig) = setup_with(SignalingConfig::default());
+    let mut host = connect(&sig);
+    host.join("h", "Host", "speaker").await;
+    let mut guest = connect(&sig);
+    let guest_id = wire_id(&guest.join("h", "Guest", "viewer").await);
+    let mut plain = connect(&sig);
+    plain.join("h", "Plain", "viewer").await;
+    let mut moderator = connect(&sig);
+    moderator.send(r#"{"type":"join","room":"h","name":"Mod","role":"viewer","version":1,"moderator":true}"#);
+    assert!(matches!(moderator.msg().await, ServerMessage::Joined { moderator: true, .. }), "open mode grants it");
+    moderator.history().await;
+
+    guest.send(r#"{"type":"raise_hand","raised":true}"#);
+    assert_eq!(guest.hand_news().await, ServerMessage::Hand { raised: true });
+    for p in [&mut host, &mut moderator] {
+        let ServerMessage::Hands { participants } = p.hand_news().await else { panic!("hands") };
+        assert_eq!(
+            participants.iter().map(|h| (h.participant_id.as_str(), h.name.as_str())).collect::<Vec<_>>(),
+            [(guest_id.as_str(), "Guest")]
+        );
+    }
+    host.send(r#"{"type":"raise_hand","raised":true}"#);
+    assert_eq!(host.error_code().await, ErrorCode::BadMessage, "speakers raise no hands");
+
+    // Only a moderator moderates; a missing field and an unknown target have their codes.
+    plain.send(&format!(r#"{{"type":"moderate","action":"promote","participant":"{guest_id}"}}"#));
+    assert_eq!(plain.error_code().await, ErrorCode::NotModerator);
+    moderator.send(r#"{"type":"moderate","action":"promote"}"#);
+    assert_eq!(moderator.hand_error().await, ErrorCode::BadMessage);
+    moderator.send(r#"{"type":"moderate","action":"kick","participant":"p999"}"#);
+    assert_eq!(moderator.hand_error().await, ErrorCode::UnknownTarget);
+
+    moderator.send(&format!(r#"{{"type":"moderate","action":"promote","participant":"{guest_id}"}}"#));
+    // The guest becomes a speaker on its socket, its hand comes down, and everyone who saw it hears.
+    let mut saw_role = false;
+    let mut lowered = false;
+    while !(saw_role && lowered) {
+        match guest.msg().await {
+            ServerMessage::RoleChanged { role: Role::Speaker, .. } => saw_role = true,
+            ServerMessage::Hand { raised: false } => lowered = true,
+            _ => {}
+        }
+    }
+    let ServerMessage::Hands { participants } = moderator.hand_news().await else { panic!("hands") };
+    assert!(participants.is_empty(), "the promoted guest's hand is down");
+    let session = guest_id.trim_start_matches('p').parse::<u64>().expect("id");
+    assert!(media.calls().contains(&Call::Publisher(session, true)), "its session may publish now");
+
+    // Hand changes are rate-limited: four at once pass, the fifth is refused and changes nothing.
+    for raised in [true, false, true, false] {
+        plain.send(&format!(r#"{{"type":"raise_hand","raised":{raised}}}"#));
+        assert_eq!(plain.hand_news().await, ServerMessage::Hand { raised });
+    }
+    plain.send(r#"{"type":"raise_hand","raised":true}"#);
+    assert_eq!(plain.hand_error().await, ErrorCode::TooManyHandChanges);
+    plain.send(r#"{"type":"raise_hand","raised":false}"#);
+    plain.send(r#"{"type":"ping","id":5}"#);
+    loop {
+        match text_message(plain.next_raw().await) {
+            ServerMessage::Pong { .. } => break,
+            ServerMessage::Hand { .. } => panic!("lowering a hand that is down changes nothing"),
+            _ => {}
+        }
+    }
 }

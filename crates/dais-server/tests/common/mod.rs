@@ -159,6 +159,7 @@ pub async fn raw_viewer(
         role: Role::Viewer,
         version: dais_proto::PROTOCOL_VERSION,
         token: None,
+        moderator: false,
     };
     ws.send(tokio_tungstenite::tungstenite::Message::text(join.to_json())).await.expect("join");
     (socket, rtc, ws)
