@@ -309,7 +309,12 @@ export async function openRoom({ room, name, role, token, moderator = false, onL
   addReactions(client, controls);
   addHand(client, controls);
   addChat(client);
-  setStatus('Connecting media…');
+  // A viewer of an empty stage has no media to connect: say so, until someone publishes.
+  const onStage = () => [...client.participants.values()].some((p) => p.media?.length);
+  const connecting = () => { if (client.pc?.connectionState !== 'connected') setStatus('Connecting media…'); };
+  if (client.role === 'viewer' && !onStage()) setStatus('Joined: no one is on stage yet', 'ok');
+  else connecting();
+  client.on('mediapublished', connecting);
   return { client, grid };
 }
 

@@ -1,0 +1,54 @@
+// Page states a new user meets before anything happens: a viewer alone in a room is told that no one
+// is on stage (not "Connecting media…" forever), and goes Live once a speaker arrives; the /watch
+// form shows no error border before anything is typed, and shows one for a bad room name once typed.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { BASE, launchBrowser, join as joinIn, openPage, waitFor } from './lib.mjs';
+
+const ROOM = `states-${process.pid}-${Date.now().toString(36)}`;
+
+let browser;
+const pages = [];
+
+before(async () => {
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  for (const p of pages) if (p.problems.length) console.log(`# ${p.label} page problems:\n#   ${p.problems.join('\n#   ')}`);
+  await browser?.close();
+});
+
+const status = (p) => p.page.textContent('#status');
+
+test('a viewer of an empty stage is told so, then goes live when a speaker arrives', { timeout: 60_000 }, async () => {
+  const viewer = await joinIn(browser, 'early viewer', `/watch?room=${ROOM}&name=Early`);
+  pages.push(viewer);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(await status(viewer), 'Joined: no one is on stage yet');
+  assert.equal(await viewer.page.isVisible('#grid'), true);
+  const speaker = await joinIn(browser, 'speaker', `/speak?room=${ROOM}&name=Host`);
+  pages.push(speaker);
+  await waitFor('the viewer goes live', async () => (await status(viewer)) === 'Live');
+});
+
+test('the /watch form shows no error before anything is typed', { timeout: 30_000 }, async () => {
+  const form = await openPage(browser, 'watch form');
+  pages.push(form);
+  await form.page.goto(`${BASE}/watch`);
+  const room = form.page.locator('#join-form input[name="room"]');
+  await room.waitFor();
+  const border = () => room.evaluate((i) => getComputedStyle(i).borderColor);
+  const untouched = await border();
+  const danger = await form.page.evaluate(() => {
+    const probe = document.createElement('div');
+    probe.style.color = getComputedStyle(document.documentElement).getPropertyValue('--danger');
+    document.body.append(probe);
+    return getComputedStyle(probe).color;
+  });
+  assert.notEqual(untouched, danger, 'an untouched empty field has no error border');
+  await room.fill('no spaces allowed');
+  await room.blur();
+  assert.equal(await border(), danger, 'a bad room name, once typed, has the error border');
+});
