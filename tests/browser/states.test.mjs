@@ -1,6 +1,7 @@
 // Page states a new user meets before anything happens: a viewer alone in a room is told that no one
 // is on stage (not "Connecting media…" forever), and goes Live once a speaker arrives; the /watch
-// form shows no error border before anything is typed, and shows one for a bad room name once typed.
+// form shows no error border before anything is typed, and shows one for a bad room name once typed;
+// the "Click to unmute" prompt covers no speaker's name, on desktop or on a phone.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -51,4 +52,31 @@ test('the /watch form shows no error before anything is typed', { timeout: 30_00
   await room.fill('no spaces allowed');
   await room.blur();
   assert.equal(await border(), danger, 'a bad room name, once typed, has the error border');
+});
+
+test('the unmute prompt covers no name, at 1280x800 and on a 390x844 phone', { timeout: 60_000 }, async () => {
+  const room = `${ROOM}-unmute`;
+  const speakers = [];
+  // Names of realistic length: the old floating prompt covered the second tile's.
+  for (const n of ['Annabelle Fitzgerald', 'Bartholomew Okonkwo-Smith']) {
+    speakers.push(await joinIn(browser, `speaker ${n}`, `/speak?room=${room}&name=${encodeURIComponent(n)}`));
+  }
+  pages.push(...speakers);
+  for (const viewport of [{ width: 1280, height: 800 }, { width: 390, height: 844 }]) {
+    const viewer = await joinIn(browser, `viewer ${viewport.width}`, `/watch?room=${room}`, BASE, { viewport });
+    pages.push(viewer);
+    await waitFor('two named tiles', async () => (await viewer.page.locator('.tile .label .name').count()) === 2);
+    // The tests' Chromium may autoplay, so the prompt is shown by hand, as a browser that refuses would.
+    const overlaps = await viewer.page.evaluate(() => {
+      const prompt = document.getElementById('unmute');
+      prompt.hidden = false;
+      const p = prompt.getBoundingClientRect();
+      if (!p.width || !p.height) return ['the prompt has no size'];
+      return [...document.querySelectorAll('.tile .label')].filter((l) => {
+        const r = l.getBoundingClientRect();
+        return r.left < p.right && p.left < r.right && r.top < p.bottom && p.top < r.bottom;
+      }).map((l) => l.textContent);
+    });
+    assert.deepEqual(overlaps, [], `at ${viewport.width}x${viewport.height} the prompt covers no name`);
+  }
 });

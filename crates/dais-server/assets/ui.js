@@ -306,6 +306,8 @@ export async function openRoom({ room, name, role, token, moderator = false, onL
     throw err;
   }
   controls.hidden = false;
+  const unmute = document.getElementById('unmute');
+  if (unmute) controls.prepend(unmute);
   addReactions(client, controls);
   addHand(client, controls);
   addChat(client);
