@@ -74,7 +74,7 @@ test('publish() refuses a codec it does not know with DaisError codec_unsupporte
   }
 });
 
-test('the landing page and the /speak join form carry a video codec choice', { timeout: 60_000 }, async () => {
+test('the landing page and the /speak join form carry a video codec choice, under Advanced', { timeout: 60_000 }, async () => {
   const room = `codecs-form-${RUN}`;
   const landing = await openPage(browser, 'landing');
   pages.push(landing);
@@ -89,7 +89,9 @@ test('the landing page and the /speak join form carry a video codec choice', { t
     await page.check('input[name=role][value=viewer]');
     assert.equal(await select.isVisible(), false, 'viewers get no codec choice');
     await page.check('input[name=role][value=speaker]');
-    assert.equal(await select.isVisible(), true, 'speakers get a codec choice');
+    assert.equal(await select.isVisible(), false, 'the codec choice is folded away under Advanced');
+    await page.click('#enter details.advanced summary');
+    assert.equal(await select.isVisible(), true, 'speakers get a codec choice under Advanced');
     await page.fill('input[name=room]', room);
     await page.fill('input[name=name]', 'F');
     await select.selectOption('vp9');
@@ -103,6 +105,7 @@ test('the landing page and the /speak join form carry a video codec choice', { t
     await page.goto(`${BASE}/speak?room=${room}&codec=av1`);
     await page.waitForSelector('#join-form:not([hidden])');
     assert.equal(await page.inputValue('#join-form select[name=codec]'), 'av1');
+    assert.equal(await page.isVisible('#join-form select[name=codec]'), true, 'a codec from the URL stays in sight');
   } finally {
     await landing.context.close();
   }

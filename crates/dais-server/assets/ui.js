@@ -498,6 +498,8 @@ export function showJoinForm() {
     const wanted = (params.get(select.name) ?? '').toLowerCase();
     select.value = [...select.options].some((o) => o.value === wanted) ? wanted : '';
     if (select.name === 'codec') markSendableCodecs(select);
+    // A choice made in the URL stays in sight; the default stays folded away under "Advanced".
+    if (select.value) select.closest('details')?.setAttribute('open', '');
   }
   form.hidden = false;
   document.getElementById('grid').hidden = true;
