@@ -102,6 +102,7 @@ test('on a server with join tokens, /moderate logs in with the admin key and mod
   await moderator.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
   assert.equal(await moderator.page.evaluate(() => window.dais.moderator), true, 'the minted token carries the grant');
   assert.doesNotMatch(moderator.page.url(), /key|token/, 'neither the key nor the token goes into the URL');
+  assert.equal(await moderator.page.inputValue('#join-form input[name="key"]'), '', 'the page keeps no copy of the key');
   await waitFor('the moderator lists the speaker on stage', async () =>
     (await moderator.page.locator(`#on-stage li[data-participant-id="${host.id}"]`).count()) === 1);
 

@@ -42,6 +42,7 @@ function askForKey(message) {
     const key = form.elements.key.value;
     try {
       const token = key ? await mintToken(room, name, key) : undefined;
+      form.elements.key.value = ''; // the key is not kept, not even in the hidden form
       form.hidden = true;
       document.getElementById('grid').hidden = false;
       history.replaceState(null, '', `/moderate?room=${encodeURIComponent(room)}`);
