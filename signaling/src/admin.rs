@@ -72,11 +72,7 @@ impl Signaling {
     fn member_id(&self, room: &str, participant: &str) -> Result<u64, AdminError> {
         let rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
         let r = rooms.by_name.get(room).ok_or(AdminError::RoomNotFound)?;
-        r.members
-            .iter()
-            .find(|(_, m)| m.info.id == participant)
-            .map(|(id, _)| *id)
-            .ok_or(AdminError::ParticipantNotFound)
+        r.find(participant).ok_or(AdminError::ParticipantNotFound)
     }
 
     /// Remove a participant: it gets `error{kicked}` and close 4001, then leaves as usual.
@@ -217,8 +213,8 @@ impl Signaling {
     pub fn admin_lower_hand(&self, room: &str, participant: &str) -> Result<(), AdminError> {
         let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
         let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
-        let id = r.members.iter().find(|(_, m)| m.info.id == participant).map(|(id, _)| *id);
-        r.lower_hand(id.ok_or(AdminError::ParticipantNotFound)?);
+        let id = r.find(participant).ok_or(AdminError::ParticipantNotFound)?;
+        r.lower_hand(id);
         Ok(())
     }
 
@@ -235,8 +231,10 @@ impl Signaling {
     pub fn admin_silence_chat(&self, room: &str, participant: &str, silenced: bool) -> Result<(), AdminError> {
         let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
         let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
-        let m = r.members.values_mut().find(|m| m.info.id == participant).ok_or(AdminError::ParticipantNotFound)?;
-        m.chat_silenced = silenced;
+        let id = r.find(participant).ok_or(AdminError::ParticipantNotFound)?;
+        if let Some(m) = r.members.get_mut(&id) {
+            m.chat_silenced = silenced;
+        }
         Ok(())
     }
 

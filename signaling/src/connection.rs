@@ -565,7 +565,7 @@ impl Signaling {
                 let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
                 let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
                 match room.raise_hand(Instant::now(), j.id, raised) {
-                    Ok(_) => Step::Reply(vec![]),
+                    Ok(()) => Step::Reply(vec![]),
                     Err(ErrorCode::TooManyHandChanges) => {
                         err(ErrorCode::TooManyHandChanges, "at most one hand change a second (bursts of 4)")
                     }

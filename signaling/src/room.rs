@@ -164,16 +164,21 @@ impl Room {
         Ok(self.chat.post(&writer, text))
     }
 
-    /// Viewer `id` raises or lowers its hand at `now`. `Ok(false)`: no change. It hears `hand`,
-    /// speakers and moderators the new `hands`. A change costs some of its allowance (each one
+    /// The member whose wire id (`p<N>`) is `participant`.
+    pub fn find(&self, participant: &str) -> Option<u64> {
+        self.members.iter().find(|(_, m)| m.info.id == participant).map(|(id, _)| *id)
+    }
+
+    /// Viewer `id` raises or lowers its hand at `now` (asking for the state it is in changes
+    /// nothing). It hears `hand`, speakers and moderators the new `hands`. A change costs some of its allowance (each one
     /// rebuilds the room's list of hands: the allowance bounds that work per viewer).
-    pub fn raise_hand(&mut self, now: Instant, id: u64, raised: bool) -> Result<bool, ErrorCode> {
+    pub fn raise_hand(&mut self, now: Instant, id: u64, raised: bool) -> Result<(), ErrorCode> {
         let Some(m) = self.members.get_mut(&id) else { return Err(ErrorCode::NotJoined) };
         if m.info.role != Role::Viewer {
             return Err(ErrorCode::BadMessage);
         }
         if m.hand.is_some() == raised {
-            return Ok(false);
+            return Ok(());
         }
         if !m.hand_changes.take(now) {
             return Err(ErrorCode::TooManyHandChanges);
@@ -181,7 +186,7 @@ impl Room {
         m.hand = raised.then(chat::unix_ms);
         m.notify(ServerMessage::Hand { raised });
         self.announce_hands();
-        Ok(true)
+        Ok(())
     }
 
     /// Lower `id`'s hand if it is raised (a moderator's doing, or its promotion).
