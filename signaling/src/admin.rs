@@ -31,6 +31,19 @@ pub enum AdminError {
     /// No chat message of that id in the room.
     #[error("no such chat message in the room")]
     MessageNotFound,
+    /// No question of that id in the room (for answering: no open one).
+    #[error("no such question in the room")]
+    QuestionNotFound,
+}
+
+/// What a `moderate` names besides its action (each action reads the fields it needs).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Target<'a> {
+    pub participant: Option<&'a str>,
+    pub kind: Option<MediaKind>,
+    pub muted: Option<bool>,
+    pub message: Option<u64>,
+    pub question: Option<u64>,
 }
 
 /// Why a moderator's action failed.
@@ -183,28 +196,24 @@ impl Signaling {
     }
 
     /// A moderator's `moderate` in `room`: the admin action it names.
-    pub(crate) fn moderate(
-        &self,
-        room: &str,
-        action: ModerateAction,
-        participant: Option<&str>,
-        kind: Option<MediaKind>,
-        muted: Option<bool>,
-        message: Option<u64>,
-    ) -> Result<(), ModerateError> {
-        let who = || participant.ok_or(ModerateError::Missing("this action needs participant"));
+    pub(crate) fn moderate(&self, room: &str, action: ModerateAction, t: Target<'_>) -> Result<(), ModerateError> {
+        let who = || t.participant.ok_or(ModerateError::Missing("this action needs participant"));
         let done = match action {
             ModerateAction::Promote => self.admin_set_role(room, who()?, Role::Speaker),
             ModerateAction::Demote => self.admin_set_role(room, who()?, Role::Viewer),
             ModerateAction::Kick => self.admin_kick(room, who()?),
             ModerateAction::Mute => {
-                let kind = kind.ok_or(ModerateError::Missing("mute needs kind"))?;
-                self.admin_mute(room, who()?, kind, muted.unwrap_or(true)).map(|_| ())
+                let kind = t.kind.ok_or(ModerateError::Missing("mute needs kind"))?;
+                self.admin_mute(room, who()?, kind, t.muted.unwrap_or(true)).map(|_| ())
             }
             ModerateAction::LowerHand => self.admin_lower_hand(room, who()?),
             ModerateAction::DeleteChat => {
-                self.admin_delete_chat(room, message.ok_or(ModerateError::Missing("delete_chat needs message"))?)
+                self.admin_delete_chat(room, t.message.ok_or(ModerateError::Missing("delete_chat needs message"))?)
             }
+            ModerateAction::DeleteQuestion => self.admin_delete_question(
+                room,
+                t.question.ok_or(ModerateError::Missing("delete_question needs question"))?,
+            ),
         };
         done.map_err(|_| ModerateError::NotFound)
     }
@@ -224,6 +233,34 @@ impl Signaling {
         let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
         let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
         r.chat.delete(id).then_some(()).ok_or(AdminError::MessageNotFound)
+    }
+
+    /// Delete question `id` (open or answered) for everyone in the room; the next `questions` no
+    /// longer holds it.
+    pub fn admin_delete_question(&self, room: &str, id: u64) -> Result<(), AdminError> {
+        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
+        let found = r.questions.delete(id);
+        self.flush_questions_later(room, r);
+        found.then_some(()).ok_or(AdminError::QuestionNotFound)
+    }
+
+    /// Mark open question `id` answered, as a speaker's `answer_question` does.
+    pub fn admin_answer_question(&self, room: &str, id: u64) -> Result<(), AdminError> {
+        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
+        let answered = r.questions.answer(id);
+        self.flush_questions_later(room, r);
+        answered.map_err(|_| AdminError::QuestionNotFound)
+    }
+
+    /// The room's questions as speakers see them (the JSON of the latest `questions`; `null` before
+    /// the first question).
+    pub fn admin_questions(&self, room: &str) -> Result<Option<bytes::Bytes>, AdminError> {
+        let rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
+        let r = rooms.by_name.get(room).ok_or(AdminError::RoomNotFound)?;
+        let view = r.questions.all.borrow().clone();
+        Ok(view)
     }
 
     /// Silence (or let speak again) a participant's chat: its `chat` is refused with `chat_silenced`.

@@ -29,7 +29,7 @@ use crate::chat::CLOSE_TOO_SLOW;
 use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
 use crate::participant::{Feeds, Joined, Participant, Takeover};
 use crate::rate::{RateLimit, Verdict};
-use crate::room::{self, media_wire_id, participant_wire_id};
+use crate::room::{self, media_wire_id, participant_wire_id, Room};
 use crate::{Frame, OutFrame, Phase, Signaling};
 
 /// How a socket's loop ended for its participant.
@@ -292,6 +292,10 @@ impl Signaling {
                     }
                     Control::SetRole(role) => {
                         p.joined.role = role;
+                        // What the new role sees of the hands and questions, as they are now.
+                        p.hands.mark_changed();
+                        p.questions.mark_changed();
+                        p.all_questions.mark_changed();
                         info!(?role, "role changed by an operator");
                         let m = ServerMessage::RoleChanged { participant_id: participant_wire_id(p.joined.id), role };
                         if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
@@ -351,11 +355,17 @@ impl Signaling {
                     warn!("the client fell behind its room news; closing as too slow");
                     return End::Lost(Some((CLOSE_TOO_SLOW, "too_slow".into())));
                 },
-                msg = room_news(&mut p.hands), if p.joined.sees_hands() => {
+                msg = room_news(&mut p.hands), if p.joined.backstage() => {
                     if let Some(m) = msg {
                         if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
                     }
                 }
+                view = room_view(&mut p.questions), if !p.joined.backstage() => if let Some(text) = view {
+                    if send_shared(outgoing, text).await.is_err() { return End::Lost(None); }
+                },
+                view = room_view(&mut p.all_questions), if p.joined.backstage() => if let Some(text) = view {
+                    if send_shared(outgoing, text).await.is_err() { return End::Lost(None); }
+                },
                 msg = room_news(&mut p.speaking) => {
                     if let Some(m) = msg {
                         if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
@@ -536,17 +546,7 @@ impl Signaling {
                 match room.react(Instant::now(), j.id, reaction) {
                     Ok(true) => {
                         // One flush per interval and room, whoever reacts in it.
-                        let rooms = self.rooms.clone();
-                        let name = j.room.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(std::time::Duration::from_millis(dais_proto::REACTIONS_INTERVAL_MS))
-                                .await;
-                            if let Ok(mut rooms) = rooms.lock() {
-                                if let Some(room) = rooms.by_name.get_mut(&name) {
-                                    room.flush_reactions();
-                                }
-                            }
-                        });
+                        self.flush_later(&j.room, dais_proto::REACTIONS_INTERVAL_MS, Room::flush_reactions);
                         Step::Reply(vec![])
                     }
                     Ok(false) => Step::Reply(vec![]),
@@ -572,11 +572,46 @@ impl Signaling {
                     Err(code) => err(code, "only viewers raise hands; speakers are on stage"),
                 }
             }
-            ClientMessage::Moderate { action, participant, kind, muted, message } => {
+            ClientMessage::Ask { text } => {
+                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
+                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
+                let asked = room.ask(Instant::now(), j.id, text);
+                self.flush_questions_later(&j.room, room);
+                match asked {
+                    Ok(question) => Step::Reply(vec![ServerMessage::Asked { question }]),
+                    Err(code) => err(code, question_refusal(code)),
+                }
+            }
+            ClientMessage::Upvote { question, undo } => {
+                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
+                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
+                let voted = room.upvote(Instant::now(), j.id, question, !undo);
+                self.flush_questions_later(&j.room, room);
+                match voted {
+                    Ok(()) => Step::Reply(vec![]),
+                    Err(code) => err(code, question_refusal(code)),
+                }
+            }
+            ClientMessage::AnswerQuestion { question } => {
+                if !j.backstage() {
+                    return err(ErrorCode::NotModerator, "only speakers and moderators mark questions answered");
+                }
+                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
+                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
+                let answered = room.questions.answer(question);
+                self.flush_questions_later(&j.room, room);
+                match answered {
+                    Ok(()) => Step::Reply(vec![]),
+                    Err(code) => err(code, question_refusal(code)),
+                }
+            }
+            ClientMessage::Moderate { action, participant, kind, muted, message, question } => {
                 if !j.moderator {
                     return err(ErrorCode::NotModerator, "moderate needs the moderator grant");
                 }
-                match self.moderate(&j.room, action, participant.as_deref(), kind, muted, message) {
+                let target =
+                    crate::admin::Target { participant: participant.as_deref(), kind, muted, message, question };
+                match self.moderate(&j.room, action, target) {
                     Ok(()) => Step::Reply(vec![]),
                     Err(ModerateError::Missing(field)) => err(ErrorCode::BadMessage, field),
                     Err(ModerateError::NotFound) => {
@@ -594,6 +629,27 @@ impl Signaling {
             }
             // Join, ping and leave are handled before.
             _ => Step::Reply(vec![]),
+        }
+    }
+
+    /// Run `flush` on room `name` in `after_ms` milliseconds (if the room is still there then).
+    pub(crate) fn flush_later(&self, name: &str, after_ms: u64, flush: fn(&mut Room)) {
+        let rooms = self.rooms.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(after_ms)).await;
+            if let Ok(mut rooms) = rooms.lock() {
+                if let Some(room) = rooms.by_name.get_mut(&name) {
+                    flush(room);
+                }
+            }
+        });
+    }
+
+    /// Schedule the flush of `room`'s questions (named `name`) if a change needs one.
+    pub(crate) fn flush_questions_later(&self, name: &str, room: &mut Room) {
+        if room.questions.needs_timer() {
+            self.flush_later(name, dais_proto::QUESTIONS_INTERVAL_MS, |r| r.questions.flush());
         }
     }
 
@@ -620,16 +676,8 @@ impl Signaling {
         if role == Role::Viewer {
             room.count_viewer(true);
         }
-        let audience = room.viewers.subscribe();
-        let viewers = *audience.borrow();
-        let reactions = room.reactions.subscribe();
-        let mut speaking = room.speaking.subscribe();
-        // Someone already speaking (or having spoken) is news for the newcomer.
-        speaking.mark_changed();
-        let (feed, history) = room.chat.subscribe();
-        let overflow = me.overflow.subscribe();
-        let mut hands = room.hands.subscribe();
-        hands.mark_changed();
+        let (feeds, history) = Feeds::of(room, me.overflow.subscribe());
+        let viewers = *feeds.audience.borrow();
         // Media session first, then subscriptions to what the room already publishes.
         self.media.open_session(id, role == Role::Speaker, media_tx.clone());
         for m in room.members.values() {
@@ -641,7 +689,6 @@ impl Signaling {
         drop(rooms);
         info!(room = %room_name, participant = %info.id, ?role, "joined");
         let joined = Joined { room: room_name.clone(), id, role, session: id, moderator };
-        let feeds = Feeds { audience, speaking, reactions, feed, overflow, hands };
         let p = self.new_participant(joined, notices, (media_tx, media_rx), feeds);
         let reply = ServerMessage::Joined {
             room: room_name,
@@ -868,6 +915,14 @@ async fn room_news(rx: &mut watch::Receiver<Option<ServerMessage>>) -> Option<Se
     rx.borrow_and_update().clone()
 }
 
+/// The room's next view of its questions (whichever `rx` watches); once the room is gone, never.
+async fn room_view(rx: &mut watch::Receiver<Option<bytes::Bytes>>) -> Option<bytes::Bytes> {
+    if rx.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    rx.borrow_and_update().clone()
+}
+
 /// The next buffer of the room's chat feed; `Err` with how many it missed when the client fell
 /// behind by more than the feed holds; once the room is gone, never.
 async fn feed_next(rx: &mut broadcast::Receiver<bytes::Bytes>) -> Result<bytes::Bytes, u64> {
@@ -875,6 +930,21 @@ async fn feed_next(rx: &mut broadcast::Receiver<bytes::Bytes>) -> Result<bytes::
         Ok(b) => Ok(b),
         Err(broadcast::error::RecvError::Lagged(n)) => Err(n),
         Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+    }
+}
+
+/// The text of a refused `ask`, `upvote` or `answer_question`.
+fn question_refusal(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidQuestion => {
+            "a question must be 1-300 bytes, without control characters other than line feeds"
+        }
+        ErrorCode::TooManyQuestions => "too many questions: at most one every 10 s (bursts of 2)",
+        ErrorCode::QuestionsFull => "the room holds 100 open questions; ask again once some are answered",
+        ErrorCode::UnknownQuestion => "no open question has that id",
+        ErrorCode::TooManyVotes => "too many votes: at most 2 a second (bursts of 10)",
+        ErrorCode::ChatSilenced => "an operator silenced your chat and questions",
+        _ => "the question could not be taken",
     }
 }
 

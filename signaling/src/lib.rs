@@ -14,6 +14,7 @@ mod connection;
 pub mod ice;
 mod media_api;
 mod participant;
+mod questions;
 pub mod rate;
 mod room;
 pub mod token;

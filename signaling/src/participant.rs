@@ -56,8 +56,9 @@ pub(crate) struct Joined {
 }
 
 impl Joined {
-    /// Whether it sees the room's raised hands: speakers and moderators do.
-    pub fn sees_hands(&self) -> bool {
+    /// Whether it sees what only speakers and moderators see: the raised hands and every open
+    /// question (viewers see the top ones).
+    pub fn backstage(&self) -> bool {
         self.role == Role::Speaker || self.moderator
     }
 }
@@ -87,8 +88,12 @@ pub(crate) struct Participant {
     pub feed: broadcast::Receiver<Bytes>,
     /// Set when the room's news overflowed this participant's queue: its socket is closed as too slow.
     pub overflow: watch::Receiver<bool>,
-    /// The room's latest `hands` message, read while it [`Joined::sees_hands`].
+    /// The room's latest `hands` message, read while it [`Joined::backstage`].
     pub hands: watch::Receiver<Option<ServerMessage>>,
+    /// The room's two views of its questions (serialized `questions`): the viewers' top ones, read
+    /// while it is not [`Joined::backstage`], and all of them, read while it is.
+    pub questions: watch::Receiver<Option<Bytes>>,
+    pub all_questions: watch::Receiver<Option<Bytes>>,
     /// The last server offer sent (or due), until it is answered.
     pub outstanding_offer: Option<String>,
     /// The media session ended while no socket carried the participant.
@@ -103,6 +108,35 @@ pub(crate) struct Feeds {
     pub feed: broadcast::Receiver<Bytes>,
     pub overflow: watch::Receiver<bool>,
     pub hands: watch::Receiver<Option<ServerMessage>>,
+    pub questions: watch::Receiver<Option<Bytes>>,
+    pub all_questions: watch::Receiver<Option<Bytes>>,
+}
+
+impl Feeds {
+    /// What `room` publishes, as a newcomer's connection watches it (with the chat history up to its
+    /// feed); the current speaking state, hands and questions count as news for it.
+    pub fn of(room: &crate::room::Room, overflow: watch::Receiver<bool>) -> (Feeds, ServerMessage) {
+        let mut speaking = room.speaking.subscribe();
+        speaking.mark_changed();
+        let mut hands = room.hands.subscribe();
+        hands.mark_changed();
+        let mut questions = room.questions.top.subscribe();
+        questions.mark_changed();
+        let mut all_questions = room.questions.all.subscribe();
+        all_questions.mark_changed();
+        let (feed, history) = room.chat.subscribe();
+        let feeds = Feeds {
+            audience: room.viewers.subscribe(),
+            speaking,
+            reactions: room.reactions.subscribe(),
+            feed,
+            overflow,
+            hands,
+            questions,
+            all_questions,
+        };
+        (feeds, history)
+    }
 }
 
 /// The resume tokens of live and parked participants, and those of participants an operator ended.
@@ -165,7 +199,7 @@ impl Signaling {
         media: (mpsc::UnboundedSender<MediaEvent>, mpsc::UnboundedReceiver<MediaEvent>),
         feeds: Feeds,
     ) -> Participant {
-        let Feeds { audience, speaking, reactions, feed, overflow, hands } = feeds;
+        let Feeds { audience, speaking, reactions, feed, overflow, hands, questions, all_questions } = feeds;
         let (control_tx, control) = mpsc::unbounded_channel();
         self.register_control(joined.id, control_tx);
         let (token, takeover) = self.issue_token();
@@ -185,6 +219,8 @@ impl Signaling {
             feed,
             overflow,
             hands,
+            questions,
+            all_questions,
             outstanding_offer: None,
             media_gone: false,
         }
@@ -373,8 +409,10 @@ impl Signaling {
         p.overflow.mark_unchanged();
         let (feed, history) = room.chat.subscribe();
         p.feed = feed;
-        // The raised hands as they are now, for a speaker or moderator.
+        // The raised hands and questions as they are now.
         p.hands.mark_changed();
+        p.questions.mark_changed();
+        p.all_questions.mark_changed();
         let participants = room
             .members
             .iter()

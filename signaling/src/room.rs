@@ -15,6 +15,7 @@ use std::time::Instant;
 use dais_forward::speech::Detector;
 
 use crate::chat::{self, Chat};
+use crate::questions::{Asker, Questions};
 use crate::rate::Bucket;
 use dais_proto::{ErrorCode, MediaInfo, ParticipantInfo, Reaction, Role, ServerMessage};
 use tokio::sync::{mpsc, watch};
@@ -44,6 +45,9 @@ pub(crate) struct Member {
     pub chats: Bucket,
     /// Its allowance of hand changes (`raise_hand`).
     pub hand_changes: Bucket,
+    /// Its allowance of questions (`ask`) and of votes (`upvote`).
+    pub asks: Bucket,
+    pub votes: Bucket,
     /// An operator silenced its chat.
     pub chat_silenced: bool,
     /// It holds the moderator grant.
@@ -88,6 +92,8 @@ pub(crate) struct Room {
     pub chat: Chat,
     /// The latest `hands` message (raised hands), watched by speakers' and moderators' connections.
     pub hands: watch::Sender<Option<ServerMessage>>,
+    /// The questions, whose two views the members' connections watch.
+    pub questions: Questions,
 }
 
 impl Default for Room {
@@ -103,6 +109,7 @@ impl Default for Room {
             reactions: watch::Sender::new(None),
             chat: Chat::default(),
             hands: watch::Sender::new(None),
+            questions: Questions::default(),
         }
     }
 }
@@ -162,6 +169,34 @@ impl Room {
             return Err(ErrorCode::TooManyChats);
         }
         Ok(self.chat.post(&writer, text))
+    }
+
+    /// Member `id` asks `text` at `now`: checked (text, silence, room, then its allowance, so a refused
+    /// question costs none of it) and taken. Returns the question's id; the caller schedules the
+    /// questions' flush ([`Questions::needs_timer`]).
+    pub fn ask(&mut self, now: Instant, id: u64, text: String) -> Result<u64, ErrorCode> {
+        if !dais_proto::valid_question(&text) {
+            return Err(ErrorCode::InvalidQuestion);
+        }
+        let Some(m) = self.members.get_mut(&id) else { return Err(ErrorCode::NotJoined) };
+        if m.chat_silenced {
+            return Err(ErrorCode::ChatSilenced);
+        }
+        self.questions.may_ask()?;
+        if !m.asks.take(now) {
+            return Err(ErrorCode::TooManyQuestions);
+        }
+        let asker = Asker { participant_id: &m.info.id, name: &m.info.name };
+        Ok(self.questions.ask(&asker, text, chat::unix_ms()))
+    }
+
+    /// Member `id` votes for `question` at `now` (or takes its vote back), within its allowance.
+    pub fn upvote(&mut self, now: Instant, id: u64, question: u64, up: bool) -> Result<(), ErrorCode> {
+        let Some(m) = self.members.get_mut(&id) else { return Err(ErrorCode::NotJoined) };
+        if !m.votes.take(now) {
+            return Err(ErrorCode::TooManyVotes);
+        }
+        self.questions.vote(question, id, up)
     }
 
     /// The member whose wire id (`p<N>`) is `participant`.
@@ -320,6 +355,8 @@ pub(crate) fn member(
         reactions: Bucket::new(Instant::now(), dais_proto::REACTIONS_PER_SECOND, dais_proto::REACTION_BURST),
         chats: Bucket::new(Instant::now(), dais_proto::CHATS_PER_SECOND, dais_proto::CHAT_BURST),
         hand_changes: Bucket::new(Instant::now(), dais_proto::HANDS_PER_SECOND, dais_proto::HAND_BURST),
+        asks: Bucket::new(Instant::now(), dais_proto::ASKS_PER_SECOND, dais_proto::ASK_BURST),
+        votes: Bucket::new(Instant::now(), dais_proto::VOTES_PER_SECOND, dais_proto::VOTE_BURST),
         chat_silenced: false,
         moderator,
         hand: None,

@@ -654,6 +654,7 @@ async fn joined_carries_the_ice_servers_with_credentials_minted_for_the_particip
 }
 
 mod chat;
+mod questions;
 mod resume;
 
 #[tokio::test]

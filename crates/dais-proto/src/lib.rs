@@ -149,6 +149,8 @@ pub enum ModerateAction {
     LowerHand,
     /// Delete a chat message for everyone.
     DeleteChat,
+    /// Delete a question for everyone (open or answered).
+    DeleteQuestion,
 }
 
 /// A raised hand, as speakers and moderators see it (`hands`).
@@ -174,6 +176,48 @@ pub const HANDS_PER_SECOND: f64 = 1.0;
 pub const HAND_BURST: f64 = 4.0;
 /// Chat messages a room keeps and sends to a participant who joins or resumes (`chat_history`).
 pub const CHAT_HISTORY: usize = 50;
+
+/// Longest question, in bytes of UTF-8 (`ask`).
+pub const MAX_QUESTION_BYTES: usize = 300;
+/// Questions a participant may ask per second (`ask`): one every 10 s; see [`ASK_BURST`].
+pub const ASKS_PER_SECOND: f64 = 0.1;
+/// Questions a participant may ask at once before [`ASKS_PER_SECOND`] applies.
+pub const ASK_BURST: f64 = 2.0;
+/// Votes (an `upvote`, or taking one back) a participant may cast per second; see [`VOTE_BURST`].
+pub const VOTES_PER_SECOND: f64 = 2.0;
+/// Votes a participant may cast at once before [`VOTES_PER_SECOND`] applies.
+pub const VOTE_BURST: f64 = 10.0;
+/// Open (unanswered) questions a room holds; an `ask` beyond is `questions_full` until one is
+/// answered or deleted.
+pub const MAX_OPEN_QUESTIONS: usize = 100;
+/// Open questions a viewer's `questions` carries: the top ones by votes.
+pub const QUESTIONS_SHOWN: usize = 10;
+/// Answered questions every `questions` carries, the latest first.
+pub const ANSWERED_SHOWN: usize = 5;
+/// How often, at most, the room's questions go out (`questions`), in milliseconds.
+pub const QUESTIONS_INTERVAL_MS: u64 = 1000;
+
+/// Check a question text: as [`valid_chat`], but at most [`MAX_QUESTION_BYTES`].
+pub fn valid_question(text: &str) -> bool {
+    text.len() <= MAX_QUESTION_BYTES && valid_chat(text)
+}
+
+/// One question as `questions` carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuestionEntry {
+    /// Its id in the room, increasing from 1 (`upvote`, `answer_question` and moderation name it).
+    pub id: u64,
+    /// Who asked.
+    pub participant_id: String,
+    /// Their display name when they asked.
+    pub name: String,
+    /// The text, as sent.
+    pub text: String,
+    /// Upvotes: participants who voted for it (each counts once).
+    pub votes: u64,
+    /// When the server took it, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
 
 /// Check a chat text: 1..=[`MAX_CHAT_BYTES`] bytes, not only whitespace, no control characters
 /// other than line feeds.
@@ -308,6 +352,36 @@ pub enum ClientMessage {
         /// For `delete_chat`: the message id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<u64>,
+        /// For `delete_question`: the question id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        question: Option<u64>,
+    },
+    /// Ask the room a question (any role). Answered with `asked` carrying its id; everyone then sees
+    /// it in `questions` if it ranks among the top ones. Refused with `invalid_question` (empty,
+    /// longer than [`MAX_QUESTION_BYTES`], control characters), `too_many_questions` (over
+    /// [`ASKS_PER_SECOND`], bursts of [`ASK_BURST`]), `questions_full` (the room holds
+    /// [`MAX_OPEN_QUESTIONS`] open questions) or `chat_silenced` (an operator silenced this
+    /// participant, which covers questions too).
+    Ask {
+        /// The question.
+        text: String,
+    },
+    /// Vote for an open question, or take the vote back (`undo: true`). Each participant counts once
+    /// per question: voting again, or taking back a vote never cast, changes nothing. A question that
+    /// is not open (answered, deleted, never asked) is `unknown_question`; votes beyond
+    /// [`VOTES_PER_SECOND`] (bursts of [`VOTE_BURST`]) are `too_many_votes`, not counted.
+    Upvote {
+        /// The question's id.
+        question: u64,
+        /// Take the vote back.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        undo: bool,
+    },
+    /// Mark an open question answered (speakers and moderators only; others get `not_moderator`).
+    /// It leaves the open list and heads the answered ones. `unknown_question` if it is not open.
+    AnswerQuestion {
+        /// The question's id.
+        question: u64,
     },
     /// Leave the room; the server closes the socket afterwards.
     Leave,
@@ -532,6 +606,25 @@ pub enum ServerMessage {
         /// Whether viewers may chat now.
         viewer_chat: bool,
     },
+    /// The room's questions: the open ones ranked (most votes first; equal votes, earliest first)
+    /// and the latest answered ones. Sent at most once per [`QUESTIONS_INTERVAL_MS`] and only when
+    /// what this participant sees changed; the current state when one joins or resumes, once the
+    /// room has questions. Viewers get the top [`QUESTIONS_SHOWN`] open questions, speakers and
+    /// moderators all of them; a slow client gets the latest, never a backlog.
+    Questions {
+        /// Open questions, ranked.
+        open: Vec<QuestionEntry>,
+        /// How many questions are open in the room (more than `open` holds for a viewer when the
+        /// room has more than [`QUESTIONS_SHOWN`]).
+        open_count: u64,
+        /// The latest [`ANSWERED_SHOWN`] answered questions, the most recently answered first.
+        answered: Vec<QuestionEntry>,
+    },
+    /// This participant's `ask` was taken: the question's id.
+    Asked {
+        /// Its id.
+        question: u64,
+    },
     /// Answer to `ping`.
     Pong {
         /// The ping's id.
@@ -639,6 +732,21 @@ pub enum ErrorCode {
     NotModerator,
     /// A `moderate` whose participant or message is not in the room. The socket stays.
     UnknownTarget,
+    /// An `ask` whose text is empty, longer than [`MAX_QUESTION_BYTES`] or holds control characters
+    /// other than line feeds; nothing was asked. The socket stays.
+    InvalidQuestion,
+    /// An `ask` beyond the participant's rate ([`ASKS_PER_SECOND`], bursts of [`ASK_BURST`]); nothing
+    /// was asked. The socket stays.
+    TooManyQuestions,
+    /// An `ask` while the room holds [`MAX_OPEN_QUESTIONS`] open questions; ask again once some are
+    /// answered. The socket stays.
+    QuestionsFull,
+    /// An `upvote` or `answer_question` (or a moderator's `delete_question`) naming no open question.
+    /// The socket stays.
+    UnknownQuestion,
+    /// An `upvote` beyond the participant's vote rate ([`VOTES_PER_SECOND`], bursts of
+    /// [`VOTE_BURST`]); the vote was not counted. The socket stays.
+    TooManyVotes,
 }
 
 impl ErrorCode {
@@ -683,6 +791,11 @@ impl ErrorCode {
             ErrorCode::TooManyHandChanges => "too_many_hand_changes",
             ErrorCode::NotModerator => "not_moderator",
             ErrorCode::UnknownTarget => "unknown_target",
+            ErrorCode::InvalidQuestion => "invalid_question",
+            ErrorCode::TooManyQuestions => "too_many_questions",
+            ErrorCode::QuestionsFull => "questions_full",
+            ErrorCode::UnknownQuestion => "unknown_question",
+            ErrorCode::TooManyVotes => "too_many_votes",
         }
     }
 }
@@ -723,6 +836,9 @@ const CLIENT_TYPES: &[&str] = &[
     "chat",
     "raise_hand",
     "moderate",
+    "ask",
+    "upvote",
+    "answer_question",
     "ping",
     "leave",
     "resume",
@@ -808,6 +924,9 @@ impl ClientMessage {
             ClientMessage::Chat { .. } => "chat",
             ClientMessage::RaiseHand { .. } => "raise_hand",
             ClientMessage::Moderate { .. } => "moderate",
+            ClientMessage::Ask { .. } => "ask",
+            ClientMessage::Upvote { .. } => "upvote",
+            ClientMessage::AnswerQuestion { .. } => "answer_question",
             ClientMessage::Leave => "leave",
             ClientMessage::Resume { .. } => "resume",
         }
@@ -917,6 +1036,9 @@ mod tests {
             "\"role\"",
             "\"viewer\"",
             "\"candidate\"",
+            "\"upvote\"",
+            "\"question\"",
+            "\"undo\"",
             "\u{10ffff}",
         ];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -935,6 +1057,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn questions_parse_and_serialize() {
+        assert_eq!(
+            parse_client(r#"{"type":"ask","text":"Why?"}"#).ok(),
+            Some(ClientMessage::Ask { text: "Why?".into() })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"upvote","question":3}"#).ok(),
+            Some(ClientMessage::Upvote { question: 3, undo: false })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"upvote","question":3,"undo":true}"#).ok(),
+            Some(ClientMessage::Upvote { question: 3, undo: true })
+        );
+        assert_eq!(parse_client(r#"{"type":"upvote"}"#).err().map(|e| e.code), Some(ErrorCode::BadMessage));
+        assert_eq!(
+            parse_client(r#"{"type":"answer_question","question":4}"#).ok(),
+            Some(ClientMessage::AnswerQuestion { question: 4 })
+        );
+        let q = QuestionEntry {
+            id: 4,
+            participant_id: "p2".into(),
+            name: "Ada".into(),
+            text: "Why?".into(),
+            votes: 2,
+            at_ms: 9,
+        };
+        let m = ServerMessage::Questions { open: vec![q], open_count: 1, answered: vec![] };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"questions","open":[{"id":4,"participant_id":"p2","name":"Ada","text":"Why?","votes":2,"at_ms":9}],"open_count":1,"answered":[]}"#
+        );
+        assert_eq!(ServerMessage::Asked { question: 4 }.to_json(), r#"{"type":"asked","question":4}"#);
+        assert!(valid_question("a"));
+        assert!(!valid_question(&"a".repeat(MAX_QUESTION_BYTES + 1)));
     }
 
     #[test]
@@ -999,7 +1158,8 @@ mod tests {
                 participant: Some("p7".into()),
                 kind: None,
                 muted: None,
-                message: None
+                message: None,
+                question: None
             })
         );
         assert_eq!(
@@ -1038,6 +1198,11 @@ mod tests {
             ErrorCode::TooManyHandChanges,
             ErrorCode::NotModerator,
             ErrorCode::UnknownTarget,
+            ErrorCode::InvalidQuestion,
+            ErrorCode::TooManyQuestions,
+            ErrorCode::QuestionsFull,
+            ErrorCode::UnknownQuestion,
+            ErrorCode::TooManyVotes,
             ErrorCode::TokenNotYetValid,
         ] {
             assert_eq!(serde_json::to_string(&c).expect("code"), format!("\"{}\"", c.as_str()));

@@ -52,6 +52,14 @@ export const REACTIONS = Object.freeze(['applause', 'heart', 'laugh', 'thumbs_up
 /** Longest chat text the server takes, in bytes of UTF-8 (dais-proto MAX_CHAT_BYTES). */
 export const MAX_CHAT_BYTES = 500;
 
+/** Longest question the server takes, in bytes of UTF-8 (dais-proto MAX_QUESTION_BYTES). */
+export const MAX_QUESTION_BYTES = 300;
+
+/** A question of the wire (snake_case) as the client presents it. */
+function questionEntry(q) {
+  return { id: q.id, participantId: q.participant_id, name: q.name, text: q.text, votes: q.votes, atMs: q.at_ms };
+}
+
 /** Chat messages a client keeps in {@link DaisClient#chat}, oldest dropped first. */
 const CHAT_KEPT = 200;
 
@@ -209,6 +217,10 @@ export class DaisError extends Error {
  * - `hands`              `{hands}`: the room's raised hands, `[{participantId, name, atMs}]` earliest
  *                        first (speakers and moderators only; also in {@link DaisClient#hands})
  * - `hand`               `{raised}`: this viewer's own hand went up or down
+ * - `questions`          {@link DaisClient#questions}: the room's questions changed (at most once a
+ *                        second): open ones ranked by votes (a viewer gets the top 10, speakers and
+ *                        moderators all), `openCount`, and the latest answered ones
+ * - `asked`              `{id}`: this client's `ask()` was taken as question `id`
  * - `pong`               `{id, rttMs}`
  * - `rolechanged`        `{participantId, role, self}`: an operator promoted or demoted someone in place;
  *                        when `self`, a promoted client may now `publish()`, a demoted one stopped capturing
@@ -317,6 +329,14 @@ export class DaisClient extends EventTarget {
      * @type {{messages: {id: number, participantId: string, name: string, role: string, text: string, atMs: number}[], viewerChat: boolean}}
      */
     this.chat = { messages: [], viewerChat: true };
+    /**
+     * The room's questions as the server last sent them (`questions`): `open` ranked (most votes
+     * first), `openCount` open in the room, `answered` the latest answered, most recent first.
+     * @type {{open: {id: number, participantId: string, name: string, text: string, votes: number, atMs: number}[], openCount: number, answered: object[]}}
+     */
+    this.questions = { open: [], openCount: 0, answered: [] };
+    /** Ids of the questions this participant voted for (the server counts each vote once). */
+    this.voted = new Set();
   }
 
   /**
@@ -447,6 +467,49 @@ export class DaisClient extends EventTarget {
   }
 
   /**
+   * Ask the room a question. The server answers with an `asked` event carrying its id, or an
+   * `error` event whose `error.request` is `'ask'`: `invalid_question` (empty, over
+   * {@link MAX_QUESTION_BYTES} bytes), `too_many_questions` (over one every 10 s, bursts of 2),
+   * `questions_full` (100 open in the room) or `chat_silenced`. Returns false while no socket
+   * carries us.
+   * @param {string} text
+   * @returns {boolean}
+   */
+  ask(text) {
+    if (!this._carrying()) return false;
+    this._send({ type: 'ask', text: String(text) });
+    return true;
+  }
+
+  /**
+   * Vote for an open question, or take the vote back (`undo`); kept in {@link DaisClient#voted}.
+   * Refusals: `unknown_question` (not open), `too_many_votes` (over 2 a second, bursts of 10).
+   * Returns false while no socket carries us.
+   * @param {number} id
+   * @param {boolean} [undo=false]
+   * @returns {boolean}
+   */
+  upvote(id, undo = false) {
+    if (!this._carrying()) return false;
+    this._send(undo ? { type: 'upvote', question: id, undo: true } : { type: 'upvote', question: id });
+    if (undo) this.voted.delete(id);
+    else this.voted.add(id);
+    return true;
+  }
+
+  /**
+   * Mark an open question answered (speakers and moderators; others get `not_moderator`).
+   * Returns false while no socket carries us.
+   * @param {number} id
+   * @returns {boolean}
+   */
+  answerQuestion(id) {
+    if (!this._carrying()) return false;
+    this._send({ type: 'answer_question', question: id });
+    return true;
+  }
+
+  /**
    * Raise (or lower) this viewer's hand. Speakers and moderators see the room's raised hands as a
    * `hands` event; this client gets `hand` with its own state. Returns false while no socket
    * carries us.
@@ -462,10 +525,10 @@ export class DaisClient extends EventTarget {
   /**
    * A moderator's action (needs the moderator grant, else the error `not_moderator`): `'promote'`,
    * `'demote'`, `'kick'`, `'lower_hand'` with `{participant}`; `'mute'` with `{participant, kind,
-   * muted}`; `'delete_chat'` with `{message}`. A target not in the room is `unknown_target`.
-   * Returns false while no socket carries us.
-   * @param {'promote'|'demote'|'kick'|'mute'|'lower_hand'|'delete_chat'} action
-   * @param {{participant?: string, kind?: 'audio'|'video', muted?: boolean, message?: number}} [target]
+   * muted}`; `'delete_chat'` with `{message}`; `'delete_question'` with `{question}`. A target not
+   * in the room is `unknown_target`. Returns false while no socket carries us.
+   * @param {'promote'|'demote'|'kick'|'mute'|'lower_hand'|'delete_chat'|'delete_question'} action
+   * @param {{participant?: string, kind?: 'audio'|'video', muted?: boolean, message?: number, question?: number}} [target]
    * @returns {boolean}
    */
   moderate(action, target = {}) {
@@ -647,6 +710,14 @@ export class DaisClient extends EventTarget {
       case 'hand':
         this.handRaised = msg.raised === true;
         return this._emit('hand', { raised: this.handRaised });
+      case 'questions':
+        this.questions = {
+          open: (msg.open ?? []).map(questionEntry),
+          openCount: msg.open_count ?? 0,
+          answered: (msg.answered ?? []).map(questionEntry),
+        };
+        return this._emit('questions', this.questions);
+      case 'asked': return this._emit('asked', { id: msg.question });
       case 'chat_policy':
         this.chat.viewerChat = msg.viewer_chat !== false;
         return this._emit('chatpolicy', { viewerChat: this.chat.viewerChat });
@@ -1108,6 +1179,8 @@ export class DaisClient extends EventTarget {
     if (!this._reconnecting) return;
     clearTimeout(this._reconnecting.timer);
     this._reconnecting = null;
+    // Joined again as a new participant: the old one's votes are not ours.
+    if (!detail?.resumed) this.voted.clear();
     this._emit('reconnected', detail);
   }
 

@@ -258,7 +258,7 @@ export async function openRoom({ room, name, role, token, moderator = false, onL
   });
   // Refused chat messages, reactions and hand changes are their own controls' business.
   client.on('error', ({ error }) => {
-    if (!['chat', 'react', 'raise_hand'].includes(error.request)) setStatus(`Error: ${error.message}`, 'error');
+    if (!['chat', 'react', 'raise_hand', 'ask', 'upvote', 'answer_question'].includes(error.request)) setStatus(`Error: ${error.message}`, 'error');
   });
   client.on('rolechanged', async ({ role, self }) => {
     if (!self) return;
@@ -310,7 +310,9 @@ export async function openRoom({ room, name, role, token, moderator = false, onL
   if (unmute) controls.prepend(unmute);
   addReactions(client, controls);
   addHand(client, controls);
-  addChat(client);
+  const side = addSidePanel();
+  addChat(client, side.chat);
+  addQuestions(client, side.questions, side.badge);
   // A viewer of an empty stage has no media to connect: say so, until someone publishes.
   const onStage = () => [...client.participants.values()].some((p) => p.media?.length);
   const connecting = () => { if (client.pc?.connectionState !== 'connected') setStatus('Connecting media…'); };
@@ -413,22 +415,43 @@ const CHAT_REFUSALS = {
 };
 
 /**
- * The room's chat beside the stage (below it on a phone): the log (`#chat-log`, one `<li
- * data-chat-id>` per message, text only, never HTML), a form (`#chat-form`, `#chat-input`), and a
- * line for refusals (`#chat-error`). It renders the client's chat state first (its history may
- * have arrived before this panel existed), then follows the chat events.
+ * The panel beside the stage (below it on a phone), with two tabs: Chat (`#tab-chat`, the pane
+ * `#chat`) and Questions (`#tab-questions`, the pane `#questions`, with a count of open questions
+ * in `#questions-count`). Chat shows first.
  */
-function addChat(client) {
+function addSidePanel() {
   const grid = document.getElementById('grid');
+  const chat = el('section', { id: 'chat', class: 'pane chat', role: 'tabpanel', 'aria-labelledby': 'tab-chat' });
+  const questions = el('section', { id: 'questions', class: 'pane questions', role: 'tabpanel', 'aria-labelledby': 'tab-questions', hidden: '' });
+  const badge = el('span', { id: 'questions-count', class: 'count' });
+  const tab = (id, pane, ...label) => el('button', { id, type: 'button', role: 'tab', 'aria-controls': pane.id, 'aria-selected': String(!pane.hidden) }, ...label);
+  const tabs = [tab('tab-chat', chat, 'Chat'), tab('tab-questions', questions, 'Questions ', badge)];
+  const panes = [chat, questions];
+  tabs.forEach((t, i) => t.addEventListener('click', () => {
+    tabs.forEach((u, j) => u.setAttribute('aria-selected', String(i === j)));
+    panes.forEach((p, j) => { p.hidden = i !== j; });
+  }));
+  const side = el('aside', { id: 'side', class: 'side', 'aria-label': 'chat and questions' },
+    el('div', { class: 'tabs', role: 'tablist' }, ...tabs), chat, questions);
+  const stage = el('div', { class: 'stage' });
+  grid.replaceWith(stage);
+  stage.append(grid, side);
+  return { chat, questions, badge };
+}
+
+/**
+ * The room's chat in `pane`: the log (`#chat-log`, one `<li data-chat-id>` per message, text
+ * only, never HTML), a form (`#chat-form`, `#chat-input`), and a line for refusals
+ * (`#chat-error`). It renders the client's chat state first (its history may have arrived before
+ * this panel existed), then follows the chat events.
+ */
+function addChat(client, pane) {
   const log = el('ol', { id: 'chat-log', class: 'chat-log', 'aria-live': 'polite', 'aria-label': 'chat messages' });
   const input = el('input', { id: 'chat-input', name: 'text', autocomplete: 'off', maxlength: '500', placeholder: 'Say something…', 'aria-label': 'chat message' });
   const send = el('button', { type: 'submit' }, 'Send');
   const form = el('form', { id: 'chat-form', class: 'chat-form' }, input, send);
   const error = el('p', { id: 'chat-error', class: 'chat-error', role: 'status' });
-  const panel = el('aside', { id: 'chat', class: 'chat', 'aria-label': 'chat' }, el('h2', {}, 'Chat'), log, error, form);
-  const stage = el('div', { class: 'stage' });
-  grid.replaceWith(stage);
-  stage.append(grid, panel);
+  pane.append(log, error, form);
 
   // A moderator gets a delete button on each line.
   const line = (m) => el('li', { dataset: { chatId: String(m.id), role: m.role } },
@@ -472,6 +495,79 @@ function addChat(client) {
   });
   render();
   policy();
+}
+
+/** What the questions pane says when the server refuses. */
+const QUESTION_REFUSALS = {
+  invalid_question: 'Questions are 1 to 300 bytes of text.',
+  too_many_questions: 'One question every 10 seconds, please.',
+  questions_full: 'The room has 100 open questions; try again once some are answered.',
+  unknown_question: 'That question is no longer open.',
+  too_many_votes: 'Slow down: at most 2 votes a second.',
+  chat_silenced: 'An organiser has silenced your chat and questions.',
+};
+
+/**
+ * The room's questions in `pane`: the open ones ranked by votes (`#questions-list`, one `<li
+ * data-question-id>` each, with an upvote toggle `.upvote` showing the votes, `aria-pressed` once
+ * voted), how many more are open than shown, the latest answered ones (`#answered-list`), and a
+ * form to ask (`#ask-form`, `#ask-input`, refusals in `#ask-error`). Speakers and moderators get
+ * an Answered button (`.answer`) on each open question, moderators a delete button (`.delete`).
+ * `badge` shows how many questions are open.
+ */
+function addQuestions(client, pane, badge) {
+  const list = el('ol', { id: 'questions-list', class: 'questions-list', 'aria-label': 'open questions' });
+  const more = el('p', { id: 'questions-more', class: 'muted' });
+  const answered = el('ol', { id: 'answered-list', class: 'questions-list answered', 'aria-label': 'answered questions' });
+  const answeredHead = el('h3', {}, 'Answered');
+  const input = el('input', { id: 'ask-input', name: 'text', autocomplete: 'off', maxlength: '300', placeholder: 'Ask the speakers…', 'aria-label': 'your question' });
+  const form = el('form', { id: 'ask-form', class: 'chat-form' }, input, el('button', { type: 'submit' }, 'Ask'));
+  const error = el('p', { id: 'ask-error', class: 'chat-error', role: 'status' });
+  pane.append(list, more, answeredHead, answered, error, form);
+
+  const backstage = () => client.role === 'speaker' || client.moderator;
+  const button = (cls, label, title, onclick, extra = {}) => el('button', { type: 'button', class: cls, title, onclick, ...extra }, label);
+  const item = (q, open) => {
+    const voted = client.voted.has(q.id);
+    return el('li', { dataset: { questionId: String(q.id), votes: String(q.votes) } },
+      open
+        ? button('upvote', `\u{25B2} ${q.votes}`, voted ? 'Take your vote back' : 'Upvote',
+          () => { client.upvote(q.id, client.voted.has(q.id)); render(); }, { 'aria-pressed': String(voted) })
+        : null,
+      el('span', { class: 'text' }, q.text), ' ', el('span', { class: 'who' }, `\u{2014} ${q.name}`),
+      open && backstage() ? button('answer', 'Answered', 'Mark answered', () => client.answerQuestion(q.id)) : null,
+      client.moderator ? button('delete', '×', 'Delete for everyone', () => client.moderate('delete_question', { question: q.id })) : null);
+  };
+  function render() {
+    const { open, openCount, answered: done } = client.questions;
+    list.replaceChildren(...open.map((q) => item(q, true)));
+    if (open.length === 0) list.append(el('li', { class: 'none' }, 'No open questions yet'));
+    more.textContent = openCount > open.length ? `${openCount - open.length} more open questions` : '';
+    answered.replaceChildren(...done.map((q) => item(q, false)));
+    answeredHead.hidden = done.length === 0;
+    badge.textContent = openCount ? String(openCount) : '';
+  }
+  let clear = 0;
+  const say = (text) => {
+    error.textContent = text;
+    clearTimeout(clear);
+    clear = setTimeout(() => { error.textContent = ''; }, 5_000);
+  };
+  client.on('questions', render);
+  client.on('rolechanged', ({ self }) => { if (self) render(); });
+  client.on('asked', () => say('Your question was sent.'));
+  client.on('error', ({ error: e }) => {
+    if (['ask', 'upvote', 'answer_question'].includes(e.request)) say(QUESTION_REFUSALS[e.code] ?? e.message);
+  });
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const text = input.value.trim();
+    if (!text) return;
+    if (new TextEncoder().encode(text).length > 300) { say(QUESTION_REFUSALS.invalid_question); return; }
+    if (client.ask(text)) input.value = '';
+    else say('Reconnecting; try again in a moment.');
+  });
+  render();
 }
 
 /**

@@ -14,6 +14,10 @@
 //! - `POST /admin/rooms/{room}/chat` `{"viewer_chat":bool}`: turn viewer chat off or on for the room
 //!   (`chat_policy` to everyone);
 //! - `DELETE /admin/rooms/{room}/participants/{id}/hand`: lower a viewer's raised hand;
+//! - `GET /admin/rooms/{room}/questions`: the room's questions as speakers see them (the latest
+//!   `questions` message, or `null` before the first question);
+//! - `POST /admin/rooms/{room}/questions/{question}/answered`: mark an open question answered;
+//! - `DELETE /admin/rooms/{room}/questions/{question}`: delete a question for everyone;
 //! - `POST /admin/rooms/{room}/tokens` `{"name":..., "role":..., "moderator":bool, "ttl_secs":n}`:
 //!   mint a join token for the room with the server's token secret (`{"token": ...}`), so that a
 //!   moderator page can log in with the admin key; 409 `tokens_disabled` in open development mode.
@@ -61,6 +65,9 @@ pub fn routes(key: Option<String>, token_secret: Option<String>) -> axum::Router
         .route("/admin/rooms/{room}/chat", post(viewer_chat))
         .route("/admin/rooms/{room}/chat/{message}", delete(delete_chat))
         .route("/admin/rooms/{room}/participants/{id}/hand", delete(lower_hand))
+        .route("/admin/rooms/{room}/questions", get(list_questions))
+        .route("/admin/rooms/{room}/questions/{question}", delete(delete_question))
+        .route("/admin/rooms/{room}/questions/{question}/answered", post(answer_question))
         .route(
             "/admin/rooms/{room}/tokens",
             post(move |path: Path<String>, body: Result<Json<TokenBody>, JsonRejection>| {
@@ -140,6 +147,38 @@ async fn delete_chat(State(st): State<AppState>, Path((room, message)): Path<(St
     match st.signaling.admin_delete_chat(&room, id) {
         Ok(()) => {
             info!(%room, message = id, "admin: chat message deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn list_questions(State(st): State<AppState>, Path(room): Path<String>) -> Response {
+    match st.signaling.admin_questions(&room) {
+        Ok(view) => {
+            let body = view.unwrap_or_else(|| axum::body::Bytes::from_static(b"null"));
+            ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn delete_question(State(st): State<AppState>, Path((room, question)): Path<(String, String)>) -> Response {
+    let Ok(id) = question.parse::<u64>() else { return admin_error(AdminError::QuestionNotFound) };
+    match st.signaling.admin_delete_question(&room, id) {
+        Ok(()) => {
+            info!(%room, question = id, "admin: question deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => admin_error(e),
+    }
+}
+
+async fn answer_question(State(st): State<AppState>, Path((room, question)): Path<(String, String)>) -> Response {
+    let Ok(id) = question.parse::<u64>() else { return admin_error(AdminError::QuestionNotFound) };
+    match st.signaling.admin_answer_question(&room, id) {
+        Ok(()) => {
+            info!(%room, question = id, "admin: question answered");
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => admin_error(e),
@@ -286,6 +325,11 @@ fn admin_error(e: AdminError) -> Response {
         AdminError::MessageNotFound => {
             error(StatusCode::NOT_FOUND, "message_not_found", "no such chat message in the room")
         }
+        AdminError::QuestionNotFound => error(
+            StatusCode::NOT_FOUND,
+            "question_not_found",
+            "no such question in the room (answering needs an open one)",
+        ),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "admin action failed"),
     }
 }

@@ -188,8 +188,8 @@ async fn the_admin_examples_in_operations_md_run_as_written() {
     let lines = documented_curls(&sp, &vp);
     assert_eq!(
         lines.len(),
-        10,
-        "list, mute, promote, demote, chat delete, silence, policy, hand, kick, close: {lines:#?}"
+        13,
+        "list, mute, promote, demote, chat delete, silence, policy, hand, questions list, answer, delete, kick, close: {lines:#?}"
     );
 
     let list: serde_json::Value = serde_json::from_str(&run_curl(&lines[0], &dais)).expect("the list is JSON");
@@ -235,9 +235,31 @@ async fn the_admin_examples_in_operations_md_run_as_written() {
     v.wait_for_message(mark, |m| matches!(m, ServerMessage::Hand { raised: false }), REPLY_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("lowered: {e}"));
-    assert_eq!(run_curl(&lines[8], &dais), "", "{}", lines[8]);
+    // The speaker asks questions 1 and 2; the doc's lines list them, answer 1 and delete 2.
+    assert_eq!(run_curl(&lines[8], &dais), "null", "no questions yet: {}", lines[8]);
+    for text in ["Why?", "How?"] {
+        s.send(ClientMessage::Ask { text: text.into() }).expect("ask");
+    }
+    let both = |m: &ServerMessage| matches!(m, ServerMessage::Questions { open, .. } if open.len() == 2);
+    s.wait_for_message(0, both, REPLY_TIMEOUT).await.unwrap_or_else(|e| panic!("asked: {e}"));
+    let listed: serde_json::Value = serde_json::from_str(&run_curl(&lines[8], &dais)).expect("JSON");
+    let texts: Vec<_> = listed["open"].as_array().expect("open").iter().map(|q| q["text"].clone()).collect();
+    assert_eq!(texts, ["Why?", "How?"], "{listed}");
+    assert_eq!(run_curl(&lines[9], &dais), "", "{}", lines[9]);
+    assert_eq!(run_curl(&lines[10], &dais), "", "{}", lines[10]);
+    let done = |m: &ServerMessage| {
+        matches!(m, ServerMessage::Questions { open, answered, .. }
+            if open.is_empty() && answered.iter().map(|q| q.id).collect::<Vec<_>>() == [1])
+    };
+    s.wait_for_message(0, done, REPLY_TIMEOUT).await.unwrap_or_else(|e| panic!("answered and deleted: {e}"));
+    assert_eq!(
+        run_curl(&lines[10], &dais),
+        r#"{"code":"question_not_found","message":"no such question in the room (answering needs an open one)"}"#,
+        "deleted already"
+    );
+    assert_eq!(run_curl(&lines[11], &dais), "", "{}", lines[11]);
     assert_eq!(v.wait_closed(REPLY_TIMEOUT).await.expect("kicked").code, Some(4001));
-    assert_eq!(run_curl(&lines[9], &dais), r#"{"closed":1}"#, "{}", lines[9]);
+    assert_eq!(run_curl(&lines[12], &dais), r#"{"closed":1}"#, "{}", lines[12]);
     assert_eq!(s.wait_closed(REPLY_TIMEOUT).await.expect("closed").code, Some(4002));
 }
 
@@ -305,6 +327,7 @@ async fn the_admin_key_mints_a_moderator_token_that_moderates_over_its_socket() 
         kind: None,
         muted: None,
         message: None,
+        question: None,
     })
     .expect("send");
     v.wait_for_error(0, ErrorCode::NotModerator, REPLY_TIMEOUT).await.unwrap_or_else(|e| panic!("refused: {e}"));
@@ -322,6 +345,7 @@ async fn the_admin_key_mints_a_moderator_token_that_moderates_over_its_socket() 
         kind: None,
         muted: None,
         message: None,
+        question: None,
     })
     .expect("send");
     v.wait_for_message(0, |x| matches!(x, ServerMessage::RoleChanged { role: Role::Speaker, .. }), REPLY_TIMEOUT)
