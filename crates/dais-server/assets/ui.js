@@ -57,7 +57,61 @@ export class AudioUnlock {
   }
 }
 
-/** The grid of speaker tiles. Tiles reflow as speakers come and go (see style.css). */
+/** Aspect ratio (width / height) of a tile whose video size is not known yet. */
+const DEFAULT_ASPECT = 16 / 9;
+
+/**
+ * Where tiles go on a stage of `width` x `height` CSS pixels: every tile gets the same height and
+ * its own aspect ratio (so a video fills its tile, without bands), rows are as even as possible
+ * (longer rows first) and each is centred, and the number of rows is the one that makes the tiles
+ * largest. Returns one box `{left, top, width, height}` per aspect, in order.
+ * @param {number[]} aspects
+ * @param {number} width
+ * @param {number} height
+ * @param {number} gap
+ */
+export function arrange(aspects, width, height, gap) {
+  const n = aspects.length;
+  if (n === 0 || width <= 0 || height <= 0) return [];
+  let best = null;
+  for (let r = 1; r <= n; r++) {
+    const base = Math.floor(n / r);
+    const counts = Array.from({ length: r }, (_, i) => base + (i < n % r ? 1 : 0));
+    let h = (height - gap * (r - 1)) / r;
+    let at = 0;
+    for (const c of counts) {
+      const sum = aspects.slice(at, at + c).reduce((a, b) => a + b, 0);
+      h = Math.min(h, (width - gap * (c - 1)) / sum);
+      at += c;
+    }
+    if (!best || h > best.h + 0.5) best = { h, counts };
+  }
+  const h = Math.max(0, Math.floor(best.h));
+  const boxes = [];
+  let top = (height - (h * best.counts.length + gap * (best.counts.length - 1))) / 2;
+  let at = 0;
+  for (const c of best.counts) {
+    const widths = aspects.slice(at, at + c).map((a) => Math.floor(h * a));
+    let left = (width - (widths.reduce((a, b) => a + b, 0) + gap * (c - 1))) / 2;
+    for (const w of widths) {
+      boxes.push({ left: Math.round(left), top: Math.round(top), width: w, height: h });
+      left += w + gap;
+    }
+    top += h + gap;
+    at += c;
+  }
+  return boxes;
+}
+
+/** Narrow screens (phones): the stage is as tall as its tiles need, at most this share of the screen. */
+const PHONE = '(max-width: 40rem)';
+const PHONE_STAGE_SHARE = 0.6;
+
+/**
+ * The stage of speaker tiles, laid out by {@link arrange} whenever tiles come and go, a video's
+ * size changes or the stage is resized. A pinned tile (its Pin button, `data-pinned`) takes the
+ * stage, with the others in a strip below it; each tile also has a Full screen button.
+ */
 export class TileGrid {
   /**
    * @param {HTMLElement} container
@@ -67,7 +121,66 @@ export class TileGrid {
     this.container = container;
     this.audio = audio;
     this.tiles = new Map();
+    /** The participant whose tile is pinned, if any. */
+    this.pinned = null;
+    this._frame = 0;
+    new ResizeObserver(() => this.layout()).observe(container);
+    matchMedia(PHONE).addEventListener('change', () => this.layout());
     this._sync();
+  }
+
+  /** Pin a participant's tile (or unpin with `null`, or by pinning the pinned one again). */
+  pin(id) {
+    this.pinned = id === this.pinned ? null : id;
+    for (const [tid, tile] of this.tiles) {
+      tile.dataset.pinned = String(tid === this.pinned);
+      tile.querySelector('.pin')?.setAttribute('aria-pressed', String(tid === this.pinned));
+    }
+    this.layout();
+  }
+
+  /** Lay the tiles out now (it also runs by itself on every change). */
+  layout() {
+    cancelAnimationFrame(this._frame);
+    this._frame = 0;
+    const c = this.container;
+    const style = getComputedStyle(c);
+    const gap = parseFloat(style.getPropertyValue('--gap')) || 12;
+    const pad = (k) => parseFloat(style[k]) || 0;
+    const width = c.clientWidth - pad('paddingLeft') - pad('paddingRight');
+    const phone = matchMedia(PHONE).matches;
+    const height = phone ? Math.round(innerHeight * PHONE_STAGE_SHARE) : c.clientHeight - pad('paddingTop') - pad('paddingBottom');
+    const tiles = [...this.tiles.values()];
+    const aspect = (t) => Number(t.dataset.aspect) || DEFAULT_ASPECT;
+    const place = (t, b, dx, dy) => Object.assign(t.style, {
+      left: `${b.left + dx}px`, top: `${b.top + dy}px`, width: `${b.width}px`, height: `${b.height}px`,
+    });
+    const x = pad('paddingLeft');
+    const y = pad('paddingTop');
+    let used = 0;
+    const pinned = this.tiles.get(this.pinned);
+    if (pinned && tiles.length > 1) {
+      const others = tiles.filter((t) => t !== pinned);
+      const strip = Math.round(Math.min(160, Math.max(72, height * 0.22)));
+      const main = arrange([aspect(pinned)], width, height - strip - gap, gap)[0];
+      const below = arrange(others.map(aspect), width, strip, gap);
+      if (phone) main.top = 0;
+      const stripTop = (phone ? main.height : height - strip) + gap;
+      place(pinned, main, x, y);
+      // One row, made to fit: arrange() of a strip this low puts them side by side.
+      others.forEach((t, i) => place(t, { ...below[i], top: below[i].top - below[0].top }, x, y + stripTop));
+      used = stripTop + (below[0]?.height ?? 0);
+    } else {
+      const boxes = arrange(tiles.map(aspect), width, height, gap);
+      if (phone && boxes.length) {
+        const shift = boxes[0].top;
+        for (const b of boxes) b.top -= shift;
+      }
+      tiles.forEach((t, i) => place(t, boxes[i], x, y));
+      used = boxes.length ? Math.max(...boxes.map((b) => b.top + b.height)) : 0;
+    }
+    // A phone's stage is as tall as its tiles; a desktop's fills what the page leaves it.
+    c.style.height = phone && tiles.length ? `${used + y + pad('paddingBottom')}px` : '';
   }
 
   /** The tile of a participant, created on first use. */
@@ -76,14 +189,29 @@ export class TileGrid {
     if (tile) return tile;
     const video = el('video', { autoplay: true, playsinline: true, muted: true });
     video.muted = true; // the attribute alone does not set the property on a created element
-    tile = el('article', { class: 'tile', dataset: { participantId: id, audioMuted: 'false', videoMuted: 'false', hasVideo: 'false', videoPaused: 'false' } },
+    const aspectChanged = () => {
+      if (!video.videoWidth || !video.videoHeight) return;
+      const a = video.videoWidth / video.videoHeight;
+      if (Math.abs(a - (Number(tile.dataset.aspect) || 0)) > 0.01) {
+        tile.dataset.aspect = a.toFixed(4);
+        this._sync();
+      }
+    };
+    video.addEventListener('resize', aspectChanged);
+    video.addEventListener('loadedmetadata', aspectChanged);
+    const actions = el('div', { class: 'tile-actions' },
+      el('button', { type: 'button', class: 'pin', title: 'Pin to the stage', 'aria-pressed': 'false', onclick: () => this.pin(id) }, 'Pin'),
+      el('button', { type: 'button', class: 'fullscreen', title: 'Full screen', onclick: () => tile.requestFullscreen?.().catch(() => {}) }, 'Full screen'));
+    tile = el('article', { class: 'tile', dataset: { participantId: id, audioMuted: 'false', videoMuted: 'false', hasVideo: 'false', videoPaused: 'false', pinned: 'false' } },
       video,
       el('div', { class: 'avatar', 'aria-hidden': 'true' }, initials(name)),
       el('div', { class: 'paused', role: 'status' }, 'Video paused: your connection is too slow. Audio continues.'),
       el('footer', { class: 'label' },
         el('span', { class: 'name' }, name),
         el('span', { class: 'badge mic', title: 'microphone muted' }, 'mic off'),
-        el('span', { class: 'badge cam', title: 'camera off' }, 'cam off')));
+        el('span', { class: 'badge cam', title: 'camera off' }, 'cam off')),
+      actions);
+    tile.addEventListener('dblclick', () => this.pin(id));
     if (local) tile.dataset.local = 'true';
     else tile.append(el('audio', { autoplay: true }));
     this.tiles.set(id, tile);
@@ -100,6 +228,7 @@ export class TileGrid {
     for (const media of tile.querySelectorAll('video, audio')) media.srcObject = null;
     tile.remove();
     this.tiles.delete(id);
+    if (this.pinned === id) this.pinned = null;
     this._sync();
   }
 
@@ -160,9 +289,8 @@ export class TileGrid {
   }
 
   _sync() {
-    const n = this.tiles.size;
-    this.container.dataset.count = String(n);
-    this.container.style.setProperty('--cols', String(Math.max(1, Math.ceil(Math.sqrt(n)))));
+    this.container.dataset.count = String(this.tiles.size);
+    if (!this._frame) this._frame = requestAnimationFrame(() => this.layout());
   }
 }
 
