@@ -432,10 +432,10 @@ impl Signaling {
                 }
                 // With a secret, the token's grant replaces the requested name and role.
                 // Open development mode grants the moderator flag to whoever asks for it.
-                let (name, role, moderator) = match &self.config.tokens {
-                    None => (name, role, moderator),
+                let (name, role, moderator, title) = match &self.config.tokens {
+                    None => (name, role, moderator, None),
                     Some(verifier) => match verifier.verify(token.as_deref(), &room) {
-                        Ok(grant) => (grant.name, grant.role, grant.moderator),
+                        Ok(grant) => (grant.name, grant.role, grant.moderator, grant.title),
                         Err(e) => {
                             info!(room = %room, code = %e.code(), "join token refused");
                             return refuse(e.code(), &e.to_string());
@@ -445,7 +445,7 @@ impl Signaling {
                 if !valid_name(&name) {
                     return refuse(ErrorCode::InvalidName, "names are 1-64 bytes without control characters");
                 }
-                match self.join(room, name, role, moderator) {
+                match self.join(room, name, role, moderator, title) {
                     Ok((p, replies)) => Unjoined::Joined(Box::new(p), replies),
                     Err(ErrorCode::RoomFull) => refuse(ErrorCode::RoomFull, "the room is full"),
                     Err(code) => refuse(code, "the join could not be completed"),
@@ -659,6 +659,7 @@ impl Signaling {
         name: String,
         role: Role,
         moderator: bool,
+        title: Option<String>,
     ) -> Result<(Participant, Vec<ServerMessage>), ErrorCode> {
         let id = self.next_id();
         let (notice_tx, notices) = mpsc::channel::<ServerMessage>(room::NOTICE_QUEUE);
@@ -667,6 +668,10 @@ impl Signaling {
         let room = rooms.by_name.entry(room_name.clone()).or_default();
         if room.members.len() >= self.config.max_participants {
             return Err(ErrorCode::RoomFull);
+        }
+        // The configured title wins; else the first token that carries one names the room.
+        if let Some(t) = self.config.titles.get(&room_name).or(title.as_ref()) {
+            room.entitle(t);
         }
         let me = room::member(id, name, role, moderator, notice_tx);
         let info = me.info.clone();
@@ -686,6 +691,7 @@ impl Signaling {
             }
         }
         room.members.insert(id, me);
+        let room_title = room.title().map(str::to_owned);
         drop(rooms);
         info!(room = %room_name, participant = %info.id, ?role, "joined");
         let joined = Joined { room: room_name.clone(), id, role, session: id, moderator };
@@ -700,6 +706,7 @@ impl Signaling {
             ice_servers: self.config.ice.for_participant(&participant_wire_id(id), std::time::SystemTime::now()),
             resume_token: (!p.token.is_empty()).then(|| p.token.clone()),
             moderator,
+            title: room_title,
         };
         Ok((p, vec![reply, history]))
     }

@@ -19,6 +19,7 @@ pub mod rate;
 mod room;
 pub mod token;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,6 +86,9 @@ pub struct SignalingConfig {
     /// How long a participant whose socket was lost stays in its room, its media flowing, for a
     /// `resume` on a new socket; zero ends it with the socket.
     pub resume_grace: Duration,
+    /// Event titles by room name (checked with [`dais_proto::valid_title`]): a room listed here
+    /// has this title whatever its tokens say.
+    pub titles: HashMap<String, String>,
 }
 
 impl Default for SignalingConfig {
@@ -98,6 +102,7 @@ impl Default for SignalingConfig {
             negotiation_timeout: Duration::from_secs(20),
             ice: ice::IceServers::default(),
             resume_grace: Duration::from_secs(20),
+            titles: HashMap::new(),
         }
     }
 }

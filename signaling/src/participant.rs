@@ -363,7 +363,7 @@ impl Signaling {
         let (token, takeover) = self.issue_token();
         p.token = token;
         p.takeover = takeover;
-        let Some((participants, viewers, role, history)) = self.resume_snapshot(&mut p) else {
+        let Some(Snapshot { participants, viewers, role, history, title }) = self.resume_snapshot(&mut p) else {
             // The room went away under it (cannot happen while it is a member): it is gone.
             self.finish(p);
             return Err(ResumeError::Failed);
@@ -385,6 +385,7 @@ impl Signaling {
                 .ice
                 .for_participant(&participant_wire_id(p.joined.id), std::time::SystemTime::now()),
             moderator: p.joined.moderator,
+            title,
         }];
         out.push(history);
         if let Some(sdp) = &p.outstanding_offer {
@@ -396,10 +397,7 @@ impl Signaling {
     /// Under the rooms lock: drop the news queued for the old socket, read the room as this participant
     /// sees it (and its chat, from a new reader of the feed), and open a new media session if the old
     /// one is gone (subscribed to what the room publishes, as at join).
-    fn resume_snapshot(
-        &self,
-        p: &mut Participant,
-    ) -> Option<(Vec<dais_proto::ParticipantInfo>, u64, Role, ServerMessage)> {
+    fn resume_snapshot(&self, p: &mut Participant) -> Option<Snapshot> {
         let Ok(mut rooms) = self.rooms.lock() else { return None };
         let room = rooms.by_name.get_mut(&p.joined.room)?;
         while p.notices.try_recv().is_ok() {}
@@ -437,8 +435,18 @@ impl Signaling {
                 }
             }
         }
-        Some((participants, viewers, role, history))
+        Some(Snapshot { participants, viewers, role, history, title: room.title().map(str::to_owned) })
     }
+}
+
+/// The room as a resumed participant sees it.
+struct Snapshot {
+    participants: Vec<dais_proto::ParticipantInfo>,
+    viewers: u64,
+    role: Role,
+    /// Its `chat_history`.
+    history: ServerMessage,
+    title: Option<String>,
 }
 
 impl std::fmt::Debug for Resumable {

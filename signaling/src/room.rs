@@ -94,6 +94,9 @@ pub(crate) struct Room {
     pub hands: watch::Sender<Option<ServerMessage>>,
     /// The questions, whose two views the members' connections watch.
     pub questions: Questions,
+    /// The event's title (`joined.title`): set once, from the configuration or the first join
+    /// token that carries one.
+    title: Option<String>,
 }
 
 impl Default for Room {
@@ -110,6 +113,7 @@ impl Default for Room {
             chat: Chat::default(),
             hands: watch::Sender::new(None),
             questions: Questions::default(),
+            title: None,
         }
     }
 }
@@ -197,6 +201,24 @@ impl Room {
             return Err(ErrorCode::TooManyVotes);
         }
         self.questions.vote(question, id, up)
+    }
+
+    /// The room's title.
+    pub fn title(&self) -> Option<&str> {
+        self.title.as_deref()
+    }
+
+    /// Give the room `title` if it has none yet; everyone in it hears `room_title`. `false`: it
+    /// already had one (which stays).
+    pub fn entitle(&mut self, title: &str) -> bool {
+        if self.title.is_some() {
+            return false;
+        }
+        self.title = Some(title.to_owned());
+        for m in self.members.values() {
+            m.notify(ServerMessage::RoomTitle { title: title.to_owned() });
+        }
+        true
     }
 
     /// The member whose wire id (`p<N>`) is `participant`.

@@ -656,6 +656,7 @@ async fn joined_carries_the_ice_servers_with_credentials_minted_for_the_particip
 mod chat;
 mod questions;
 mod resume;
+mod title;
 
 #[tokio::test]
 async fn a_message_flood_gets_rate_limited_then_closed_and_a_bystander_is_unaffected() {

@@ -37,6 +37,10 @@ pub struct TokenClaims {
     /// The moderator grant (`moderate`, raised hands); absent is false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub moderator: bool,
+    /// The event's title (the room's display name, [`dais_proto::valid_title`]), used when the
+    /// server's configuration has none for the room and no earlier token gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
 }
 
 impl TokenClaims {
@@ -51,6 +55,7 @@ impl TokenClaims {
             exp: iat.saturating_add(ttl.as_secs()),
             nbf: None,
             moderator: false,
+            title: None,
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct Grant {
     pub role: Role,
     /// The moderator grant.
     pub moderator: bool,
+    /// The room title the token carries.
+    pub title: Option<String>,
 }
 
 /// Why a token was refused at join.
@@ -172,13 +179,16 @@ impl TokenVerifier {
                 _ => VerifyError::Invalid,
             })?;
         let c = data.claims;
-        if !valid_room(&c.room) || !valid_name(&c.name) {
+        if !valid_room(&c.room)
+            || !valid_name(&c.name)
+            || c.title.as_deref().is_some_and(|t| !dais_proto::valid_title(t))
+        {
             return Err(VerifyError::Invalid);
         }
         if c.room != room {
             return Err(VerifyError::WrongRoom);
         }
-        Ok(Grant { name: c.name, role: c.role, moderator: c.moderator })
+        Ok(Grant { name: c.name, role: c.role, moderator: c.moderator, title: c.title })
     }
 }
 
@@ -200,7 +210,7 @@ mod tests {
     fn a_minted_token_verifies_and_grants_its_claims() {
         let t = mint(SECRET, &claims("panel", Role::Viewer, 60)).expect("mint");
         let g = TokenVerifier::new(SECRET).expect("secret").verify(Some(&t), "panel").expect("valid");
-        assert_eq!(g, Grant { name: "Ann".into(), role: Role::Viewer, moderator: false });
+        assert_eq!(g, Grant { name: "Ann".into(), role: Role::Viewer, moderator: false, title: None });
     }
 
     #[test]

@@ -97,6 +97,8 @@ test('the landing page and the /speak join form carry a video codec choice, unde
     await select.selectOption('vp9');
     await Promise.all([page.waitForURL(/\/speak\?/), page.click('#enter button[type=submit]')]);
     assert.equal(new URL(page.url()).searchParams.get('codec'), 'vp9', page.url());
+    // A person from the landing page gets the preview first, then goes on stage.
+    await page.click('#go-live');
     const published = await waitFor('the speaker from the landing page publishes', () =>
       page.evaluate(() => window.dais?.publishedCodecs?.video ?? null));
     assert.equal(published, 'vp9');

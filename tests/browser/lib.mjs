@@ -140,11 +140,15 @@ export async function openPage(browser, label, contextOptions = {}) {
  * Open `path` (e.g. "/speak?room=R&name=S") in a fresh context and wait until it joined. A speaker
  * page without `video=` captures 640x360 here (the page's own default is 1280x720 in three simulcast
  * layers): the suite runs several Chromiums on two cores, and only simulcast.test.mjs needs 720p.
+ * A speaker page goes straight on stage (`prejoin=0`) unless the path says otherwise.
  */
 export async function join(browser, label, path, base = BASE, contextOptions = {}) {
   const p = await openPage(browser, label, contextOptions);
-  const light = path.startsWith('/speak') && !/[?&]video=/.test(path);
-  await p.page.goto(base + path + (light ? '&video=640x360' : ''));
+  const speak = path.startsWith('/speak');
+  const light = speak && !/[?&]video=/.test(path);
+  // Straight on stage: prejoin.test.mjs tests the preview a person gets first.
+  const direct = speak && !/[?&]prejoin=/.test(path);
+  await p.page.goto(base + path + (light ? '&video=640x360' : '') + (direct ? '&prejoin=0' : ''));
   try {
     await p.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
   } catch (err) {

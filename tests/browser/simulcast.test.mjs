@@ -94,12 +94,19 @@ test('each viewer gets the layer its link carries: 640 or less behind 500 kbit/s
   console.log(`# B at ${widths(await view(b, speakers))} ${Date.now() - joined} ms after joining, behind 500 kbit/s`);
   // Within the 15 s the issue allows, B must also decode both steadily (a layer switch waits for its
   // keyframe, so the first seconds after settling may stall): 20 frames each within 2 s.
+  const steadyTries = [];
   await waitFor('B decodes both speakers steadily at 640 wide or less', async () => {
     const before = await view(b, speakers);
     await sleep(2_000);
     const now = await view(b, speakers);
+    steadyTries.push(`${Date.now() - joined} ms: ${JSON.stringify(now.map((x, k) => ({ width: x.width, frames: x.frames - before[k].frames, freezes: x.freezes })))}`);
     return now.every((x, k) => x.width > 0 && x.width <= 640 && x.frames >= before[k].frames + 20);
-  }, Math.max(2_500, 15_000 - (Date.now() - joined)));
+  }, Math.max(2_500, 15_000 - (Date.now() - joined))).catch(async (err) => {
+    // What B decoded in each 2 s try, and what its tiles told the server.
+    console.log(`# B's tries to decode steadily:\n#   ${steadyTries.join('\n#   ')}`);
+    console.log(`# B's video sizes: ${JSON.stringify(await b.page.evaluate(() => [...window.dais._videoSizes]))}`);
+    throw err;
+  });
   console.log(`# B decodes both steadily ${Date.now() - joined} ms after joining`);
   // Steady: over 30 s behind the cap, B stays at 640 or less, decodes all along, and freezes at most twice.
   const start = await view(b, speakers);

@@ -74,7 +74,7 @@ test('a viewer whose only path is a TURN relay over TCP (coturn) decodes the spe
   browser = await launchBrowser();
   const speaker = await openPage(browser, 'speaker');
   pages.push(speaker);
-  await speaker.page.goto(`${base}/speak?room=${ROOM}&name=S&video=640x360`);
+  await speaker.page.goto(`${base}/speak?room=${ROOM}&name=S&video=640x360&prejoin=0`);
   await speaker.page.waitForFunction(() => window.dais?.participantId, null, { timeout: WAIT_MS });
   speaker.id = await speaker.page.evaluate(() => window.dais.participantId);
 

@@ -219,6 +219,14 @@ pub struct QuestionEntry {
     pub at_ms: u64,
 }
 
+/// Longest room title, in bytes of UTF-8 (`joined.title`).
+pub const MAX_TITLE_BYTES: usize = 120;
+
+/// Check a room title: 1..=[`MAX_TITLE_BYTES`] bytes, not only whitespace, no control characters.
+pub fn valid_title(title: &str) -> bool {
+    !title.trim().is_empty() && title.len() <= MAX_TITLE_BYTES && !title.chars().any(char::is_control)
+}
+
 /// Check a chat text: 1..=[`MAX_CHAT_BYTES`] bytes, not only whitespace, no control characters
 /// other than line feeds.
 pub fn valid_chat(text: &str) -> bool {
@@ -441,6 +449,10 @@ pub enum ServerMessage {
         /// This participant holds the moderator grant (absent when not).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         moderator: bool,
+        /// The event's title: the room's display name (from the server's configuration or a join
+        /// token); absent when the room has none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
     },
     /// The `resume` succeeded: this socket now carries the participant. What the client missed while it
     /// had no socket is not replayed; this is the room as it is now, to reconcile with.
@@ -468,6 +480,9 @@ pub enum ServerMessage {
         /// As in `joined`.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         moderator: bool,
+        /// As in `joined`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
     },
     /// A server-initiated SDP offer (media to receive appeared or disappeared). Answer it with `answer`.
     Offer {
@@ -619,6 +634,12 @@ pub enum ServerMessage {
         open_count: u64,
         /// The latest [`ANSWERED_SHOWN`] answered questions, the most recently answered first.
         answered: Vec<QuestionEntry>,
+    },
+    /// The room got its title after this participant joined (a later join token carried the first
+    /// one).
+    RoomTitle {
+        /// The title.
+        title: String,
     },
     /// This participant's `ask` was taken: the question's id.
     Asked {

@@ -221,6 +221,8 @@ export class DaisError extends Error {
  *                        second): open ones ranked by votes (a viewer gets the top 10, speakers and
  *                        moderators all), `openCount`, and the latest answered ones
  * - `asked`              `{id}`: this client's `ask()` was taken as question `id`
+ * - `roomtitle`          `{title}`: the room's event title arrived after joining (also in
+ *                        {@link DaisClient#title})
  * - `pong`               `{id, rttMs}`
  * - `rolechanged`        `{participantId, role, self}`: an operator promoted or demoted someone in place;
  *                        when `self`, a promoted client may now `publish()`, a demoted one stopped capturing
@@ -260,6 +262,8 @@ export class DaisClient extends EventTarget {
     this.moderator = !!moderator;
     /** Raised hands of the room, earliest first, as speakers and moderators see them (`hands`). */
     this.hands = [];
+    /** The event's title (`joined.title`, `room_title`), or null when the room has none. */
+    this.title = null;
     /** Whether this viewer's own hand is raised, as the server last said (`hand`). */
     this.handRaised = false;
     /** Display name. */
@@ -718,6 +722,9 @@ export class DaisClient extends EventTarget {
         };
         return this._emit('questions', this.questions);
       case 'asked': return this._emit('asked', { id: msg.question });
+      case 'room_title':
+        this.title = msg.title;
+        return this._emit('roomtitle', { title: msg.title });
       case 'chat_policy':
         this.chat.viewerChat = msg.viewer_chat !== false;
         return this._emit('chatpolicy', { viewerChat: this.chat.viewerChat });
@@ -745,6 +752,7 @@ export class DaisClient extends EventTarget {
     this.role = msg.role;
     this.room = msg.room;
     this.moderator = msg.moderator === true;
+    this.title = msg.title ?? null;
     this._resumeToken = msg.resume_token ?? null;
     this.timing.joined = performance.now();
     for (const p of msg.participants ?? []) this.participants.set(p.id, normalizeParticipant(p));
@@ -781,6 +789,10 @@ export class DaisClient extends EventTarget {
   // says it is now; the media carry on, or start over when the server lost them.
   _handleResumed(msg) {
     this._hello = null;
+    if ((msg.title ?? null) !== this.title) {
+      this.title = msg.title ?? null;
+      this._emit('roomtitle', { title: this.title });
+    }
     this._resumeToken = msg.resume_token;
     // An operator may have promoted or demoted us meanwhile: as if `role_changed` had come.
     const roleChanged = msg.role !== this.role;

@@ -108,8 +108,8 @@ const PHONE = '(max-width: 40rem)';
 const PHONE_STAGE_SHARE = 0.6;
 
 /**
- * The stage of speaker tiles, laid out by {@link arrange} whenever tiles come and go, a video's
- * size changes or the stage is resized. A pinned tile (its Pin button, `data-pinned`) takes the
+ * The stage of speaker tiles, laid out by {@link arrange} (at most 9 x 9 steps) whenever tiles come
+ * and go, a video's size changes or the stage is resized. A pinned tile (its Pin button, `data-pinned`) takes the
  * stage, with the others in a strip below it; each tile also has a Full screen button.
  */
 export class TileGrid {
@@ -123,7 +123,6 @@ export class TileGrid {
     this.tiles = new Map();
     /** The participant whose tile is pinned, if any. */
     this.pinned = null;
-    this._frame = 0;
     new ResizeObserver(() => this.layout()).observe(container);
     matchMedia(PHONE).addEventListener('change', () => this.layout());
     this._sync();
@@ -141,8 +140,6 @@ export class TileGrid {
 
   /** Lay the tiles out now (it also runs by itself on every change). */
   layout() {
-    cancelAnimationFrame(this._frame);
-    this._frame = 0;
     const c = this.container;
     const style = getComputedStyle(c);
     const gap = parseFloat(style.getPropertyValue('--gap')) || 12;
@@ -159,6 +156,8 @@ export class TileGrid {
     const y = pad('paddingTop');
     let used = 0;
     const pinned = this.tiles.get(this.pinned);
+    // A hidden stage (a pre-join, a join form) has no size: its ResizeObserver lays it out once shown.
+    if (width <= 0 || height <= 0) return;
     if (pinned && tiles.length > 1) {
       const others = tiles.filter((t) => t !== pinned);
       const strip = Math.round(Math.min(160, Math.max(72, height * 0.22)));
@@ -288,9 +287,11 @@ export class TileGrid {
     }
   }
 
+  // At once, not at the next frame: a new tile must have its size before its video is observed
+  // (observeVideoSize reports at once, and 0x0 would pause that video as hidden).
   _sync() {
     this.container.dataset.count = String(this.tiles.size);
-    if (!this._frame) this._frame = requestAnimationFrame(() => this.layout());
+    this.layout();
   }
 }
 
@@ -434,6 +435,8 @@ export async function openRoom({ room, name, role, token, moderator = false, onL
     throw err;
   }
   controls.hidden = false;
+  showTitle(client);
+  addNotices(client);
   const unmute = document.getElementById('unmute');
   if (unmute) controls.prepend(unmute);
   addReactions(client, controls);
@@ -448,6 +451,52 @@ export async function openRoom({ room, name, role, token, moderator = false, onL
   else connecting();
   client.on('mediapublished', connecting);
   return { client, grid };
+}
+
+/** The event's title in the header (`#room-name`, the room's name as its tooltip) and the tab. */
+function showTitle(client) {
+  const node = document.getElementById('room-name');
+  const show = () => {
+    node.textContent = client.title ?? client.room;
+    node.title = client.title ? `room ${client.room}` : '';
+    document.title = `${client.title ?? client.room} · Dais`;
+  };
+  client.on('roomtitle', show);
+  show();
+}
+
+/** How long a join or leave notice stays up. */
+const NOTICE_MS = 6_000;
+
+/**
+ * Join and leave notices in the header (`#notice`, never over the stage): who came on stage, left
+ * it or left the room. Viewers coming and going are the audience count's business, and nothing is
+ * announced while reconnecting (the roster is being rebuilt then, not changing).
+ */
+function addNotices(client) {
+  const notice = el('span', { id: 'notice', class: 'notice', role: 'status', 'aria-live': 'polite' });
+  document.getElementById('audience')?.after(notice);
+  let clear = 0;
+  let reconnecting = false;
+  const say = (text) => {
+    if (reconnecting) return;
+    notice.textContent = text;
+    clearTimeout(clear);
+    clear = setTimeout(() => { notice.textContent = ''; }, NOTICE_MS);
+  };
+  client.on('reconnecting', () => { reconnecting = true; });
+  client.on('reconnected', () => { reconnecting = false; });
+  client.on('participantjoined', ({ participant }) => {
+    if (participant.role === 'speaker') say(`${participant.name} joined the stage`);
+  });
+  client.on('participantleft', ({ participant }) => {
+    if (participant?.role === 'speaker') say(`${participant.name} left`);
+  });
+  client.on('rolechanged', ({ participantId, role, self }) => {
+    if (self) return;
+    const p = client.participants.get(participantId);
+    if (p) say(role === 'speaker' ? `${p.name} is on stage` : `${p.name} left the stage`);
+  });
 }
 
 const REACTION_ICONS = {

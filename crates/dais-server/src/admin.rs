@@ -19,6 +19,7 @@
 //! - `POST /admin/rooms/{room}/questions/{question}/answered`: mark an open question answered;
 //! - `DELETE /admin/rooms/{room}/questions/{question}`: delete a question for everyone;
 //! - `POST /admin/rooms/{room}/tokens` `{"name":..., "role":..., "moderator":bool, "ttl_secs":n}`:
+//!   (and optionally `"title"`, the event's title the token carries)
 //!   mint a join token for the room with the server's token secret (`{"token": ...}`), so that a
 //!   moderator page can log in with the admin key; 409 `tokens_disabled` in open development mode.
 //!
@@ -254,9 +255,13 @@ fn mint_token(
     if b.ttl_secs == 0 || b.ttl_secs > MAX_TOKEN_TTL_SECS {
         return error(StatusCode::BAD_REQUEST, "bad_request", "ttl_secs must be 1 to 86400");
     }
+    if b.title.as_deref().is_some_and(|t| !dais_proto::valid_title(t)) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "title must be 1-120 bytes without control characters");
+    }
     let mut claims =
         TokenClaims::new(room.as_str(), b.name.as_str(), b.role, std::time::Duration::from_secs(b.ttl_secs));
     claims.moderator = b.moderator;
+    claims.title = b.title.clone();
     match mint(secret, &claims) {
         Ok(token) => {
             info!(%room, role = ?b.role, moderator = b.moderator, ttl_secs = b.ttl_secs, "admin: token minted");
@@ -279,6 +284,8 @@ pub struct TokenBody {
     role: Role,
     #[serde(default)]
     moderator: bool,
+    #[serde(default)]
+    title: Option<String>,
     #[serde(default = "default_token_ttl")]
     ttl_secs: u64,
 }

@@ -213,6 +213,9 @@ pub struct RoomsConfig {
     /// `rooms.max_video_streams`: most video streams one publisher may send (camera and screen), at
     /// most [`MAX_STREAMS`].
     pub max_video_streams: usize,
+    /// `[rooms.titles]`: the event title of a room, by room name (`"panel-1" = "Keynote"`), 1 to
+    /// 120 bytes without control characters. A listed room shows it whatever its tokens say.
+    pub titles: std::collections::BTreeMap<String, String>,
 }
 
 /// Highest accepted `rooms.max_audio_streams` and `rooms.max_video_streams`.
@@ -220,7 +223,13 @@ pub const MAX_STREAMS: usize = 16;
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        RoomsConfig { max_participants: 10_000, resume_grace_secs: 20, max_audio_streams: 1, max_video_streams: 2 }
+        RoomsConfig {
+            max_participants: 10_000,
+            resume_grace_secs: 20,
+            max_audio_streams: 1,
+            max_video_streams: 2,
+            titles: std::collections::BTreeMap::new(),
+        }
     }
 }
 
@@ -460,6 +469,7 @@ impl Config {
         check_streams("rooms.max_audio_streams", config.rooms.max_audio_streams, &source)?;
         check_streams("rooms.max_video_streams", config.rooms.max_video_streams, &source)?;
         check_media_workers(config.media.workers, &source)?;
+        check_titles(&config.rooms.titles, &source)?;
         check_log_level(&config.log.level, &source)?;
         check_secret("auth.token_secret", config.auth.token_secret.as_deref(), &source)?;
         check_secret("auth.admin_key", config.auth.admin_key.as_deref(), &source)?;
@@ -747,6 +757,23 @@ fn check_max_participants(n: usize, source: &Source) -> Result<(), ConfigError> 
     Ok(())
 }
 
+fn check_titles(titles: &std::collections::BTreeMap<String, String>, source: &Source) -> Result<(), ConfigError> {
+    for (room, title) in titles {
+        let bad = |detail: &str| ConfigError::Invalid {
+            origin: source.clone(),
+            key: format!("rooms.titles.{room}"),
+            detail: detail.into(),
+        };
+        if !dais_proto::valid_room(room) {
+            return Err(bad("not a room name (1-64 letters, digits, '-', '_' or '.')"));
+        }
+        if !dais_proto::valid_title(title) {
+            return Err(bad("a title is 1-120 bytes without control characters"));
+        }
+    }
+    Ok(())
+}
+
 fn check_at_least_one(key: &str, n: u64, source: &Source) -> Result<(), ConfigError> {
     if n == 0 {
         return Err(ConfigError::Invalid {
@@ -853,6 +880,17 @@ mod tests {
         assert_eq!((c.rooms.max_participants, c.drain.timeout_secs), (10_000, 30));
         assert_eq!((c.log.level.as_str(), c.log.format), ("info", LogFormat::Text));
         assert_eq!(c.auth, AuthConfig::default());
+    }
+
+    #[test]
+    fn room_titles_are_read_and_checked() {
+        let f = file("[rooms.titles]\n\"panel-1\" = \"Opening keynote\"\n").expect("valid");
+        assert_eq!(f.rooms.titles.get("panel-1").map(String::as_str), Some("Opening keynote"));
+        let bad_room = file("[rooms.titles]\n\"no spaces\" = \"x\"\n").expect_err("a bad room name");
+        assert!(bad_room.to_string().contains("rooms.titles.no spaces"), "{bad_room}");
+        let long = format!("[rooms.titles]\nr = \"{}\"\n", "x".repeat(dais_proto::MAX_TITLE_BYTES + 1));
+        let too_long = file(&long).expect_err("too long");
+        assert!(too_long.to_string().contains("1-120 bytes"), "{too_long}");
     }
 
     #[test]

@@ -170,10 +170,22 @@ struct TokenArgs {
     /// hands and delete chat messages over its WebSocket (the /moderate page), and sees raised hands.
     #[arg(long)]
     moderator: bool,
+    /// The event's title, shown on every page of the room (1-120 bytes). A title configured for
+    /// the room (`[rooms.titles]`) wins; otherwise the first token with one names the room.
+    #[arg(long, value_name = "TITLE", value_parser = parse_title)]
+    title: Option<String>,
     /// Signing secret instead of the configured auth.token_secret. Other local users can read it in
     /// the process list; prefer DAIS_TOKEN_SECRET.
     #[arg(long, value_name = "SECRET")]
     secret: Option<String>,
+}
+
+fn parse_title(s: &str) -> Result<String, String> {
+    if dais_proto::valid_title(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("a title is 1-120 bytes without control characters".into())
+    }
 }
 
 fn parse_role(s: &str) -> Result<dais_proto::Role, String> {
@@ -255,6 +267,7 @@ fn print_token(t: &TokenArgs, config: &Config) -> anyhow::Result<()> {
     };
     let mut claims = dais_signaling::token::TokenClaims::new(&t.room, &t.name, t.role, t.ttl);
     claims.moderator = t.moderator;
+    claims.title = t.title.clone();
     let token = dais_signaling::token::mint(secret, &claims)?;
     println!("{token}");
     Ok(())
@@ -315,6 +328,7 @@ async fn main() -> anyhow::Result<()> {
             tokens,
             ice: ice_servers(&config.ice),
             resume_grace: Duration::from_secs(config.rooms.resume_grace_secs),
+            titles: config.rooms.titles.clone().into_iter().collect(),
             ..SignalingConfig::default()
         },
     );
