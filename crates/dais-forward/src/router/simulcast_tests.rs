@@ -461,6 +461,31 @@ fn heavy_loss_caps_even_a_high_estimate_at_what_got_through() {
 }
 
 #[test]
+fn what_got_through_climbs_back_to_the_estimate_within_seconds_once_loss_stops() {
+    let mut s = Sim::new();
+    s.run(1000);
+    let c = s.viewer(1);
+    s.run(500);
+    s.estimate(1, 5_000_000);
+    s.run(1000);
+    // Heavy loss, as when the first probe overfills a thin link: the plan falls to what got through.
+    for _ in 0..20 {
+        let seqs: Vec<u64> = s.out.iter().filter(|o| o.consumer == c && !o.resend).map(|o| o.seq).take(3).collect();
+        s.take();
+        let now = s.now();
+        s.r.handle_nack(now, c, &seqs);
+        s.run(100);
+    }
+    let low = s.r.effective_estimate(1).expect("an estimate");
+    assert!(low < 2_000_000, "planned with what got through: {low}");
+    // No loss for 6 s: the plan more than doubles (a paused viewer sends little to prove more with,
+    // and Chromium's REMB stays put meanwhile: a slow climb kept browser viewers paused for 10 s).
+    s.run(6000);
+    let back = s.r.effective_estimate(1).expect("an estimate");
+    assert!(back >= low * 9 / 5, "after 6 s without loss the plan is {back}, from {low}");
+}
+
+#[test]
 fn loss_in_receiver_reports_counts_when_nacks_stop() {
     let mut s = Sim::new();
     s.run(1000);

@@ -56,7 +56,7 @@ const LOSS_CAP: f64 = 0.15;
 /// Without an estimate, loss above this makes what got through the estimate.
 const LOSS_WITHOUT_ESTIMATE: f64 = 0.1;
 /// Growth per tick of the estimate made from loss, while loss stays low.
-const FALLBACK_GROWTH: f64 = 1.05;
+const FALLBACK_GROWTH: f64 = 1.1;
 /// The estimate made from loss is never below this.
 const FALLBACK_MIN: u64 = 100_000;
 /// The estimate made from loss is dropped (unlimited again) past this.
