@@ -178,7 +178,13 @@ test('a server restart on the same ports: every open page decodes again within 1
     throw err;
   });
   await waitFor('the viewer decodes the speaker again', async () => (await framesFrom(viewer, newSpeaker)) > 10,
-    Math.max(1, 15_000 - (Date.now() - ready)));
+    Math.max(1, 15_000 - (Date.now() - ready))).catch(async (err) => {
+    // Which side stalled: what the viewer receives, and what the server did with its consumers.
+    console.log(`# viewer inbound: ${JSON.stringify(await inbound(viewer.page))}`);
+    const metrics = await (await fetch(`${current.base}/metrics`)).text();
+    console.log(`# ${metrics.split('\n').filter((l) => /^dais_video_consumers|^dais_keyframe/.test(l)).join('\n# ')}`);
+    throw err;
+  });
   console.log(`# decoding again ${Date.now() - ready} ms after the new server was ready`);
   for (const p of [speaker, viewer]) {
     assert.equal(await p.page.evaluate(() => document.getElementById('status').textContent).then((s) => /Live|Reconnected/.test(s)), true, `${p.label} shows it is back`);
