@@ -238,19 +238,14 @@ impl Signaling {
     /// Delete question `id` (open or answered) for everyone in the room; the next `questions` no
     /// longer holds it.
     pub fn admin_delete_question(&self, room: &str, id: u64) -> Result<(), AdminError> {
-        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
-        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
-        let found = r.questions.delete(id);
-        self.flush_questions_later(room, r);
-        found.then_some(()).ok_or(AdminError::QuestionNotFound)
+        let deleted =
+            self.with_questions(room, |r| r.questions.delete(id).then_some(()).ok_or(ErrorCode::UnknownQuestion));
+        deleted.ok_or(AdminError::RoomNotFound)?.map_err(|_| AdminError::QuestionNotFound)
     }
 
     /// Mark open question `id` answered, as a speaker's `answer_question` does.
     pub fn admin_answer_question(&self, room: &str, id: u64) -> Result<(), AdminError> {
-        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
-        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
-        let answered = r.questions.answer(id);
-        self.flush_questions_later(room, r);
+        let answered = self.with_questions(room, |r| r.questions.answer(id)).ok_or(AdminError::RoomNotFound)?;
         answered.map_err(|_| AdminError::QuestionNotFound)
     }
 

@@ -360,10 +360,10 @@ impl Signaling {
                         if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
                     }
                 }
-                view = room_view(&mut p.questions), if !p.joined.backstage() => if let Some(text) = view {
+                view = room_news(&mut p.questions), if !p.joined.backstage() => if let Some(text) = view {
                     if send_shared(outgoing, text).await.is_err() { return End::Lost(None); }
                 },
-                view = room_view(&mut p.all_questions), if p.joined.backstage() => if let Some(text) = view {
+                view = room_news(&mut p.all_questions), if p.joined.backstage() => if let Some(text) = view {
                     if send_shared(outgoing, text).await.is_err() { return End::Lost(None); }
                 },
                 msg = room_news(&mut p.speaking) => {
@@ -572,37 +572,24 @@ impl Signaling {
                     Err(code) => err(code, "only viewers raise hands; speakers are on stage"),
                 }
             }
-            ClientMessage::Ask { text } => {
-                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
-                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
-                let asked = room.ask(Instant::now(), j.id, text);
-                self.flush_questions_later(&j.room, room);
-                match asked {
-                    Ok(question) => Step::Reply(vec![ServerMessage::Asked { question }]),
-                    Err(code) => err(code, question_refusal(code)),
-                }
-            }
+            ClientMessage::Ask { text } => match self.with_questions(&j.room, |r| r.ask(Instant::now(), j.id, text)) {
+                Some(Ok(question)) => Step::Reply(vec![ServerMessage::Asked { question }]),
+                Some(Err(code)) => err(code, question_refusal(code)),
+                None => Step::Reply(vec![]),
+            },
             ClientMessage::Upvote { question, undo } => {
-                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
-                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
-                let voted = room.upvote(Instant::now(), j.id, question, !undo);
-                self.flush_questions_later(&j.room, room);
-                match voted {
-                    Ok(()) => Step::Reply(vec![]),
-                    Err(code) => err(code, question_refusal(code)),
+                match self.with_questions(&j.room, |r| r.upvote(Instant::now(), j.id, question, !undo)) {
+                    Some(Err(code)) => err(code, question_refusal(code)),
+                    _ => Step::Reply(vec![]),
                 }
             }
             ClientMessage::AnswerQuestion { question } => {
                 if !j.backstage() {
                     return err(ErrorCode::NotModerator, "only speakers and moderators mark questions answered");
                 }
-                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
-                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
-                let answered = room.questions.answer(question);
-                self.flush_questions_later(&j.room, room);
-                match answered {
-                    Ok(()) => Step::Reply(vec![]),
-                    Err(code) => err(code, question_refusal(code)),
+                match self.with_questions(&j.room, |r| r.questions.answer(question)) {
+                    Some(Err(code)) => err(code, question_refusal(code)),
+                    _ => Step::Reply(vec![]),
                 }
             }
             ClientMessage::Moderate { action, participant, kind, muted, message, question } => {
@@ -646,11 +633,20 @@ impl Signaling {
         });
     }
 
-    /// Schedule the flush of `room`'s questions (named `name`) if a change needs one.
-    pub(crate) fn flush_questions_later(&self, name: &str, room: &mut Room) {
+    /// Run `op` on room `name` under the rooms lock, then schedule its questions' flush if `op`
+    /// changed them. `None`: the room is gone.
+    pub(crate) fn with_questions<T>(
+        &self,
+        name: &str,
+        op: impl FnOnce(&mut Room) -> Result<T, ErrorCode>,
+    ) -> Option<Result<T, ErrorCode>> {
+        let Ok(mut rooms) = self.rooms.lock() else { return Some(Err(ErrorCode::Internal)) };
+        let room = rooms.by_name.get_mut(name)?;
+        let done = op(room);
         if room.questions.needs_timer() {
             self.flush_later(name, dais_proto::QUESTIONS_INTERVAL_MS, |r| r.questions.flush());
         }
+        Some(done)
     }
 
     fn join(
@@ -914,16 +910,9 @@ async fn audience_changed(rx: &mut watch::Receiver<u64>) -> Option<u64> {
     Some(*rx.borrow_and_update())
 }
 
-/// The room's next `speaking` or `reactions` message (whichever `rx` watches); once the room is gone, never.
-async fn room_news(rx: &mut watch::Receiver<Option<ServerMessage>>) -> Option<ServerMessage> {
-    if rx.changed().await.is_err() {
-        return std::future::pending().await;
-    }
-    rx.borrow_and_update().clone()
-}
-
-/// The room's next view of its questions (whichever `rx` watches); once the room is gone, never.
-async fn room_view(rx: &mut watch::Receiver<Option<bytes::Bytes>>) -> Option<bytes::Bytes> {
+/// The next value of one of the room's watched messages (`speaking`, `reactions`, `hands`, a view
+/// of the questions); once the room is gone, never.
+async fn room_news<T: Clone>(rx: &mut watch::Receiver<Option<T>>) -> Option<T> {
     if rx.changed().await.is_err() {
         return std::future::pending().await;
     }

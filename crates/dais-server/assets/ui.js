@@ -453,6 +453,16 @@ export async function openRoom({ room, name, role, token, moderator = false, onL
   return { client, grid };
 }
 
+/** A function that shows a text in `node` for `ms`, replacing what it showed. */
+function flasher(node, ms = 5_000) {
+  let clear = 0;
+  return (text) => {
+    node.textContent = text;
+    clearTimeout(clear);
+    clear = setTimeout(() => { node.textContent = ''; }, ms);
+  };
+}
+
 /** The event's title in the header (`#room-name`, the room's name as its tooltip) and the tab. */
 function showTitle(client) {
   const node = document.getElementById('room-name');
@@ -476,14 +486,9 @@ const NOTICE_MS = 6_000;
 function addNotices(client) {
   const notice = el('span', { id: 'notice', class: 'notice', role: 'status', 'aria-live': 'polite' });
   document.getElementById('audience')?.after(notice);
-  let clear = 0;
+  const flash = flasher(notice, NOTICE_MS);
   let reconnecting = false;
-  const say = (text) => {
-    if (reconnecting) return;
-    notice.textContent = text;
-    clearTimeout(clear);
-    clear = setTimeout(() => { notice.textContent = ''; }, NOTICE_MS);
-  };
+  const say = (text) => { if (!reconnecting) flash(text); };
   client.on('reconnecting', () => { reconnecting = true; });
   client.on('reconnected', () => { reconnecting = false; });
   client.on('participantjoined', ({ participant }) => {
@@ -645,12 +650,7 @@ function addChat(client, pane) {
     send.disabled = off;
     input.placeholder = off ? 'Chat is off for the audience' : 'Say something…';
   };
-  let clear = 0;
-  const say = (text) => {
-    error.textContent = text;
-    clearTimeout(clear);
-    clear = setTimeout(() => { error.textContent = ''; }, 5_000);
-  };
+  const say = flasher(error);
   client.on('chathistory', () => { render(); policy(); });
   client.on('chat', (m) => {
     const follow = atBottom();
@@ -724,12 +724,7 @@ function addQuestions(client, pane, badge) {
     answeredHead.hidden = done.length === 0;
     badge.textContent = openCount ? String(openCount) : '';
   }
-  let clear = 0;
-  const say = (text) => {
-    error.textContent = text;
-    clearTimeout(clear);
-    clear = setTimeout(() => { error.textContent = ''; }, 5_000);
-  };
+  const say = flasher(error);
   client.on('questions', render);
   client.on('rolechanged', ({ self }) => { if (self) render(); });
   client.on('asked', () => say('Your question was sent.'));
