@@ -395,13 +395,18 @@ impl Router {
         ideal.clear();
         ideal.resize(demands.len(), None);
         alloc::allocate(budget, demands, ideal);
-        for (d, i) in demands.iter().zip(ideal.iter_mut()) {
+        let congested = v.congested();
+        for ((d, i), &slot) in demands.iter().zip(ideal.iter_mut()).zip(slots.iter()) {
             // Loss alone moves layers down but never pauses: only an estimate can say that even the
             // lowest layer does not fit. Nor is a video with one layer flowing (VP9, AV1, or simulcast
             // whose other layers stopped) paused for bandwidth: there is nothing lower to fall back to,
-            // and a receiver's estimate can grow only from what it receives.
+            // and a receiver's estimate can grow only from what it receives. Nor is a video that
+            // forwards (or has not started) paused while the downlink shows no congestion (see
+            // `Viewer::congested`): paused, a viewer receives too little for its estimate to grow.
             let flowing = d.rates.iter().filter(|&&r| r > 0).count();
-            if i.is_none() && d.max_layer.is_some() && (v.estimate.is_none() || flowing == 1) {
+            let fresh = consumers.get(slot).and_then(Option::as_ref).is_some_and(|c| c.started.is_none());
+            let unproven = !congested && (d.current.is_some() || fresh);
+            if i.is_none() && d.max_layer.is_some() && (v.estimate.is_none() || flowing == 1 || unproven) {
                 *i = d.rates.iter().position(|&r| r > 0).map(super::layer_id);
             }
         }
@@ -509,6 +514,15 @@ impl Router {
 }
 
 impl Viewer {
+    /// Whether its downlink shows congestion: loss, or what got through after heavy loss still
+    /// capping the plan. Only then may a video that forwards be paused for bandwidth: an estimate
+    /// alone can be stale (Chromium's first REMB is what arrived at that moment, which between two
+    /// speakers is almost nothing, and it then rises at most to 1.5 times what arrives), and a link
+    /// that carries what it is sent without loss is not too small for it.
+    fn congested(&self) -> bool {
+        self.loss >= LOSS_FLOOR || self.fallback.is_some()
+    }
+
     /// The estimate the allocation plans with: REMB lowered by loss, capped by what got through
     /// since much was lost (until that grows back to the REMB); without REMB, what got through when
     /// much was lost. `None` is unlimited.
