@@ -71,6 +71,7 @@ fn config(dais: PathBuf, viewers: usize, workers: usize, duration: Duration) -> 
         blip: None,
         simulcast: false,
         viewer_mix: None,
+        interaction: None,
     }
 }
 

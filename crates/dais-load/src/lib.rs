@@ -22,11 +22,12 @@
 //! - [`stamp`]: the synthetic payloads and their stamps.
 //! - [`peer`]: one str0m session on one socket; [`link`]: a viewer's emulated downlink and its REMB.
 //! - [`signal`]: the WebSocket side of docs/protocol.md.
-//! - [`speaker`], [`viewer`]: the two participant tasks.
+//! - [`speaker`], [`viewer`]: the two participant tasks; [`interact`]: a viewer's reactions and chat.
 //! - [`shard`]: threads running participant tasks.
 //! - [`stats`], [`report`], [`procfs`], [`scrape`]: measurement and reporting.
 //! - [`run`]: the run loop.
 
+pub mod interact;
 pub mod link;
 pub mod peer;
 pub mod procfs;

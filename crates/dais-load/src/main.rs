@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use dais_load::interact::InteractionPlan;
 use dais_load::run::{run, LoadConfig};
 use dais_load::shard::{BlipPlan, Transport, ViewerMix};
 
@@ -26,6 +27,7 @@ use dais_load::shard::{BlipPlan, Transport, ViewerMix};
 ///   dais-load --spawn-server --preset keynote --json keynote.json
 ///   dais-load --url ws://10.0.0.5:8080/ws --preset roundtable --viewers 500
 ///   dais-load --spawn-server --preset keynote --simulcast --viewer-mix 400:30,1200:30,0:40
+///   dais-load --spawn-server --viewers 2000 --react-every 5 --chat-share 0.01
 #[derive(Debug, Parser)]
 #[command(name = "dais-load", version, verbatim_doc_comment)]
 struct Args {
@@ -147,6 +149,16 @@ struct Args {
     #[arg(long, value_name = "MIX")]
     viewer_mix: Option<String>,
 
+    /// Every viewer sends one reaction (`react`) every this many seconds once joined, spread evenly
+    /// over the period, and the report times each to the first `reactions` totals that count it.
+    #[arg(long, value_name = "SECONDS")]
+    react_every: Option<f64>,
+
+    /// Share of viewers (0 to 1) that chat at the rate limit (0.5 messages a second) once joined;
+    /// every viewer times each message from its send (in its text) to its receipt. E.g. 0.01.
+    #[arg(long, value_name = "FRACTION")]
+    chat_share: Option<f64>,
+
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -235,6 +247,17 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
     if viewer_mix.is_some() && matches!(a.transport, TransportArg::Tcp) {
         return Err("--viewer-mix emulates UDP downlinks (a TCP link never drops): use --transport udp".into());
     }
+    let interaction = match (a.react_every, a.chat_share) {
+        (None, None) => None,
+        (react_every, chat_share) => {
+            let chat_share = chat_share.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&chat_share) {
+                return Err(format!("--chat-share must be between 0 and 1, not {chat_share}"));
+            }
+            let react_every = react_every.map(|s| seconds("react-every", s, 0.5)).transpose()?;
+            Some(InteractionPlan { react_every, chat_share })
+        }
+    };
     let duration = seconds("duration", a.duration.unwrap_or(duration), 1.0)?;
     let blip = match a.blip {
         None => None,
@@ -274,6 +297,7 @@ fn config(a: &Args) -> Result<LoadConfig, String> {
         blip,
         simulcast: a.simulcast,
         viewer_mix,
+        interaction,
     })
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::interact::{InteractionPlan, InteractionStats};
 use crate::shard::{ViewerClass, ViewerMix};
 use crate::speaker::{SpeakerPlan, SpeakerRecord};
 use crate::stamp::Stream;
@@ -43,6 +44,8 @@ pub struct Report {
     pub server_forward_us: Option<crate::scrape::ServerForward>,
     /// What speakers sent and were asked.
     pub speakers: Speakers,
+    /// Reactions and chat (`--react-every`, `--chat-share`); `null` without them.
+    pub interaction: Option<Interaction>,
     /// The server process; `null` when not watched (no `--spawn-server` or `--server-pid`).
     pub server: Option<ProcessUsage>,
     /// The generator's own process.
@@ -143,6 +146,29 @@ pub struct Viewers {
     pub failures: BTreeMap<String, usize>,
     /// Viewers that left on purpose before the end (churn).
     pub left_early: usize,
+}
+
+/// What viewers measured of reactions and chat (see `interact`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Interaction {
+    /// Each viewer reacted once per this many seconds; `null`: no reactions.
+    pub react_every_s: Option<f64>,
+    /// Viewers that chatted at the rate limit.
+    pub chatters: usize,
+    /// `react` messages sent over the whole run.
+    pub reactions_sent: u64,
+    /// `chat` messages sent over the whole run.
+    pub chats_sent: u64,
+    /// Refusals of either, by error code.
+    pub refused: BTreeMap<String, u64>,
+    /// Chat send -> receipt at a viewer, over every delivery in the measured phase, milliseconds.
+    pub chat_latency_ms: Percentiles,
+    /// `react` -> the first `reactions` that counts it, in the measured phase, milliseconds.
+    pub reaction_latency_ms: Percentiles,
+    /// `chat` messages each viewer that joined received per second of the measured phase (mean).
+    pub chats_received_per_viewer_per_s: f64,
+    /// `reactions` messages each viewer that joined received per second of the measured phase (mean).
+    pub reactions_messages_per_viewer_per_s: f64,
 }
 
 /// Percentiles of a join time.
@@ -305,6 +331,11 @@ pub struct ProcessUsage {
     pub pid: u32,
     /// Mean CPU during the measured phase, percent of one core.
     pub cpu_pct_steady: f64,
+    /// The part of it in threads named `dais-media*` (the server's media workers and TCP media
+    /// thread; 0 for the generator).
+    pub cpu_pct_media_threads: f64,
+    /// The rest: for the server, its tokio runtime (signaling, HTTP, admin, metrics).
+    pub cpu_pct_other_threads: f64,
     /// Highest CPU over any one-second step, percent of one core.
     pub cpu_pct_peak: f64,
     /// `cpu_pct_steady` per 100 viewers held at once (joined, at most `scenario.viewers`).
@@ -325,6 +356,11 @@ pub fn percentiles(values: impl Iterator<Item = Duration>) -> Percentiles {
     for v in values {
         h.saturating_record(u64::try_from(v.as_micros()).unwrap_or(u64::MAX).max(1));
     }
+    percentiles_ms(&h)
+}
+
+/// Percentiles in milliseconds of a histogram of microseconds.
+pub fn percentiles_ms(h: &Histogram<u64>) -> Percentiles {
     let ms = |us: u64| (us as f64 / 1000.0 * 10.0).round() / 10.0;
     if h.is_empty() {
         return Percentiles { p50: 0.0, p95: 0.0, p99: 0.0, max: 0.0, count: 0 };
@@ -335,6 +371,36 @@ pub fn percentiles(values: impl Iterator<Item = Duration>) -> Percentiles {
         p99: ms(h.value_at_quantile(0.99)),
         max: ms(h.max()),
         count: h.len(),
+    }
+}
+
+/// The interaction section from every shard's figures: of a run that started `started` viewers, of
+/// which `viewers` received media, measured over `measured`.
+pub fn interaction(
+    plan: &InteractionPlan,
+    s: &InteractionStats,
+    started: usize,
+    viewers: usize,
+    measured: Duration,
+) -> Interaction {
+    let per_viewer_s = |n: u64| {
+        let d = viewers as f64 * measured.as_secs_f64();
+        if d > 0.0 {
+            (n as f64 / d * 100.0).round() / 100.0
+        } else {
+            0.0
+        }
+    };
+    Interaction {
+        react_every_s: plan.react_every.map(|d| d.as_secs_f64()),
+        chatters: plan.chatters(started),
+        reactions_sent: s.reactions_sent,
+        chats_sent: s.chats_sent,
+        refused: s.refused.clone(),
+        chat_latency_ms: percentiles_ms(&s.chat_latency),
+        reaction_latency_ms: percentiles_ms(&s.reaction_latency),
+        chats_received_per_viewer_per_s: per_viewer_s(s.chats_received),
+        reactions_messages_per_viewer_per_s: per_viewer_s(s.reactions_received),
     }
 }
 
@@ -676,9 +742,47 @@ impl Report {
             "{:<34} {} packets sent, {} failed, {} keyframe requests (at most {} in one second)",
             "speakers", sp.packets_sent, sp.failed, sp.keyframe_requests, sp.max_keyframe_requests_per_s
         );
+        if let Some(i) = &self.interaction {
+            let refused = if i.refused.is_empty() {
+                "none refused".to_owned()
+            } else {
+                let list = i.refused.iter().map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", ");
+                format!("refused {list}")
+            };
+            let every = i
+                .react_every_s
+                .map_or_else(|| "no reactions".to_owned(), |s| format!("a reaction per viewer every {s} s"));
+            let _ = writeln!(
+                o,
+                "{:<34} {every}, {} chatters; sent {} reactions, {} chats; {refused}",
+                "interaction", i.chatters, i.reactions_sent, i.chats_sent
+            );
+            for (label, p) in [
+                ("chat: send -> each viewer", &i.chat_latency_ms),
+                ("react -> totals counting it", &i.reaction_latency_ms),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "{label:<34} p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({})",
+                    p.p50, p.p95, p.p99, p.max, p.count
+                );
+            }
+            let _ = writeln!(
+                o,
+                "{:<34} {:.2} chat and {:.2} reactions messages a second",
+                "received per viewer", i.chats_received_per_viewer_per_s, i.reactions_messages_per_viewer_per_s
+            );
+        }
         match &self.server {
             Some(p) => {
-                let _ = writeln!(o, "{:<34} {}", "server", usage_line(p));
+                let _ = writeln!(
+                    o,
+                    "{:<34} {}; media threads {:.0} %, the rest (signaling, HTTP) {:.0} %",
+                    "server",
+                    usage_line(p),
+                    p.cpu_pct_media_threads,
+                    p.cpu_pct_other_threads
+                );
             }
             None => {
                 let _ = writeln!(o, "{:<34} not watched (use --spawn-server or --server-pid)", "server");

@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 
+use crate::interact::{InteractionPlan, InteractionStats};
 use crate::procfs::Sampler;
 use crate::report::{self, ProcessUsage, Report, Scenario, Viewers};
 use crate::sendlog::SendLog;
@@ -80,6 +81,8 @@ pub struct LoadConfig {
     pub simulcast: bool,
     /// Viewer classes by downlink cap, and the flag's text for the report.
     pub viewer_mix: Option<(ViewerMix, String)>,
+    /// Viewers react and chat.
+    pub interaction: Option<InteractionPlan>,
 }
 
 /// Longest wait for all speakers to connect.
@@ -172,6 +175,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         transport: cfg.transport,
         blip: cfg.blip,
         viewer_mix: cfg.viewer_mix.as_ref().map(|(m, _)| m.clone()),
+        interaction: cfg.interaction,
     });
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -246,6 +250,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             let settled = progress.viewers_settled.load(Ordering::Relaxed);
             if started >= cfg.viewers && (settled >= cfg.viewers || now > last_started_at + SETTLE_TIMEOUT) {
                 ramp_end = Some(now);
+                progress.measuring.store(true, Ordering::Relaxed);
                 // A sample at the start of the measured phase, however short the phase is.
                 sample(&mut server_samples, &mut self_samples);
                 forward_start = crate::scrape::read(&url).await;
@@ -256,7 +261,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
                 let active = started - progress.viewers_ended.load(Ordering::Relaxed);
                 let wanted = if cfg.lifetime.is_some() { active < cfg.viewers } else { started < cfg.viewers };
                 if wanted && (ramp_end.is_none() || cfg.lifetime.is_some()) {
-                    let leave_at = cfg.lifetime.map(|l| Instant::now() + l.mul_f64(0.5 + unit(started as u64)));
+                    let leave_at = cfg.lifetime.map(|l| Instant::now() + l.mul_f64(0.5 + crate::shard::unit(started as u64)));
                     let shard = &viewer_shards[started % threads];
                     let _ = shard.tx.send(Cmd::Viewer(started, leave_at));
                     started += 1;
@@ -276,6 +281,7 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             }
         }
     }
+    progress.measuring.store(false, Ordering::Relaxed);
     let measure_start = ramp_end.unwrap_or(ramp_start);
     let measure_end = Instant::now();
     sample(&mut server_samples, &mut self_samples);
@@ -304,8 +310,10 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
     let mut speakers = Vec::new();
     let mut latency = latency_histogram();
     let mut spreads = FanoutRecorder::default();
+    let mut interaction = InteractionStats::default();
     for r in results {
         let r = r?;
+        interaction.merge(&r.interaction);
         if let Some(f) = r.fanout {
             spreads.merge(f);
         }
@@ -331,6 +339,8 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
         Some(ProcessUsage {
             pid,
             cpu_pct_steady: round1(u.cpu_pct_mean),
+            cpu_pct_media_threads: round1(u.media_cpu_pct_mean),
+            cpu_pct_other_threads: round1((u.cpu_pct_mean - u.media_cpu_pct_mean).max(0.0)),
             cpu_pct_peak: round1(u.cpu_pct_peak),
             cpu_pct_per_100_viewers: round1(if present == 0 { 0.0 } else { u.cpu_pct_mean * 100.0 / present as f64 }),
             rss_baseline_mib: round1(mib(base)),
@@ -391,6 +401,10 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
             Transport::Tcp => "tcp".into(),
         },
         speakers: report::speakers(&speakers),
+        interaction: cfg.interaction.map(|plan| {
+            let measured = measure_end.duration_since(measure_start);
+            report::interaction(&plan, &interaction, viewers.len(), joined, measured)
+        }),
         server: server_usage,
         generator,
     })
@@ -398,15 +412,6 @@ pub async fn run(cfg: LoadConfig) -> anyhow::Result<Report> {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-/// A number in [0, 1) from `i`, the same every run (splitmix64).
-fn unit(i: u64) -> f64 {
-    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Progress: an indicatif bar on a terminal, a line every five seconds otherwise, nothing when quiet.

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::interact::{InteractionPlan, InteractionStats};
 use crate::sendlog::SendLog;
 use crate::speaker::{self, SpeakerPlan, SpeakerRecord};
 use crate::stamp::Clock;
@@ -50,6 +51,8 @@ pub struct Target {
     pub blip: Option<BlipPlan>,
     /// Viewer classes by downlink cap (`--viewer-mix`).
     pub viewer_mix: Option<ViewerMix>,
+    /// Reactions and chat (`--react-every`, `--chat-share`).
+    pub interaction: Option<InteractionPlan>,
 }
 
 impl Target {
@@ -145,9 +148,24 @@ pub struct BlipPlan {
 impl BlipPlan {
     /// Whether viewer `index` is among the cut ones (the same viewers every run).
     pub fn cuts(&self, index: usize) -> bool {
-        let spread = (index as u64).wrapping_mul(2_654_435_761) % 10_000;
-        (spread as f64) < self.share * 10_000.0
+        picked(index, self.share)
     }
+}
+
+/// Whether viewer `index` is in a `share` (0 to 1) of the viewers: the same viewers every run, spread
+/// over the indices (Knuth's multiplicative hash).
+pub fn picked(index: usize, share: f64) -> bool {
+    let spread = (index as u64).wrapping_mul(2_654_435_761) % 10_000;
+    (spread as f64) < share * 10_000.0
+}
+
+/// A number in [0, 1) from `i`, the same every run (splitmix64).
+pub fn unit(i: u64) -> f64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Counters the run loop reads for progress.
@@ -172,6 +190,8 @@ pub struct Progress {
     pub packets: AtomicU64,
     /// p99 latency of the last progress interval in microseconds, the highest of the shards.
     pub recent_p99_us: AtomicU64,
+    /// The run is in its measured phase (interaction latencies are recorded only then).
+    pub measuring: AtomicBool,
 }
 
 /// What a shard is asked to do.
@@ -206,6 +226,8 @@ pub struct Ctx {
     pub recent: RefCell<Histogram<u64>>,
     /// Per-packet spreads over this shard's viewers, with `--fanout`.
     pub fanout: Option<RefCell<FanoutRecorder>>,
+    /// What this shard's viewers measured of reactions and chat.
+    pub interaction: RefCell<InteractionStats>,
 }
 
 /// What a shard measured.
@@ -219,6 +241,8 @@ pub struct ShardResult {
     pub latency: Histogram<u64>,
     /// Per-packet spreads, with `--fanout`.
     pub fanout: Option<FanoutRecorder>,
+    /// Reactions and chat.
+    pub interaction: InteractionStats,
 }
 
 /// A running shard thread.
@@ -262,6 +286,7 @@ impl Shard {
                     latency: RefCell::new(latency_histogram()),
                     recent: RefCell::new(latency_histogram()),
                     fanout,
+                    interaction: RefCell::new(InteractionStats::default()),
                 });
                 local.block_on(&rt, run(ctx, rx))
             })
@@ -319,7 +344,8 @@ async fn run(ctx: Rc<Ctx>, mut rx: mpsc::UnboundedReceiver<Cmd>) -> anyhow::Resu
     }
     let latency = ctx.latency.borrow().clone();
     let fanout = ctx.fanout.as_ref().map(|f| f.take());
-    Ok(ShardResult { viewers, speakers, latency, fanout })
+    let interaction = ctx.interaction.take();
+    Ok(ShardResult { viewers, speakers, latency, fanout, interaction })
 }
 
 fn collect(

@@ -16,6 +16,9 @@
 //! With `--simulcast` or `--viewer-mix` a viewer estimates its downlink and sends REMB as a browser does,
 //! behind its class's emulated cap if it has one ([`crate::link`]); its record then says which layer it
 //! received when, its freezes and the feedback it sent.
+//!
+//! With `--react-every` or `--chat-share` it also reacts and chats once joined ([`Interactor`]); the
+//! server's refusals of those are counted, not failures.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use dais_proto::{ClientMessage, Role, ServerMessage, PROTOCOL_VERSION};
 use str0m::Event;
 
+use crate::interact::Interactor;
 use crate::peer::{Got, Peer};
 use crate::shard::Ctx;
 use crate::shard::{Target, Transport};
@@ -137,6 +141,10 @@ impl Viewer {
         let mut resume_reads: Option<Instant> = None;
         // The first key frame request after the blip went out.
         let mut asked_once = false;
+        // Reactions and chat, once joined.
+        let mut interactor: Option<Interactor> = None;
+        let interact_timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(interact_timer);
 
         loop {
             if let Some(p) = peer.as_mut() {
@@ -181,6 +189,19 @@ impl Viewer {
                         if p.counted() > 0 {
                             resume_reads = Some(Instant::now() + COUNTING_READ_PAUSE);
                         }
+                    }
+                }
+                _ = &mut interact_timer, if interactor.as_ref().is_some_and(|i| i.next_due().is_some()) => {
+                    let Some(i) = interactor.as_mut() else { continue };
+                    let now = Instant::now();
+                    let mut stats = ctx.interaction.borrow_mut();
+                    while let Some(m) = i.poll(now, &mut stats) {
+                        if let Some(s) = sig.as_ref() {
+                            s.send(m).map_err(Failure::with("ws_closed"))?;
+                        }
+                    }
+                    if let Some(due) = i.next_due() {
+                        interact_timer.as_mut().reset(due.into());
                     }
                 }
                 _ = &mut sleep, if peer.is_some() => {
@@ -238,12 +259,28 @@ impl Viewer {
                             continue;
                         }
                     }
-                    match incoming.into_message()? {
+                    if let Incoming::Message(ServerMessage::Error { code, request, .. }) = &incoming {
+                        if ctx.interaction.borrow_mut().refusal(code.as_str(), request.as_deref()) {
+                            continue;
+                        }
+                    }
+                    let msg = incoming.into_message()?;
+                    if let Some(i) = interactor.as_mut() {
+                        let measuring = ctx.progress.measuring.load(Ordering::Relaxed);
+                        i.on_message(&msg, Instant::now(), measuring, &mut ctx.interaction.borrow_mut());
+                    }
+                    match msg {
                         ServerMessage::Joined { resume_token: t, .. } => {
                             resume_token = t;
                             self.rec.joined = true;
                             joined_at = Some(Instant::now());
                             self.rec.joined_after = Some(self.start.elapsed());
+                            if let (None, Some(plan)) = (&interactor, &target.interaction) {
+                                let i = interactor.insert(Interactor::new(plan, index, Instant::now()));
+                                if let Some(due) = i.next_due() {
+                                    interact_timer.as_mut().reset(due.into());
+                                }
+                            }
                         }
                         ServerMessage::Resumed { resume_token: t, media_reset, .. } => {
                             resume_token = Some(t);

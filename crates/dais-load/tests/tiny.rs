@@ -85,6 +85,8 @@ const FIELDS: &[&str] = &[
     "speakers.max_keyframe_requests_per_s",
     "server.pid",
     "server.cpu_pct_steady",
+    "server.cpu_pct_media_threads",
+    "server.cpu_pct_other_threads",
     "server.cpu_pct_peak",
     "server.cpu_pct_per_100_viewers",
     "server.rss_baseline_mib",
@@ -164,6 +166,10 @@ fn twenty_viewers_all_join_and_receive_at_least_99_percent() {
     // The SFU asks the speaker for key frames for new viewers, throttled to one per 550 ms.
     let kf = field(&report, "speakers.keyframe_requests").as_u64().expect("a number");
     assert!(kf >= 1, "the speaker was never asked for a key frame:\n{stdout}");
+    // The server's CPU is split by thread: its media workers forward, so they have some of it.
+    let cpu = |k: &str| field(&report, k).as_f64().expect("a number");
+    let (all, media) = (cpu("server.cpu_pct_steady"), cpu("server.cpu_pct_media_threads"));
+    assert!(media > 0.0 && media <= all + 1.0, "media threads {media} % of {all} %:\n{stdout}");
 }
 
 #[test]
@@ -198,6 +204,35 @@ fn viewers_cut_off_for_a_second_resume_and_see_media_and_a_key_frame_again() {
     assert_eq!(field(&report, "blip.keyframe_again"), cut, "every cut viewer can decode again:\n{stdout}");
     assert_eq!(field(&report, "blip.resumed"), cut, "each resumed its participant on a new socket:\n{stdout}");
     assert_eq!(field(&report, "blip.keyframe_after_ms.count"), cut, "{stdout}");
+}
+
+/// Every viewer reacts every second and a quarter of them chat at the rate limit, while media flows:
+/// the server refuses none of it (the generator keeps to the documented limits), every viewer gets at
+/// most two `reactions` messages a second (the room aggregates, whatever the number of reactions),
+/// every chat reaches every viewer, and both are timed.
+#[test]
+fn viewers_react_and_chat_within_the_limits_and_the_room_aggregates_reactions() {
+    let (report, stdout) = tiny_run("interact", &["--react-every", "1", "--chat-share", "0.25"]);
+    assert_everyone_received(&report, &stdout);
+    let i = field(&report, "interaction");
+    let chatters = field(i, "chatters").as_u64().expect("a number");
+    assert!((2..=10).contains(&chatters), "about a quarter of 20 viewers chat, not {chatters}:\n{stdout}");
+    assert_eq!(field(i, "refused"), &serde_json::json!({}), "nothing beyond the limits:\n{stdout}");
+    // 20 viewers, one reaction a second each, for more than the 5 s measured.
+    let reactions = field(i, "reactions_sent").as_u64().expect("a number");
+    assert!(reactions >= 20 * 5, "{reactions} reactions sent:\n{stdout}");
+    let per_viewer = field(i, "reactions_messages_per_viewer_per_s").as_f64().expect("a number");
+    assert!(per_viewer > 0.5 && per_viewer <= 2.2, "{per_viewer} reactions messages per viewer per second:\n{stdout}");
+    assert!(field(i, "reaction_latency_ms.count").as_u64().expect("a number") >= 20 * 3, "{stdout}");
+    // Each chatter writes one message per 2 s: every viewer receives all of them.
+    let chats = field(i, "chats_received_per_viewer_per_s").as_f64().expect("a number");
+    let expected = chatters as f64 * 0.5;
+    assert!(
+        chats > expected * 0.7 && chats < expected * 1.3,
+        "{chats} chats per viewer per second, not about {expected}:\n{stdout}"
+    );
+    assert!(field(i, "chat_latency_ms.count").as_u64().expect("a number") >= 20 * chatters, "{stdout}");
+    assert!(stdout.contains("chat: send -> each viewer"), "{stdout}");
 }
 
 /// A simulcast keynote whose viewers sit behind three downlinks: 400 kbit/s, 1.2 Mbit/s and none. Each
