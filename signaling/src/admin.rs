@@ -4,6 +4,8 @@
 //! its control channel (registered when it joined), informs the rest of the room, and drives the
 //! media plane through [`MediaPlane`](crate::MediaPlane). Nothing here waits on a client.
 
+use std::time::Instant;
+
 use dais_proto::{ErrorCode, MediaKind, ModerateAction, Role, ServerMessage};
 use tokio::sync::mpsc;
 
@@ -230,22 +232,23 @@ impl Signaling {
     /// Delete chat message `id` for everyone in the room (`chat_deleted`); a participant who joins
     /// later no longer gets it in `chat_history`.
     pub fn admin_delete_chat(&self, room: &str, id: u64) -> Result<(), AdminError> {
-        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
-        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
-        r.chat.delete(id).then_some(()).ok_or(AdminError::MessageNotFound)
+        match self.with_room(room, |r| Ok(r.chat.delete(Instant::now(), id))) {
+            None => Err(AdminError::RoomNotFound),
+            Some(Ok(true)) => Ok(()),
+            Some(_) => Err(AdminError::MessageNotFound),
+        }
     }
 
     /// Delete question `id` (open or answered) for everyone in the room; the next `questions` no
     /// longer holds it.
     pub fn admin_delete_question(&self, room: &str, id: u64) -> Result<(), AdminError> {
-        let deleted =
-            self.with_questions(room, |r| r.questions.delete(id).then_some(()).ok_or(ErrorCode::UnknownQuestion));
+        let deleted = self.with_room(room, |r| r.questions.delete(id).then_some(()).ok_or(ErrorCode::UnknownQuestion));
         deleted.ok_or(AdminError::RoomNotFound)?.map_err(|_| AdminError::QuestionNotFound)
     }
 
     /// Mark open question `id` answered, as a speaker's `answer_question` does.
     pub fn admin_answer_question(&self, room: &str, id: u64) -> Result<(), AdminError> {
-        let answered = self.with_questions(room, |r| r.questions.answer(id)).ok_or(AdminError::RoomNotFound)?;
+        let answered = self.with_room(room, |r| r.questions.answer(id)).ok_or(AdminError::RoomNotFound)?;
         answered.map_err(|_| AdminError::QuestionNotFound)
     }
 
@@ -272,9 +275,10 @@ impl Signaling {
 
     /// Let the room's viewers chat, or not (`chat_policy` to everyone on a change); speakers always may.
     pub fn admin_viewer_chat(&self, room: &str, allowed: bool) -> Result<(), AdminError> {
-        let mut rooms = self.rooms.lock().map_err(|_| AdminError::RoomNotFound)?;
-        let r = rooms.by_name.get_mut(room).ok_or(AdminError::RoomNotFound)?;
-        r.chat.set_viewer_chat(allowed);
-        Ok(())
+        let set = self.with_room(room, |r| {
+            r.chat.set_viewer_chat(Instant::now(), allowed);
+            Ok(())
+        });
+        set.ok_or(AdminError::RoomNotFound)?.map_err(|_| AdminError::RoomNotFound)
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::admin::{Control, ModerateError};
-use crate::chat::CLOSE_TOO_SLOW;
+use crate::chat::{Batch, CLOSE_TOO_SLOW};
 use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
 use crate::participant::{Feeds, Joined, Participant, Takeover};
 use crate::rate::{RateLimit, Verdict};
@@ -337,14 +337,9 @@ impl Signaling {
                     }
                     None => {}
                 },
-                msg = room_news(&mut p.reactions) => {
-                    if let Some(m) = msg {
-                        if send_all(outgoing, vec![m]).await.is_err() { return End::Lost(None); }
-                    }
-                }
-                shared = feed_next(&mut p.feed) => match shared {
-                    Ok(text) => {
-                        if send_shared(outgoing, text).await.is_err() { return End::Lost(None); }
+                news = room_broadcast(&mut p.feed, &mut p.reactions) => match news {
+                    Ok(frames) => {
+                        if send_frames(outgoing, frames).await.is_err() { return End::Lost(None); }
                     }
                     Err(behind) => {
                         warn!(behind, "the client fell behind the room's chat feed; closing as too slow");
@@ -553,14 +548,10 @@ impl Signaling {
                     Err(code) => err(code, "too many reactions: at most 2 a second (bursts of 5) are counted"),
                 }
             }
-            ClientMessage::Chat { text } => {
-                let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
-                let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
-                match room.chat(Instant::now(), j.id, text) {
-                    Ok(_) => Step::Reply(vec![]),
-                    Err(code) => err(code, chat_refusal(code)),
-                }
-            }
+            ClientMessage::Chat { text } => match self.with_room(&j.room, |r| r.chat(Instant::now(), j.id, text)) {
+                None | Some(Ok(_)) => Step::Reply(vec![]),
+                Some(Err(code)) => err(code, chat_refusal(code)),
+            },
             ClientMessage::RaiseHand { raised } => {
                 let Ok(mut rooms) = self.rooms.lock() else { return err(ErrorCode::Internal, "internal error") };
                 let Some(room) = rooms.by_name.get_mut(&j.room) else { return Step::Reply(vec![]) };
@@ -572,13 +563,13 @@ impl Signaling {
                     Err(code) => err(code, "only viewers raise hands; speakers are on stage"),
                 }
             }
-            ClientMessage::Ask { text } => match self.with_questions(&j.room, |r| r.ask(Instant::now(), j.id, text)) {
+            ClientMessage::Ask { text } => match self.with_room(&j.room, |r| r.ask(Instant::now(), j.id, text)) {
                 Some(Ok(question)) => Step::Reply(vec![ServerMessage::Asked { question }]),
                 Some(Err(code)) => err(code, question_refusal(code)),
                 None => Step::Reply(vec![]),
             },
             ClientMessage::Upvote { question, undo } => {
-                match self.with_questions(&j.room, |r| r.upvote(Instant::now(), j.id, question, !undo)) {
+                match self.with_room(&j.room, |r| r.upvote(Instant::now(), j.id, question, !undo)) {
                     Some(Err(code)) => err(code, question_refusal(code)),
                     _ => Step::Reply(vec![]),
                 }
@@ -587,7 +578,7 @@ impl Signaling {
                 if !j.backstage() {
                     return err(ErrorCode::NotModerator, "only speakers and moderators mark questions answered");
                 }
-                match self.with_questions(&j.room, |r| r.questions.answer(question)) {
+                match self.with_room(&j.room, |r| r.questions.answer(question)) {
                     Some(Err(code)) => err(code, question_refusal(code)),
                     _ => Step::Reply(vec![]),
                 }
@@ -633,9 +624,9 @@ impl Signaling {
         });
     }
 
-    /// Run `op` on room `name` under the rooms lock, then schedule its questions' flush if `op`
-    /// changed them. `None`: the room is gone.
-    pub(crate) fn with_questions<T>(
+    /// Run `op` on room `name` under the rooms lock, then schedule the flushes of its questions and
+    /// chat that `op` made due. `None`: the room is gone.
+    pub(crate) fn with_room<T>(
         &self,
         name: &str,
         op: impl FnOnce(&mut Room) -> Result<T, ErrorCode>,
@@ -645,6 +636,10 @@ impl Signaling {
         let done = op(room);
         if room.questions.needs_timer() {
             self.flush_later(name, dais_proto::QUESTIONS_INTERVAL_MS, |r| r.questions.flush());
+        }
+        if let Some(after) = room.chat.needs_timer(Instant::now()) {
+            let ms = u64::try_from(after.as_millis()).unwrap_or(dais_proto::CHAT_INTERVAL_MS);
+            self.flush_later(name, ms, |r| r.chat.flush(Instant::now()));
         }
         Some(done)
     }
@@ -919,14 +914,54 @@ async fn room_news<T: Clone>(rx: &mut watch::Receiver<Option<T>>) -> Option<T> {
     rx.borrow_and_update().clone()
 }
 
-/// The next buffer of the room's chat feed; `Err` with how many it missed when the client fell
-/// behind by more than the feed holds; once the room is gone, never.
-async fn feed_next(rx: &mut broadcast::Receiver<bytes::Bytes>) -> Result<bytes::Bytes, u64> {
-    match rx.recv().await {
-        Ok(b) => Ok(b),
-        Err(broadcast::error::RecvError::Lagged(n)) => Err(n),
-        Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+/// Chat batches a connection takes for one write beyond the first: what a client has not read
+/// stays in the room's feed, where falling too far behind is noticed.
+const MAX_GATHER: usize = 16;
+
+/// What the room broadcasts to this connection, gathered for one write: the next chat batch or
+/// reaction totals, whichever comes first, then every batch and the totals that are ready too (a
+/// room flushes its chat with its reactions, so a busy room costs a connection one write for both).
+/// `Err` with how many batches it missed when the client fell behind by more than the feed holds;
+/// once the room is gone, never.
+async fn room_broadcast(
+    feed: &mut broadcast::Receiver<Batch>,
+    reactions: &mut watch::Receiver<Option<bytes::Bytes>>,
+) -> Result<Vec<bytes::Bytes>, u64> {
+    let mut frames = Vec::new();
+    let (mut feed_open, mut reactions_open) = (true, true);
+    loop {
+        if !feed_open && !reactions_open {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            batch = feed.recv(), if feed_open => match batch {
+                Ok(b) => {
+                    frames.extend(b.iter().cloned());
+                    break;
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => return Err(n),
+                Err(broadcast::error::RecvError::Closed) => feed_open = false,
+            },
+            changed = reactions.changed(), if reactions_open => match changed {
+                Ok(()) => {
+                    frames.extend(reactions.borrow_and_update().clone());
+                    break;
+                }
+                Err(_) => reactions_open = false,
+            },
+        }
     }
+    for _ in 0..MAX_GATHER {
+        match feed.try_recv() {
+            Ok(b) => frames.extend(b.iter().cloned()),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => return Err(n),
+            Err(_) => break,
+        }
+    }
+    if reactions.has_changed().unwrap_or(false) {
+        frames.extend(reactions.borrow_and_update().clone());
+    }
+    Ok(frames)
 }
 
 /// The text of a refused `ask`, `upvote` or `answer_question`.
@@ -1016,6 +1051,23 @@ where
     K: Sink<OutFrame> + Unpin,
 {
     match tokio::time::timeout(SEND_TIMEOUT, out.send(OutFrame::Shared(text))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Send buffers serialized once for many connections, with one flush.
+async fn send_frames<K>(out: &mut K, frames: Vec<bytes::Bytes>) -> Result<(), ()>
+where
+    K: Sink<OutFrame> + Unpin,
+{
+    let write = async {
+        for f in frames {
+            out.feed(OutFrame::Shared(f)).await?;
+        }
+        out.flush().await
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, write).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }

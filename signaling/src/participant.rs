@@ -82,10 +82,10 @@ pub(crate) struct Participant {
     /// carries the participant.
     pub speaking: watch::Receiver<Option<ServerMessage>>,
     /// The room's latest `reactions` message, watched likewise.
-    pub reactions: watch::Receiver<Option<ServerMessage>>,
+    pub reactions: watch::Receiver<Option<Bytes>>,
     /// The room's chat feed (shared serialized messages), read while a socket carries the
     /// participant; a new reader after a resume.
-    pub feed: broadcast::Receiver<Bytes>,
+    pub feed: broadcast::Receiver<crate::chat::Batch>,
     /// Set when the room's news overflowed this participant's queue: its socket is closed as too slow.
     pub overflow: watch::Receiver<bool>,
     /// The room's latest `hands` message, read while it [`Joined::backstage`].
@@ -104,8 +104,8 @@ pub(crate) struct Participant {
 pub(crate) struct Feeds {
     pub audience: watch::Receiver<u64>,
     pub speaking: watch::Receiver<Option<ServerMessage>>,
-    pub reactions: watch::Receiver<Option<ServerMessage>>,
-    pub feed: broadcast::Receiver<Bytes>,
+    pub reactions: watch::Receiver<Option<Bytes>>,
+    pub feed: broadcast::Receiver<crate::chat::Batch>,
     pub overflow: watch::Receiver<bool>,
     pub hands: watch::Receiver<Option<ServerMessage>>,
     pub questions: watch::Receiver<Option<Bytes>>,

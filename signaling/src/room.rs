@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use bytes::Bytes;
 use dais_forward::speech::Detector;
 
 use crate::chat::{self, Chat};
@@ -87,7 +88,7 @@ pub(crate) struct Room {
     /// Whether a flush of `reacted` is scheduled.
     flush_due: bool,
     /// The latest `reactions` message, watched by every member's connection like `speaking`.
-    pub reactions: watch::Sender<Option<ServerMessage>>,
+    pub reactions: watch::Sender<Option<Bytes>>,
     /// The chat, whose feed every member's connection reads.
     pub chat: Chat,
     /// The latest `hands` message (raised hands), watched by speakers' and moderators' connections.
@@ -172,7 +173,7 @@ impl Room {
         if !m.chats.take(now) {
             return Err(ErrorCode::TooManyChats);
         }
-        Ok(self.chat.post(&writer, text))
+        Ok(self.chat.post(now, &writer, text))
     }
 
     /// Member `id` asks `text` at `now`: checked (text, silence, room, then its allowance, so a refused
@@ -279,7 +280,9 @@ impl Room {
         };
         let msg = ServerMessage::Reactions { counts: by_name(&self.reacted), totals: by_name(&self.reacted_total) };
         self.reacted = [0; Reaction::ALL.len()];
-        self.reactions.send_replace(Some(msg));
+        // Chat that waits for its batch goes now, so that connections write both at once.
+        self.chat.publish(Instant::now());
+        self.reactions.send_replace(Some(Bytes::from(msg.to_json())));
     }
 
     fn announce_speech(&mut self, now: Instant) {

@@ -132,6 +132,9 @@ pub const REACTIONS_PER_SECOND: f64 = 2.0;
 pub const REACTION_BURST: f64 = 5.0;
 /// How often, at most, the room's reaction totals go out (`reactions`), in milliseconds.
 pub const REACTIONS_INTERVAL_MS: u64 = 500;
+/// How often, at most, a room's chat goes out, in milliseconds: a `chat` (or `chat_deleted`,
+/// `chat_policy`) after a quiet interval goes out at once, one sooner with the next batch.
+pub const CHAT_INTERVAL_MS: u64 = 250;
 
 /// What a moderator can do (`moderate`): the admin API's actions on one room, over the WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -98,6 +98,29 @@ fn pages_and_modules_are_served() {
     assert_eq!(get(srv.http, "/assets/secret.txt").0, 404);
 }
 
+/// The runtime's threads (signaling, HTTP) run at nice 5 and the media workers at the process's own
+/// nice, so that a full CPU runs media first (docs/architecture.md, *Priorities*).
+#[test]
+fn media_workers_keep_the_priority_the_runtime_threads_give_up() {
+    let srv = start(&["--media-workers", "2"]);
+    let mut by_name: Vec<(String, i64)> = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", srv.child.id())).expect("/proc") {
+        let stat = std::fs::read_to_string(task.expect("task").path().join("stat")).expect("stat");
+        let (open, close) = (stat.find('(').expect("("), stat.rfind(')').expect(")"));
+        // Field 19 is the nice value; the fields after the name start at field 3.
+        let nice: i64 = stat[close + 1..].split_whitespace().nth(19 - 3).and_then(|n| n.parse().ok()).expect("nice");
+        by_name.push((stat[open + 1..close].to_owned(), nice));
+    }
+    let nice_of =
+        |prefix: &str| -> Vec<i64> { by_name.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, v)| *v).collect() };
+    let (main, media, runtime) = (nice_of("dais"), nice_of("dais-media"), nice_of("tokio-rt"));
+    assert_eq!(media.len(), 3, "two workers and the TCP thread: {by_name:?}");
+    assert!(!runtime.is_empty(), "{by_name:?}");
+    let own = main.iter().copied().min().expect("the main thread");
+    assert!(media.iter().all(|&n| n == own), "media threads at the process's nice {own}: {by_name:?}");
+    assert!(runtime.iter().all(|&n| n == (own + 5).min(19)), "runtime threads 5 lower: {by_name:?}");
+}
+
 #[test]
 fn a_busy_media_port_is_a_clear_error() {
     let busy = UdpSocket::bind("127.0.0.1:0").expect("bind");

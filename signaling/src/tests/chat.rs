@@ -167,20 +167,25 @@ async fn a_client_that_falls_behind_the_chat_feed_is_closed_as_too_slow_and_resu
     fast.join("busy", "Fast", "viewer").await;
     // More messages than the feed holds, while the slow client reads nothing (posted as a room's many
     // writers would, each within its allowance).
+    // Each post is told a time an interval after the one before, so each goes out as a batch of its
+    // own: the feed holds batches. The slow connection takes a few batches at its first wake-up
+    // (what was ready, up to `MAX_GATHER`) before it stalls, so 100 more than the feed holds.
     let writer = Writer { participant_id: "p0", name: "Crowd", role: Role::Viewer, silenced: false, moderator: false };
-    for batch in 0..(FEED_CAPACITY + 20) / 44 {
+    let mut now = std::time::Instant::now();
+    for batch in 0..(FEED_CAPACITY + 100) / 44 {
         {
             let mut rooms = sig.rooms.lock().expect("rooms");
             let chat = &mut rooms.by_name.get_mut("busy").expect("room").chat;
             for i in batch * 44..(batch + 1) * 44 {
-                chat.post(&writer, format!("m{i}"));
+                chat.post(now, &writer, format!("m{i}"));
+                now += Duration::from_millis(dais_proto::CHAT_INTERVAL_MS);
             }
         }
         // The fast client's connection keeps up between batches.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The fast client got all of them, in order.
-    for i in 0..(FEED_CAPACITY + 20) / 44 * 44 {
+    for i in 0..(FEED_CAPACITY + 100) / 44 * 44 {
         let ServerMessage::Chat(e) = fast.chat_news().await else { panic!("chat") };
         assert_eq!(e.text, format!("m{i}"));
     }
@@ -193,7 +198,7 @@ async fn a_client_that_falls_behind_the_chat_feed_is_closed_as_too_slow_and_resu
     assert!(matches!(again.msg_or_audience().await, ServerMessage::Resumed { .. }));
     let ServerMessage::ChatHistory { messages, .. } = again.chat_news().await else { panic!("history") };
     assert_eq!(messages.len(), dais_proto::CHAT_HISTORY);
-    assert_eq!(messages.last().map(|e| e.text.clone()), Some(format!("m{}", (FEED_CAPACITY + 20) / 44 * 44 - 1)));
+    assert_eq!(messages.last().map(|e| e.text.clone()), Some(format!("m{}", (FEED_CAPACITY + 100) / 44 * 44 - 1)));
 }
 
 #[tokio::test]
