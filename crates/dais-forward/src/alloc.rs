@@ -3,7 +3,8 @@
 //! the router keeps per viewer ([`Hysteresis`]).
 //!
 //! The rules, in order:
-//! - Audio is reserved first: the budget handed to [`allocate`] is what is left after it.
+//! - Audio comes first: the budget handed to [`allocate`] is the video's (a browser's REMB is built
+//!   from video alone; what got through after heavy loss is taken less the audio).
 //! - Every visible consumer first gets the lowest layer that is flowing, in consumer order, while the
 //!   budget lasts; a consumer that cannot have even that is paused (`None`). Pausing is the last
 //!   resort: a consumer that receives video keeps its lowest layer while the budget holds

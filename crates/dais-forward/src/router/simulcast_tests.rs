@@ -23,6 +23,9 @@ struct Sim {
     key_next: [bool; 3],
     /// Layers the publisher sends (its uplink may drop one).
     sending: [bool; 3],
+    /// The publisher's microphone, once [`Sim::with_audio`]: one packet per frame, and its next
+    /// sequence number.
+    audio: Option<(ProducerId, u16)>,
     out: Vec<RtpOut>,
     events: Vec<Output>,
 }
@@ -48,9 +51,26 @@ impl Sim {
             tl0: [1, 100, 250],
             key_next: [true; 3],
             sending: [true; 3],
+            audio: None,
             out: Vec::new(),
             events: Vec::new(),
         }
+    }
+
+    /// The publisher also sends audio (about 72 kbit/s with overhead), and viewer `sink` receives it.
+    fn with_audio(&mut self, sink: u64) {
+        let spec = ProducerSpec {
+            kind: MediaKind::Audio,
+            clock_rate: 48_000,
+            payload_types: vec![(111, Codec::Opus)],
+            layers: 1,
+        };
+        let now = self.now();
+        let a = self.r.add_producer(now, spec);
+        let consumer =
+            ConsumerSpec { sink, ssrc: 9000 + sink as u32, payload_types: vec![(Codec::Opus, 111)], initial_seq: 1 };
+        self.r.add_consumer(now, a, consumer).expect("opus in common");
+        self.audio = Some((a, 1));
     }
 
     fn now(&self) -> Instant {
@@ -96,6 +116,22 @@ impl Sim {
                     let now = self.now();
                     self.r.handle_rtp(now, self.p, pkt);
                 }
+            }
+            if let Some((a, seq)) = self.audio {
+                let pkt = RtpIn {
+                    layer: LayerId(0),
+                    ssrc: 500,
+                    seq,
+                    timestamp: (self.ms * 48) as u32,
+                    payload_type: 111,
+                    marker: false,
+                    payload: Arc::from(vec![0x55; 240]),
+                    ext: MediaExt::default(),
+                    wallclock: self.base,
+                };
+                self.audio = Some((a, seq.wrapping_add(1)));
+                let now = self.now();
+                self.r.handle_rtp(now, a, pkt);
             }
             let frame_end = self.ms + FRAME_MS;
             loop {
@@ -350,6 +386,26 @@ fn an_estimate_below_the_lowest_layer_without_loss_does_not_pause() {
     s.r.handle_receiver_loss(c, 0.5);
     s.run(500);
     assert_eq!(s.r.layer_census().paused_bandwidth, 1);
+}
+
+#[test]
+fn a_remb_is_the_videos_share_and_the_audio_is_not_taken_from_it_again() {
+    // libwebrtc's REMB counts video packets only: 600 kbit/s carries the 500 kbit/s layer (with its
+    // 10 % headroom) beside about 72 kbit/s of audio. Taking the audio from it left 528 kbit/s,
+    // and the viewer on the lowest layer.
+    let mut s = Sim::new();
+    s.with_audio(1);
+    s.run(1000);
+    let c = s.viewer(1);
+    s.estimate(1, 200_000);
+    s.run(1500);
+    assert_eq!(*s.layers_of(c).last().expect("packets"), 0, "down to the lowest layer");
+    for _ in 0..10 {
+        s.estimate(1, 600_000);
+        s.run(500);
+    }
+    assert_eq!(*s.layers_of(c).last().expect("packets"), 1, "up to the middle layer");
+    assert_continuous(&s.take(), c);
 }
 
 #[test]

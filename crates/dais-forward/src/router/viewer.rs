@@ -118,6 +118,8 @@ pub(crate) struct Viewer {
     /// growing by [`FALLBACK_GROWTH`] a tick while little is; dropped once it reaches the estimate
     /// (without one, [`FALLBACK_MAX`]).
     fallback: Option<u64>,
+    /// Its audio consumers' measured rate at the last allocation, bits per second.
+    audio: u64,
     /// Probe rate, bits per second (0: not probing).
     probe_bps: u64,
     probe_credit: f64,
@@ -156,7 +158,8 @@ pub struct LayerCensus {
 
 impl Router {
     /// The downlink estimate of the participant behind `sink` (for a browser, its REMB), bits per
-    /// second. Its video consumers' layers are chosen again at once (a lower estimate takes effect at
+    /// second, taken as what its video may have (see `Viewer::budget`; the audio always flows). Its
+    /// video consumers' layers are chosen again at once (a lower estimate takes effect at
     /// once, a higher one after [`alloc::UP_HOLD`]).
     pub fn set_estimate(&mut self, now: Instant, sink: u64, bps: u64) {
         let v = self.viewers.entry(sink).or_default();
@@ -250,7 +253,7 @@ impl Router {
         rates
     }
 
-    /// A viewer's current downlink estimate after loss, as its allocation uses it (`None`: unlimited).
+    /// What a viewer's video may take, after loss, as its allocation uses it (`None`: unlimited).
     pub fn effective_estimate(&self, sink: u64) -> Option<u64> {
         self.viewers.get(&sink).and_then(Viewer::budget)
     }
@@ -391,7 +394,8 @@ impl Router {
         // low on, and nothing to probe for before the first estimate.
         let layered = demands.iter().any(|d| d.rates.iter().filter(|&&r| r > 0).count() > 1);
         let waiting = v.first_estimate_due.is_some() && layered;
-        let budget = if waiting { 0 } else { v.budget().map_or(u64::MAX, |b| b.saturating_sub(audio)) };
+        v.audio = audio;
+        let budget = if waiting { 0 } else { v.budget().unwrap_or(u64::MAX) };
         ideal.clear();
         ideal.resize(demands.len(), None);
         alloc::allocate(budget, demands, ideal);
@@ -450,12 +454,9 @@ impl Router {
         v.probe_bps = match (initial, climb, v.burst) {
             (Some(initial), ..) => initial,
             (None, Some((_, step)), Some(_)) => {
-                let cost: u64 = demands
-                    .iter()
-                    .zip(chosen.iter())
-                    .map(|(d, c)| c.map_or(0, |l| d.rates[usize::from(l.0)]))
-                    .sum::<u64>()
-                    + audio;
+                // In the estimate's terms: video only.
+                let cost: u64 =
+                    demands.iter().zip(chosen.iter()).map(|(d, c)| c.map_or(0, |l| d.rates[usize::from(l.0)])).sum();
                 let fill = (v.budget().unwrap_or(0) as f64 * PROBE_FILL) as u64;
                 fill.min(cost + step).saturating_sub(cost)
             }
@@ -523,12 +524,19 @@ impl Viewer {
         self.loss >= LOSS_FLOOR || self.fallback.is_some()
     }
 
-    /// The estimate the allocation plans with: REMB lowered by loss, capped by what got through
-    /// since much was lost (until that grows back to the REMB); without REMB, what got through when
-    /// much was lost. `None` is unlimited.
+    /// What its video may take: REMB lowered by loss, capped by what got through since much was
+    /// lost (until that grows back to the REMB) less its audio; without REMB, what got through when
+    /// much was lost, less its audio. `None` is unlimited.
+    ///
+    /// A REMB is the video's share already: libwebrtc's receive-side estimator counts video packets
+    /// only ("for audio, we only support send side BWE"), their payload and padding, and raises its
+    /// estimate to at most 1.5 times that plus 10 kbit/s. Taking audio from it as well left a
+    /// viewer of one small lowest layer nothing: Chromium's REMB sat at 22 kbit/s for 30 s with
+    /// 42 kbit/s of audio flowing. What got through, on the other hand, counts everything sent.
     fn budget(&self) -> Option<u64> {
         let attenuation = (self.loss - LOSS_FLOOR).clamp(0.0, LOSS_CAP);
-        match (self.estimate, self.fallback) {
+        let got_through = self.fallback.map(|f| f.saturating_sub(self.audio));
+        match (self.estimate, got_through) {
             // After heavy loss: what got through, whatever the estimate says (a receiver's estimator
             // hears too few packets on a link that drops most of them to lower its estimate).
             (Some(e), Some(f)) => Some(f.min((e as f64 * (1.0 - attenuation)) as u64)),
