@@ -8,7 +8,8 @@
 //! link would give.
 //!
 //! [`Estimator`] is a simplified version of the receive-side estimator of Google Congestion Control
-//! (the one behind Chromium's REMB): it measures the incoming rate over 500 ms; while packets wait
+//! (the one behind Chromium's REMB). Like libwebrtc's, it is fed video only: the peer leaves audio
+//! and RTCP out. It measures the incoming rate over 500 ms; while packets wait
 //! more than [`OVERUSE_DELAY`] in the queue (the delay growth that GCC's arrival filter detects; here the
 //! bottleneck tells it exactly) the estimate drops to 85 % of the incoming rate, at most every 300 ms;
 //! otherwise it grows by 8 % a second, but not past 1.5 times the incoming rate (that bound stops a

@@ -191,6 +191,9 @@ pub struct Peer {
     cut_until: Option<Instant>,
     /// SSRCs of the video streams received, for keyframe requests.
     video_ssrcs: Vec<Ssrc>,
+    /// SSRCs of the audio streams received: the estimator leaves them out, as libwebrtc's
+    /// receive-side estimator does ("for audio, we only support send side BWE").
+    audio_ssrcs: Vec<u32>,
     /// The emulated downlink and its estimator (`--viewer-mix`, `--simulcast`).
     downlink: Option<Downlink>,
     /// Datagrams sent (feedback, once media flows).
@@ -242,6 +245,7 @@ impl Peer {
             tcp: None,
             cut_until: None,
             video_ssrcs: Vec::new(),
+            audio_ssrcs: Vec::new(),
             downlink: None,
             sent: 0,
             rembs: 0,
@@ -340,6 +344,9 @@ impl Peer {
                         if stamp.stream.is_video() && !self.video_ssrcs.contains(&pkt.header.ssrc) {
                             self.video_ssrcs.push(pkt.header.ssrc);
                         }
+                        if !stamp.stream.is_video() && !self.audio_ssrcs.contains(&*pkt.header.ssrc) {
+                            self.audio_ssrcs.push(*pkt.header.ssrc);
+                        }
                     }
                     if let (Some(c), Some(stamp)) = (self.counting.as_mut().filter(|c| c.armed), &stamp) {
                         c.counter.learn(*pkt.header.ssrc, *pkt.seq_no, stamp);
@@ -398,9 +405,12 @@ impl Peer {
         on: &mut impl FnMut(Got, Instant),
     ) -> Result<bool, RtcError> {
         let fed = self.feed_inner((data, source), at, now, on);
-        // The estimator runs on what arrives once video flows, as a browser's runs on received video.
+        // The estimator runs on the RTP that arrives once video flows, audio left out, as a browser's
+        // runs on received video (its retransmissions and probes included).
         if let (Some(d), false) = (self.downlink.as_mut(), self.video_ssrcs.is_empty()) {
-            d.estimator.on_packet(at, data.len(), delay);
+            if rtp_ssrc(data).is_some_and(|ssrc| !self.audio_ssrcs.contains(&ssrc)) {
+                d.estimator.on_packet(at, data.len(), delay);
+            }
         }
         fed
     }
@@ -693,9 +703,32 @@ fn passive_tcp_candidate(sdp: &str) -> Option<SocketAddr> {
     })
 }
 
+/// The SSRC of an RTP datagram, from its plaintext header (SRTP encrypts only the payload); `None`
+/// for anything else: RTCP (second byte 192 to 223, RFC 5761), STUN, DTLS, or too short.
+fn rtp_ssrc(data: &[u8]) -> Option<u32> {
+    let (&first, &second) = (data.first()?, data.get(1)?);
+    if first >> 6 != 2 || (192..=223).contains(&second) {
+        return None;
+    }
+    Some(u32::from_be_bytes(data.get(8..12)?.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtp_is_told_from_rtcp_and_the_rest_by_its_header() {
+        let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0xaa];
+        assert_eq!(rtp_ssrc(&rtp), Some(0xdead_beef));
+        rtp[1] = 0x80 | 111; // marker bit set, Opus
+        assert_eq!(rtp_ssrc(&rtp), Some(0xdead_beef));
+        let rtcp = [0x81, 200, 0, 6, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0];
+        assert_eq!(rtp_ssrc(&rtcp), None, "a sender report");
+        assert_eq!(rtp_ssrc(&[0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]), None, "STUN");
+        assert_eq!(rtp_ssrc(&[22, 0xfe, 0xfd]), None, "DTLS");
+        assert_eq!(rtp_ssrc(&rtp[..10]), None, "too short");
+    }
 
     #[tokio::test]
     async fn tcp_frames_are_rebuilt_across_reads_and_a_close_is_noticed() {
