@@ -284,10 +284,11 @@ fn init_logging(log: &config::LogConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Nice value of the runtime's worker threads (signaling, HTTP, admin, metrics; the media workers
-/// stay at 0). When the CPU is full, the scheduler then runs a media worker first: a chat batch to
-/// 2,000 sockets is a few milliseconds of signaling work, and at the same nice value it delayed
-/// media packets by as much (docs/benchmarks.md, *Audience interaction*).
+/// How much nicer than the process the runtime's worker threads run (signaling, HTTP, admin,
+/// metrics; the media workers keep the process's nice value). When the CPU is full, the scheduler
+/// then runs a media worker first: a chat batch to 2,000 sockets is a few milliseconds of signaling
+/// work, and at the same nice value it delayed media packets by as much (docs/benchmarks.md,
+/// *Audience interaction*).
 const RUNTIME_NICE: i32 = 5;
 
 fn main() -> anyhow::Result<()> {
@@ -296,12 +297,14 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run())
 }
 
-/// Lower the calling thread's scheduling priority to [`RUNTIME_NICE`]; a refusal leaves it as it is.
+/// Make the calling thread [`RUNTIME_NICE`] nicer than it is (at most 19); a refusal leaves it as
+/// it is.
 #[allow(unsafe_code)]
 fn lower_priority() {
-    // SAFETY: setpriority takes no pointers and touches no memory; on Linux, PRIO_PROCESS with `who`
-    // 0 sets the nice value of the calling thread only.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, RUNTIME_NICE) };
+    // SAFETY: nice takes no pointers and touches no memory; on Linux it changes the nice value of the
+    // calling thread only (glibc's nice is setpriority(PRIO_PROCESS, 0, ...), and Linux keeps a nice
+    // value per thread).
+    let _ = unsafe { libc::nice(RUNTIME_NICE) };
 }
 
 async fn run() -> anyhow::Result<()> {
