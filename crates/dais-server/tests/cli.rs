@@ -103,13 +103,25 @@ fn pages_and_modules_are_served() {
 #[test]
 fn media_workers_keep_the_priority_the_runtime_threads_give_up() {
     let srv = start(&["--media-workers", "2"]);
-    let mut by_name: Vec<(String, i64)> = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{}/task", srv.child.id())).expect("/proc") {
-        let stat = std::fs::read_to_string(task.expect("task").path().join("stat")).expect("stat");
-        let (open, close) = (stat.find('(').expect("("), stat.rfind(')').expect(")"));
-        // Field 19 is the nice value; the fields after the name start at field 3.
-        let nice: i64 = stat[close + 1..].split_whitespace().nth(19 - 3).and_then(|n| n.parse().ok()).expect("nice");
-        by_name.push((stat[open + 1..close].to_owned(), nice));
+    // Each thread names itself once it runs, which can be just after the ready line: read again
+    // until the three media threads have their names (at most 5 s).
+    let threads = || -> Vec<(String, i64)> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", srv.child.id())).expect("/proc");
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+            .filter_map(|stat| {
+                let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+                // Field 19 is the nice value; the fields after the name start at field 3.
+                let nice = stat[close + 1..].split_whitespace().nth(19 - 3)?.parse().ok()?;
+                Some((stat[open + 1..close].to_owned(), nice))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut by_name = threads();
+    while by_name.iter().filter(|(n, _)| n.starts_with("dais-media")).count() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        by_name = threads();
     }
     let nice_of =
         |prefix: &str| -> Vec<i64> { by_name.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, v)| *v).collect() };
