@@ -1050,10 +1050,7 @@ async fn send_shared<K>(out: &mut K, text: bytes::Bytes) -> Result<(), ()>
 where
     K: Sink<OutFrame> + Unpin,
 {
-    match tokio::time::timeout(SEND_TIMEOUT, out.send(OutFrame::Shared(text))).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+    send_frames(out, vec![text]).await
 }
 
 /// Send buffers serialized once for many connections, with one flush.

@@ -400,7 +400,9 @@ impl Router {
         ideal.resize(demands.len(), None);
         alloc::allocate(budget, demands, ideal);
         let congested = v.congested();
+        chosen.clear();
         for ((d, i), &slot) in demands.iter().zip(ideal.iter_mut()).zip(slots.iter()) {
+            let fresh = consumers.get(slot).and_then(Option::as_ref).is_some_and(|c| c.started.is_none());
             // Loss alone moves layers down but never pauses: only an estimate can say that even the
             // lowest layer does not fit. Nor is a video with one layer flowing (VP9, AV1, or simulcast
             // whose other layers stopped) paused for bandwidth: there is nothing lower to fall back to,
@@ -408,16 +410,11 @@ impl Router {
             // forwards (or has not started) paused while the downlink shows no congestion (see
             // `Viewer::congested`): paused, a viewer receives too little for its estimate to grow.
             let flowing = d.rates.iter().filter(|&&r| r > 0).count();
-            let fresh = consumers.get(slot).and_then(Option::as_ref).is_some_and(|c| c.started.is_none());
             let unproven = !congested && (d.current.is_some() || fresh);
             if i.is_none() && d.max_layer.is_some() && (v.estimate.is_none() || flowing == 1 || unproven) {
                 *i = d.rates.iter().position(|&r| r > 0).map(super::layer_id);
             }
-        }
-        chosen.clear();
-        for ((d, i), &slot) in demands.iter().zip(ideal.iter_mut()).zip(slots.iter()) {
-            let fresh = consumers.get(slot).and_then(Option::as_ref).is_some_and(|c| c.started.is_none());
-            if d.rates.iter().all(|&r| r == 0) && d.max_layer.is_some() {
+            if flowing == 0 && d.max_layer.is_some() {
                 // Nothing flows yet (or any more): keep what it has, no pause for what nobody sends.
                 *i = d.current;
             }
