@@ -19,7 +19,7 @@ use crate::session::SessionConfig;
 use crate::tcp::{TcpConns, TcpServer};
 use crate::worker::Start;
 use crate::{
-    send, worker, AnswerError, EventSink, MediaConfig, MediaStats, OfferError, ProducerKey, SessionId, StartError,
+    send, worker, AnswerError, EventSink, MediaConfig, MediaStats, OfferError, ProducerKey, SessionId, SessionMode, StartError,
 };
 
 /// Kernel receive and send buffer asked for on the media socket, bytes.
@@ -239,16 +239,17 @@ impl MediaHandle {
         w.and_then(|w| self.links.control.get(w)).is_some_and(|tx| tx.send(c).is_ok())
     }
 
-    /// Create a session on the least loaded worker. A publisher may offer media; others only receive.
+    /// Create a session on the least loaded worker. A publisher may offer media; others only receive
+    /// (a player on the m-lines of its own offer, see [`SessionMode::Player`]).
     /// The session's ICE credentials are chosen here, and worker 0's endpoint learns them first.
-    pub fn open_session(&self, session: SessionId, publisher: bool, events: EventSink) {
+    pub fn open_session(&self, session: SessionId, mode: SessionMode, events: EventSink) {
         let worker = self.placement().place(session);
         let creds = IceCreds::new();
         if let Some(tx) = self.links.control.first() {
             let _ = tx.send(Control::Route { session, worker, creds: creds.clone() });
         }
         if let Some(tx) = self.links.control.get(worker) {
-            let _ = tx.send(Control::Open { session, publisher, creds, events });
+            let _ = tx.send(Control::Open { session, mode, creds, events });
         }
     }
 

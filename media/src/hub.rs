@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use crate::endpoint::Addr;
 use crate::negotiation::PendingConsumer;
 use crate::session::{Published, ReadyConsumer, Session, SessionConfig, SessionOutput};
-use crate::{AnswerError, Kind, MediaStats, OfferError, ProducerKey, SessionEvent, SessionId};
+use crate::{AnswerError, Kind, MediaStats, OfferError, ProducerKey, SessionEvent, SessionId, SessionMode};
 
 /// At most one keyframe request per publisher stream per this interval. A little over 500 ms, so that a
 /// publisher sees at most 2 requests in any one second even when the worker's passes delay one request
@@ -198,13 +198,13 @@ impl Hub {
     }
 
     /// Open a session (a session id opened again replaces the old one).
-    pub fn open(&mut self, now: Instant, id: SessionId, publisher: bool, creds: IceCreds) {
+    pub fn open(&mut self, now: Instant, id: SessionId, mode: SessionMode, creds: IceCreds) {
         if self.sessions.contains_key(&id) {
             self.close(now, id);
         }
-        let session = Session::new(now, id, publisher, creds, self.shared.session.clone());
+        let session = Session::new(now, id, mode, creds, self.shared.session.clone());
         self.sessions.insert(id, Slot { session, dirty: false, scheduled: None, tiles: HashMap::new() });
-        if !publisher {
+        if !mode.publisher() {
             // A viewer's session negotiates REMB (no transport-wide feedback): its browser estimates
             // the downlink, so its layers start low and its estimator is probed until then.
             self.router.expect_estimate(now, id.0);

@@ -25,6 +25,7 @@ mod endpoint;
 mod framing;
 mod handle;
 mod hub;
+mod lines;
 mod negotiation;
 mod queues;
 mod sdp_check;
@@ -88,6 +89,25 @@ pub use stats::{Histogram, MediaStats, ESTIMATE_BOUNDS_KBPS, LATENCY_BOUNDS_US};
 /// Identifies one participant's WebRTC session. Chosen by the caller, unique while the session lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
+
+/// What a session is for, fixed when it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    /// It may publish (a speaker); it is sent what it subscribes to in server offers.
+    Publisher,
+    /// It only receives, in server offers (a viewer; it may be promoted to publish).
+    Viewer,
+    /// It only receives, on the m-lines its own offer asked to receive (a WHEP player): the server
+    /// never offers; what it subscribes to rides those m-lines in turn.
+    Player,
+}
+
+impl SessionMode {
+    /// Whether it may publish.
+    pub fn publisher(self) -> bool {
+        self == SessionMode::Publisher
+    }
+}
 
 /// A media-plane-wide id of one producer (one incoming stream). Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

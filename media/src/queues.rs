@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::endpoint::Addr;
 use crate::hub::{PeerMessage, Relayed};
 use crate::tcp::TcpConns;
-use crate::{AnswerError, EventSink, OfferError, ProducerKey, SessionId};
+use crate::{AnswerError, EventSink, OfferError, ProducerKey, SessionId, SessionMode};
 
 /// Most messages in one worker's media queue.
 pub(crate) const MEDIA_QUEUE: usize = 8192;
@@ -28,7 +28,7 @@ pub(crate) const MEDIA_QUEUE: usize = 8192;
 pub(crate) enum Control {
     Open {
         session: SessionId,
-        publisher: bool,
+        mode: SessionMode,
         creds: IceCreds,
         events: EventSink,
     },

@@ -48,8 +48,11 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, info, warn};
 
 use crate::endpoint::{Addr, Transport};
+use crate::lines::PlayerLines;
 use crate::negotiation::{Negotiation, PendingConsumer};
-use crate::{codec, AnswerError, Kind, OfferError, ProducerKey, SessionEvent, SessionId, CONNECT_TIMEOUT};
+use crate::{
+    codec, AnswerError, Kind, OfferError, ProducerKey, SessionEvent, SessionId, SessionMode, CONNECT_TIMEOUT,
+};
 
 /// How long a failed session waits for its owner's close before it reports [`SessionOutput::Expired`].
 pub(crate) const FAILED_GRACE: Duration = Duration::from_secs(10);
@@ -180,6 +183,8 @@ pub(crate) struct Session {
     producers_by_ssrc: HashMap<Ssrc, (Mid, LayerId)>,
     consumers: HashMap<Mid, ConsumerId>,
     awaiting_connect: Vec<(Mid, PendingConsumer)>,
+    /// A player's m-lines (`None` for other sessions, whose consumers come in server offers).
+    player: Option<PlayerLines>,
     remote_candidates: usize,
     last_source: Option<SocketAddr>,
     unpolled: bool,
@@ -187,7 +192,8 @@ pub(crate) struct Session {
 
 impl Session {
     /// A new session; `creds` are its local ICE credentials (the endpoint routes by their ufrag).
-    pub fn new(now: Instant, id: SessionId, publisher: bool, creds: IceCreds, config: SessionConfig) -> Self {
+    pub fn new(now: Instant, id: SessionId, mode: SessionMode, creds: IceCreds, config: SessionConfig) -> Self {
+        let publisher = mode.publisher();
         let rtc = build_rtc(now, &creds, &config, None, publisher);
         Session {
             id,
@@ -207,6 +213,7 @@ impl Session {
             producers_by_ssrc: HashMap::new(),
             consumers: HashMap::new(),
             awaiting_connect: Vec::new(),
+            player: (mode == SessionMode::Player).then(PlayerLines::default),
             remote_candidates: 0,
             last_source: None,
             unpolled: true,
@@ -396,6 +403,14 @@ impl Session {
                 info!(id = ?self.id, ?state, "session ICE state");
                 None
             }
+            Event::MediaAdded(m) if self.player.is_some() => {
+                let sends = matches!(m.direction, Direction::SendOnly | Direction::SendRecv);
+                let carried = self.player.as_mut().filter(|_| sends)?.offered(m.mid, codec::kind_of(m.kind));
+                if let Some((mid, consumer)) = carried {
+                    self.carry(mid, consumer);
+                }
+                None
+            }
             Event::MediaAdded(m) => {
                 let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
                 let rids = layer_rids(m.simulcast.as_ref());
@@ -539,10 +554,28 @@ impl Session {
         true
     }
 
-    /// Queue a consumer m-line for the next server offer.
+    /// Queue a consumer m-line for the next server offer; a player's consumer takes one of its
+    /// m-lines instead, when one of its kind is free.
     pub fn subscribe(&mut self, consumer: PendingConsumer) {
-        self.negotiation.add(consumer);
+        match &mut self.player {
+            Some(lines) => {
+                if let Some((mid, consumer)) = lines.subscribe(consumer) {
+                    self.carry(mid, consumer);
+                }
+            }
+            None => self.negotiation.add(consumer),
+        }
         self.unpolled = true;
+    }
+
+    /// `mid` (accepted, or a player's line) will carry `consumer`: ready once the session connects.
+    fn carry(&mut self, mid: Mid, consumer: PendingConsumer) {
+        if self.connected {
+            let ready = self.ready(mid, consumer);
+            self.backlog.extend(ready);
+        } else {
+            self.awaiting_connect.push((mid, consumer));
+        }
     }
 
     /// Apply a client offer; returns the answer.
@@ -588,12 +621,7 @@ impl Session {
             debug!(id = ?self.id, "session timeout error: {e}");
         }
         for (mid, add) in adds {
-            if self.connected {
-                let ready = self.ready(mid, add);
-                self.backlog.extend(ready);
-            } else {
-                self.awaiting_connect.push((mid, add));
-            }
+            self.carry(mid, add);
         }
         Ok(())
     }
@@ -613,7 +641,7 @@ impl Session {
         });
         let Some(ssrc) = ssrc else {
             warn!(id = ?self.id, %mid, "no send stream for an accepted consumer m-line; stopping it");
-            self.negotiation.stop(mid);
+            self.refuse_consumer(mid);
             return None;
         };
         let remote_pts: Vec<Pt> = self.rtc.media(mid).map(|m| m.remote_pts().to_vec()).unwrap_or_default();
@@ -628,10 +656,17 @@ impl Session {
     }
 
     /// The m-line `mid` cannot carry its producer (or the producer ended): stop it in the next offer.
+    /// A player's line is kept, and carries the next consumer waiting for one of its kind.
     pub fn refuse_consumer(&mut self, mid: Mid) {
         self.consumers.remove(&mid);
-        self.negotiation.stop(mid);
         self.unpolled = true;
+        let Some(lines) = self.player.as_mut().filter(|l| l.has(mid)) else {
+            self.negotiation.stop(mid);
+            return;
+        };
+        if let Some((mid, consumer)) = lines.release(mid) {
+            self.carry(mid, consumer);
+        }
     }
 
     /// The consumer `id` ended with its producer: stop its m-line in the next offer.

@@ -168,9 +168,9 @@ impl Worker {
         let now = Instant::now();
         match c {
             Control::Shutdown => return false,
-            Control::Open { session, publisher, creds, events } => {
+            Control::Open { session, mode, creds, events } => {
                 self.sinks.insert(session, events);
-                self.hub.open(now, session, publisher, creds);
+                self.hub.open(now, session, mode, creds);
             }
             Control::ClientOffer { session, sdp, reply } => {
                 let _ = reply.send(self.hub.client_offer(now, session, &sdp));

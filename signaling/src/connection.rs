@@ -26,10 +26,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::admin::{Control, ModerateError};
 use crate::chat::{Batch, CLOSE_TOO_SLOW};
-use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection};
+use crate::media_api::{AnswerRejection, MediaEvent, OfferRejection, SessionMode};
 use crate::participant::{Feeds, Joined, Participant, Takeover};
 use crate::rate::{RateLimit, Verdict};
-use crate::room::{self, media_wire_id, participant_wire_id, Room};
+use crate::room::{self, media_wire_id, participant_wire_id, Receives, Room};
 use crate::{Frame, OutFrame, Phase, Signaling};
 
 /// How a socket's loop ended for its participant.
@@ -652,41 +652,18 @@ impl Signaling {
         moderator: bool,
         title: Option<String>,
     ) -> Result<(Participant, Vec<ServerMessage>), ErrorCode> {
-        let id = self.next_id();
-        let (notice_tx, notices) = mpsc::channel::<ServerMessage>(room::NOTICE_QUEUE);
-        let (media_tx, media_rx) = mpsc::unbounded_channel::<MediaEvent>();
-        let Ok(mut rooms) = self.rooms.lock() else { return Err(ErrorCode::Internal) };
-        let room = rooms.by_name.entry(room_name.clone()).or_default();
-        if room.members.len() >= self.config.max_participants {
-            return Err(ErrorCode::RoomFull);
-        }
-        // The configured title wins; else the first token that carries one names the room.
-        if let Some(t) = self.config.titles.get(&room_name).or(title.as_ref()) {
-            room.entitle(t);
-        }
-        let me = room::member(id, name, role, moderator, notice_tx);
-        let info = me.info.clone();
-        let participants: Vec<_> =
-            room.members.values().filter(|m| room::sees(role, m.info.role)).map(|m| m.info.clone()).collect();
-        room.broadcast_about(role, id, &ServerMessage::ParticipantJoined { participant: info.clone() });
-        if role == Role::Viewer {
-            room.count_viewer(true);
-        }
-        let (feeds, history) = Feeds::of(room, me.overflow.subscribe());
+        let entry = Entry { room: room_name, name, role, moderator, title, receives: Receives::All };
+        let entered = self.enter(entry, |room, me| {
+            let participants: Vec<_> =
+                room.members.values().filter(|m| room::sees(role, m.info.role)).map(|m| m.info.clone()).collect();
+            let (feeds, history) = Feeds::of(room, me.overflow.subscribe());
+            (participants, feeds, history, room.title().map(str::to_owned))
+        })?;
+        let Entered { joined, notices, media, extra: (participants, feeds, history, room_title) } = entered;
         let viewers = *feeds.audience.borrow();
-        // Media session first, then subscriptions to what the room already publishes.
-        self.media.open_session(id, role == Role::Speaker, media_tx.clone());
-        for m in room.members.values() {
-            for (producer, media) in m.producers.iter().zip(&m.info.media) {
-                self.media.subscribe(id, *producer, m.info.id.clone(), media.id.clone());
-            }
-        }
-        room.members.insert(id, me);
-        let room_title = room.title().map(str::to_owned);
-        drop(rooms);
-        info!(room = %room_name, participant = %info.id, ?role, "joined");
-        let joined = Joined { room: room_name.clone(), id, role, session: id, moderator };
-        let p = self.new_participant(joined, notices, (media_tx, media_rx), feeds);
+        let id = joined.id;
+        let room_name = joined.room.clone();
+        let p = self.new_participant(joined, notices, media, feeds);
         let reply = ServerMessage::Joined {
             room: room_name,
             participant_id: participant_wire_id(id),
@@ -700,6 +677,56 @@ impl Signaling {
             title: room_title,
         };
         Ok((p, vec![reply, history]))
+    }
+
+    /// Add a member to its room (made if need be): the others hear of it, its media session opens and
+    /// is subscribed to what the room publishes that it receives. `extra` runs under the same lock,
+    /// on the room and the new member, before it is inserted.
+    pub(crate) fn enter<T>(
+        &self,
+        entry: Entry,
+        extra: impl FnOnce(&Room, &room::Member) -> T,
+    ) -> Result<Entered<T>, ErrorCode> {
+        let Entry { room: room_name, name, role, moderator, title, receives } = entry;
+        let id = self.next_id();
+        let (notice_tx, notices) = mpsc::channel::<ServerMessage>(room::NOTICE_QUEUE);
+        let (media_tx, media_rx) = mpsc::unbounded_channel::<MediaEvent>();
+        let Ok(mut rooms) = self.rooms.lock() else { return Err(ErrorCode::Internal) };
+        let room = rooms.by_name.entry(room_name.clone()).or_default();
+        if room.members.len() >= self.config.max_participants {
+            if room.members.is_empty() {
+                rooms.by_name.remove(&room_name);
+            }
+            return Err(ErrorCode::RoomFull);
+        }
+        // The configured title wins; else the first token that carries one names the room.
+        if let Some(t) = self.config.titles.get(&room_name).or(title.as_ref()) {
+            room.entitle(t);
+        }
+        let mode = match (&receives, role) {
+            (Receives::All | Receives::Nothing, Role::Speaker) => SessionMode::Speaker,
+            (Receives::All | Receives::Nothing, Role::Viewer) => SessionMode::Viewer,
+            (Receives::Of(_), _) => SessionMode::Player,
+        };
+        let me = room::member(id, name, role, moderator, notice_tx, receives);
+        let info = me.info.clone();
+        room.broadcast_about(role, id, &ServerMessage::ParticipantJoined { participant: info.clone() });
+        if role == Role::Viewer {
+            room.count_viewer(true);
+        }
+        let extra = extra(room, &me);
+        // Media session first, then subscriptions to what the room already publishes.
+        self.media.open_session(id, mode, media_tx.clone());
+        for m in room.members.values().filter(|m| me.receives.wants(&m.info)) {
+            for (producer, media) in m.producers.iter().zip(&m.info.media) {
+                self.media.subscribe(id, *producer, m.info.id.clone(), media.id.clone());
+            }
+        }
+        room.members.insert(id, me);
+        drop(rooms);
+        info!(room = %room_name, participant = %info.id, ?role, ?mode, "joined");
+        let joined = Joined { room: room_name, id, role, session: id, moderator };
+        Ok(Entered { joined, notices, media: (media_tx, media_rx), extra })
     }
 
     /// Remove the participant. Others hear `media_unpublished` and `participant_left` before the media
@@ -787,7 +814,7 @@ impl Signaling {
         }
     }
 
-    fn handle_media_event(&self, ev: MediaEvent, j: &Joined) -> Option<MediaStep> {
+    pub(crate) fn handle_media_event(&self, ev: MediaEvent, j: &Joined) -> Option<MediaStep> {
         match ev {
             MediaEvent::Offer { sdp } => Some(MediaStep::Offer(sdp)),
             MediaEvent::Disconnected => Some(MediaStep::Fail),
@@ -848,8 +875,9 @@ impl Signaling {
                     j.id,
                     &ServerMessage::MediaPublished { participant_id: pid.clone(), media: media.clone() },
                 );
+                let publisher = me_info(room, j.id);
                 for (other, m) in &room.members {
-                    if *other != j.id {
+                    if *other != j.id && publisher.as_ref().is_some_and(|p| m.receives.wants(p)) {
                         self.media.subscribe(m.session, producer, pid.clone(), media.id.clone());
                     }
                 }
@@ -862,6 +890,29 @@ impl Signaling {
             | MediaEvent::AudioActivity { .. } => {}
         }
     }
+}
+
+/// The participant `id`'s public record in `room`.
+fn me_info(room: &Room, id: u64) -> Option<dais_proto::ParticipantInfo> {
+    room.members.get(&id).map(|m| m.info.clone())
+}
+
+/// Who enters a room, and what it receives.
+pub(crate) struct Entry {
+    pub room: String,
+    pub name: String,
+    pub role: Role,
+    pub moderator: bool,
+    pub title: Option<String>,
+    pub receives: Receives,
+}
+
+/// A member that entered its room, with its channels and what the caller computed under the lock.
+pub(crate) struct Entered<T> {
+    pub joined: Joined,
+    pub notices: mpsc::Receiver<ServerMessage>,
+    pub media: (mpsc::UnboundedSender<MediaEvent>, mpsc::UnboundedReceiver<MediaEvent>),
+    pub extra: T,
 }
 
 enum Step {
@@ -881,7 +932,7 @@ const CLOSE_INVALID_DATA: u16 = 1007;
 /// Close code for a message flood (RFC 6455 1008, policy violation).
 const CLOSE_POLICY: u16 = 1008;
 
-enum MediaStep {
+pub(crate) enum MediaStep {
     /// Send this server offer.
     Offer(String),
     /// Send this to the client (only while a socket carries it: a parked participant misses it).

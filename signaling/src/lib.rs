@@ -11,6 +11,7 @@
 mod admin;
 mod chat;
 mod connection;
+pub mod http_session;
 pub mod ice;
 mod media_api;
 mod participant;
@@ -27,7 +28,7 @@ use std::time::Duration;
 pub use admin::{AdminError, CLOSE_KICKED, CLOSE_ROOM_CLOSED};
 pub use chat::{CLOSE_TOO_SLOW, FEED_CAPACITY};
 pub use connection::CLOSE_REPLACED;
-pub use media_api::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection};
+pub use media_api::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection, SessionMode};
 pub use room::RoomSnapshot;
 
 /// One incoming WebSocket frame, independent of the HTTP stack that carried it.
@@ -152,6 +153,7 @@ pub struct Signaling {
     resumable: Mutex<participant::Resumable>,
     parked: AtomicU64,
     resumes: [AtomicU64; 2],
+    resources: Mutex<http_session::Resources>,
 }
 
 impl std::fmt::Debug for Signaling {
@@ -176,6 +178,7 @@ impl Signaling {
             resumable: Mutex::new(Default::default()),
             parked: AtomicU64::new(0),
             resumes: [AtomicU64::new(0), AtomicU64::new(0)],
+            resources: Mutex::new(Default::default()),
         })
     }
 

@@ -85,10 +85,21 @@ pub enum AnswerRejection {
     Gone,
 }
 
+/// What a media session is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    /// A speaker: it may publish, and is sent what it subscribes to in server offers.
+    Speaker,
+    /// A viewer: it only receives, in server offers.
+    Viewer,
+    /// A WHEP player: it only receives, on the m-lines of its own offer, and is never sent an offer.
+    Player,
+}
+
 /// Commands signaling sends to the media plane.
 pub trait MediaPlane: Send + Sync + 'static {
     /// Create a session; its events go to `events`.
-    fn open_session(&self, session: u64, publisher: bool, events: mpsc::UnboundedSender<MediaEvent>);
+    fn open_session(&self, session: u64, mode: SessionMode, events: mpsc::UnboundedSender<MediaEvent>);
     /// Apply a client offer; resolves to the answer SDP.
     fn client_offer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<String, OfferRejection>>;
     /// Apply a client answer to the outstanding server offer.

@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::admin::Control;
-use crate::media_api::MediaEvent;
+use crate::media_api::{MediaEvent, SessionMode};
 use crate::room::{self, participant_wire_id};
 use crate::Signaling;
 
@@ -425,7 +425,8 @@ impl Signaling {
             if let Some(me) = room.members.get_mut(&p.joined.id) {
                 me.session = session;
             }
-            self.media.open_session(session, role == Role::Speaker, p.media_tx.clone());
+            let mode = if role == Role::Speaker { SessionMode::Speaker } else { SessionMode::Viewer };
+            self.media.open_session(session, mode, p.media_tx.clone());
             for (id, m) in &room.members {
                 if *id == p.joined.id {
                     continue;

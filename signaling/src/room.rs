@@ -21,11 +21,37 @@ use crate::rate::Bucket;
 use dais_proto::{ErrorCode, MediaInfo, ParticipantInfo, Reaction, Role, ServerMessage};
 use tokio::sync::{mpsc, watch};
 
+/// Which of the room's streams a member's session is subscribed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Receives {
+    /// Everything the others publish (a WebSocket participant).
+    All,
+    /// Nothing (a WHIP publisher).
+    Nothing,
+    /// What the speaker with this wire id or name publishes (a WHEP player of one participant).
+    Of(String),
+}
+
+impl Receives {
+    /// Whether a member receiving this is subscribed to what `publisher` publishes.
+    pub fn wants(&self, publisher: &ParticipantInfo) -> bool {
+        match self {
+            Receives::All => true,
+            Receives::Nothing => false,
+            Receives::Of(who) => {
+                publisher.role == Role::Speaker && (publisher.id == *who || publisher.name == *who)
+            }
+        }
+    }
+}
+
 /// One participant inside a room.
 #[derive(Debug)]
 pub(crate) struct Member {
     pub info: ParticipantInfo,
     pub session: u64,
+    /// What its session is subscribed to.
+    pub receives: Receives,
     /// Producer id of each entry of `info.media`, same order.
     pub producers: Vec<u64>,
     /// Mute state announced by the participant, applied to streams it publishes later.
@@ -367,10 +393,12 @@ pub(crate) fn member(
     role: Role,
     moderator: bool,
     notices: mpsc::Sender<ServerMessage>,
+    receives: Receives,
 ) -> Member {
     Member {
         info: ParticipantInfo { id: participant_wire_id(id), name, role, media: Vec::<MediaInfo>::new() },
         session: id,
+        receives,
         producers: Vec::new(),
         audio_muted: false,
         video_muted: false,

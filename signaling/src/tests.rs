@@ -11,7 +11,9 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::{AnswerRejection, Frame, MediaEvent, MediaPlane, OfferRejection, OutFrame, Signaling, SignalingConfig};
+use crate::{
+    AnswerRejection, Frame, MediaEvent, MediaPlane, OfferRejection, OutFrame, SessionMode, Signaling, SignalingConfig,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
@@ -44,8 +46,8 @@ impl FakeMedia {
 }
 
 impl MediaPlane for FakeMedia {
-    fn open_session(&self, session: u64, publisher: bool, events: mpsc::UnboundedSender<MediaEvent>) {
-        self.calls.lock().unwrap().push(Call::Open(session, publisher));
+    fn open_session(&self, session: u64, mode: SessionMode, events: mpsc::UnboundedSender<MediaEvent>) {
+        self.calls.lock().unwrap().push(Call::Open(session, mode == SessionMode::Speaker));
         self.events.lock().unwrap().push((session, events));
     }
     fn client_offer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<String, OfferRejection>> {
@@ -654,6 +656,7 @@ async fn joined_carries_the_ice_servers_with_credentials_minted_for_the_particip
 }
 
 mod chat;
+mod http;
 mod questions;
 mod resume;
 mod title;

@@ -3,7 +3,7 @@
 //! This is the only place where the two meet; ids and events are translated one to one.
 
 use dais_media::{AnswerError, MediaHandle, OfferError, ProducerKey, SessionEvent, SessionId};
-use dais_signaling::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection};
+use dais_signaling::{AnswerRejection, MediaEvent, MediaPlane, OfferRejection, SessionMode};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ impl MediaAdapter {
 }
 
 impl MediaPlane for MediaAdapter {
-    fn open_session(&self, session: u64, publisher: bool, events: mpsc::UnboundedSender<MediaEvent>) {
+    fn open_session(&self, session: u64, mode: SessionMode, events: mpsc::UnboundedSender<MediaEvent>) {
         let sink = Box::new(move |ev: SessionEvent| {
             let ev = match ev {
                 SessionEvent::Offer { sdp } => MediaEvent::Offer { sdp },
@@ -45,7 +45,12 @@ impl MediaPlane for MediaAdapter {
             };
             let _ = events.send(ev);
         });
-        self.handle.open_session(SessionId(session), publisher, sink);
+        let mode = match mode {
+            SessionMode::Speaker => dais_media::SessionMode::Publisher,
+            SessionMode::Viewer => dais_media::SessionMode::Viewer,
+            SessionMode::Player => dais_media::SessionMode::Player,
+        };
+        self.handle.open_session(SessionId(session), mode, sink);
     }
 
     fn client_offer(&self, session: u64, sdp: String) -> BoxFuture<'static, Result<String, OfferRejection>> {

@@ -83,9 +83,13 @@ fn consumer(producer: u64, kind: Kind) -> PendingConsumer {
 
 impl Pair {
     fn new(publisher: bool) -> Self {
+        Pair::with_mode(if publisher { SessionMode::Publisher } else { SessionMode::Viewer })
+    }
+
+    fn with_mode(mode: SessionMode) -> Self {
         let now = Instant::now();
         let client_addr: SocketAddr = "10.1.0.1:40000".parse().expect("addr");
-        let server = Session::new(now, SessionId(1), publisher, IceCreds::new(), config(now));
+        let server = Session::new(now, SessionId(1), mode, IceCreds::new(), config(now));
         Pair {
             now,
             server,
@@ -249,6 +253,46 @@ fn subscribe_offer_answer_connected_then_consumers_are_ready() {
     let offer = p.offers[0].clone();
     assert_eq!(pts_of(&offer, 1).len(), 2, "VP8 and its RTX: {:?}", pts_of(&offer, 1));
     assert!(!offer.contains("H264") && !offer.contains("VP9") && !offer.contains("AV1"));
+    p.run(Duration::from_millis(100), 10);
+    assert!(!p.disconnected());
+}
+
+#[test]
+fn a_player_carries_its_consumers_on_the_lines_its_offer_asked_for_and_is_never_offered() {
+    let mut p = Pair::with_mode(SessionMode::Player);
+    p.server.subscribe(consumer(1, Kind::Audio));
+    p.server.subscribe(consumer(2, Kind::Video));
+    p.drain_server();
+    assert!(p.offers.is_empty(), "a player is never offered");
+    let mut api = p.client.sdp_api();
+    let audio = api.add_media(SKind::Audio, Direction::RecvOnly, None, None, None);
+    let video = api.add_media(SKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().expect("an offer");
+    let answer = p.server.client_offer(p.now, &offer.to_sdp_string()).expect("the recvonly offer is answered");
+    let lines = mlines(&answer);
+    assert_eq!(lines.iter().map(|l| l.2.as_str()).collect::<Vec<_>>(), ["sendonly", "sendonly"]);
+    let answer = SdpAnswer::from_sdp_string(&answer).expect("parses");
+    p.client.sdp_api().accept_answer(pending, answer).expect("the client takes the answer");
+    p.drain_server();
+    p.drain_client();
+    p.run(Duration::from_millis(20), 50);
+    assert!(p.connected());
+    let carried: Vec<(Mid, u64)> = p.ready.iter().map(|r| (r.mid, r.consumer.producer.0)).collect();
+    assert_eq!(carried, [(audio, 1), (video, 2)], "each on the line of its kind");
+    let vp8 = p.ready.iter().find(|r| r.mid == video).map(|r| r.payload_types.clone()).unwrap_or_default();
+    assert_eq!(vp8.first().map(|c| c.0), Some(Codec::Vp8), "in the client's payload type");
+    // Another video waits; when the first ends, it takes over the same line, with no offer.
+    p.server.subscribe(consumer(3, Kind::Video));
+    p.drain_server();
+    assert_eq!(p.ready.len(), 2, "the video line is busy");
+    let ids: Vec<ConsumerId> = p.server.consumers().collect();
+    for id in ids {
+        p.server.end_consumer(id);
+    }
+    p.drain_server();
+    assert_eq!(p.ready.len(), 3);
+    assert_eq!((p.ready[2].mid, p.ready[2].consumer.producer.0), (video, 3));
+    assert!(p.offers.is_empty(), "ending a consumer stops no line of a player");
     p.run(Duration::from_millis(100), 10);
     assert!(!p.disconnected());
 }
