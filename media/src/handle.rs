@@ -19,7 +19,8 @@ use crate::session::SessionConfig;
 use crate::tcp::{TcpConns, TcpServer};
 use crate::worker::Start;
 use crate::{
-    send, worker, AnswerError, EventSink, MediaConfig, MediaStats, OfferError, ProducerKey, SessionId, SessionMode, StartError,
+    send, worker, AnswerError, EventSink, MediaConfig, MediaStats, OfferError, ProducerKey, SessionId, SessionMode,
+    StartError,
 };
 
 /// Kernel receive and send buffer asked for on the media socket, bytes.

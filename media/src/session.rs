@@ -50,9 +50,7 @@ use tracing::{debug, info, warn};
 use crate::endpoint::{Addr, Transport};
 use crate::lines::PlayerLines;
 use crate::negotiation::{Negotiation, PendingConsumer};
-use crate::{
-    codec, AnswerError, Kind, OfferError, ProducerKey, SessionEvent, SessionId, SessionMode, CONNECT_TIMEOUT,
-};
+use crate::{codec, AnswerError, Kind, OfferError, ProducerKey, SessionEvent, SessionId, SessionMode, CONNECT_TIMEOUT};
 
 /// How long a failed session waits for its owner's close before it reports [`SessionOutput::Expired`].
 pub(crate) const FAILED_GRACE: Duration = Duration::from_secs(10);

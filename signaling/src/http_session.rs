@@ -336,7 +336,8 @@ impl Signaling {
                 return Err(OpenError::TooMany);
             }
             // Held from here, so concurrent offers cannot pass the cap; filled in below.
-            let held = Resource { session: 0, etag: etag.clone(), offer: String::new(), ufrag: String::new(), end: None };
+            let held =
+                Resource { session: 0, etag: etag.clone(), offer: String::new(), ufrag: String::new(), end: None };
             table.insert(resource.clone(), held);
         }
         let opened = self.enter_http(&offer, name, title);
@@ -364,7 +365,13 @@ impl Signaling {
         let live = match self.resources.lock() {
             Ok(mut table) => match table.get_mut(&resource) {
                 Some(r) => {
-                    *r = Resource { session: joined.session, etag: etag.clone(), offer: offer.sdp, ufrag, end: Some(end_tx) };
+                    *r = Resource {
+                        session: joined.session,
+                        etag: etag.clone(),
+                        offer: offer.sdp,
+                        ufrag,
+                        end: Some(end_tx),
+                    };
                     true
                 }
                 None => false,
@@ -384,7 +391,12 @@ impl Signaling {
     }
 
     /// Enter the room for an HTTP session (a WHEP target must be a speaker there already).
-    fn enter_http(&self, offer: &HttpOffer, name: String, title: Option<String>) -> Result<(Joined, Channels), OpenError> {
+    fn enter_http(
+        &self,
+        offer: &HttpOffer,
+        name: String,
+        title: Option<String>,
+    ) -> Result<(Joined, Channels), OpenError> {
         let (role, receives) = match &offer.kind {
             HttpSessionKind::Publish => (Role::Speaker, Receives::Nothing),
             HttpSessionKind::Play { participant } => {
@@ -420,7 +432,13 @@ impl Signaling {
     }
 
     /// Stand in for the connection of an HTTP session until it ends.
-    async fn run_http(self: Arc<Self>, mut j: Joined, mut ch: Channels, mut end: oneshot::Receiver<()>, resource: String) {
+    async fn run_http(
+        self: Arc<Self>,
+        mut j: Joined,
+        mut ch: Channels,
+        mut end: oneshot::Receiver<()>,
+        resource: String,
+    ) {
         let mut phase: watch::Receiver<Phase> = self.phase.subscribe();
         let why = loop {
             tokio::select! {

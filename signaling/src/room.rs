@@ -38,9 +38,7 @@ impl Receives {
         match self {
             Receives::All => true,
             Receives::Nothing => false,
-            Receives::Of(who) => {
-                publisher.role == Role::Speaker && (publisher.id == *who || publisher.name == *who)
-            }
+            Receives::Of(who) => publisher.role == Role::Speaker && (publisher.id == *who || publisher.name == *who),
         }
     }
 }

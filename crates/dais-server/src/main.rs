@@ -17,6 +17,7 @@ mod assets;
 mod config;
 mod http;
 mod metrics;
+mod whip;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -367,6 +368,7 @@ async fn run() -> anyhow::Result<()> {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .merge(whip::routes())
         .merge(admin::routes(config.auth.admin_key.clone(), config.auth.token_secret.clone()))
         .with_state(AppState { signaling: signaling.clone(), media: handle.stats().clone(), http: http_stats.clone() });
 

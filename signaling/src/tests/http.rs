@@ -72,7 +72,8 @@ async fn a_whep_player_receives_only_its_speaker_and_needs_one_to_exist() {
     alice.join("r", "alice", "speaker").await;
     let mut bob = connect(&sig);
     bob.join("r", "bob", "speaker").await;
-    let ids: Vec<u64> = media.calls().iter().filter_map(|c| if let Call::Open(s, _) = c { Some(*s) } else { None }).collect();
+    let ids: Vec<u64> =
+        media.calls().iter().filter_map(|c| if let Call::Open(s, _) = c { Some(*s) } else { None }).collect();
     let (alice_s, bob_s) = (ids[0], ids[1]);
     media.emit(alice_s, MediaEvent::Published { producer: 10, kind: MediaKind::Video, codec: "vp8".into() });
     media.emit(bob_s, MediaEvent::Published { producer: 20, kind: MediaKind::Video, codec: "vp8".into() });
@@ -81,10 +82,12 @@ async fn a_whep_player_receives_only_its_speaker_and_needs_one_to_exist() {
     let me = parse_wire(&s.participant_id);
     assert!(media.calls().contains(&Call::Open(me, false)));
     let mine = |c: &[Call]| -> Vec<u64> {
-        c.iter().filter_map(|c| match c {
-            Call::Subscribe { session, producer, .. } if *session == me => Some(*producer),
-            _ => None,
-        }).collect()
+        c.iter()
+            .filter_map(|c| match c {
+                Call::Subscribe { session, producer, .. } if *session == me => Some(*producer),
+                _ => None,
+            })
+            .collect()
     };
     assert_eq!(mine(&media.calls()), [10], "alice's video only");
     // Alice publishes more; bob too: only alice's reaches the player.
@@ -101,7 +104,8 @@ async fn a_whep_player_receives_only_its_speaker_and_needs_one_to_exist() {
 
 #[tokio::test]
 async fn tokens_decide_who_may_publish_and_play() {
-    let config = SignalingConfig { tokens: Some(TokenVerifier::new(SECRET).expect("secret")), ..SignalingConfig::default() };
+    let config =
+        SignalingConfig { tokens: Some(TokenVerifier::new(SECRET).expect("secret")), ..SignalingConfig::default() };
     let (_, sig) = setup_with(config);
     let missing = sig.open_http_session(offer("r", HttpSessionKind::Publish, "v=0")).await.err();
     assert_eq!(missing.as_ref().map(OpenError::code), Some("token_required"));
@@ -109,7 +113,8 @@ async fn tokens_decide_who_may_publish_and_play() {
     assert_eq!(sig.open_http_session(forged).await.err().as_ref().map(OpenError::code), Some("token_invalid"));
     let viewer = HttpOffer { token: Some(token("r", Role::Viewer)), ..offer("r", HttpSessionKind::Publish, "v=0") };
     assert_eq!(sig.open_http_session(viewer).await.err(), Some(OpenError::NotASpeaker));
-    let other_room = HttpOffer { token: Some(token("q", Role::Speaker)), ..offer("r", HttpSessionKind::Publish, "v=0") };
+    let other_room =
+        HttpOffer { token: Some(token("q", Role::Speaker)), ..offer("r", HttpSessionKind::Publish, "v=0") };
     assert_eq!(sig.open_http_session(other_room).await.err().as_ref().map(OpenError::code), Some("token_wrong_room"));
     let speaker = HttpOffer { token: Some(token("r", Role::Speaker)), ..offer("r", HttpSessionKind::Publish, "v=0") };
     let s = sig.open_http_session(speaker).await.expect("a speaker token publishes");
@@ -127,15 +132,26 @@ async fn patch_trickles_restarts_and_checks_the_entity_tag() {
     let sdp = "v=0\r\na=ice-ufrag:abcd\r\na=ice-pwd:pwdpwdpwdpwdpwdpwdpwdpwd\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
     let s = sig.open_http_session(offer("r", HttpSessionKind::Publish, sdp)).await.expect("opened");
     let session = parse_wire(&s.participant_id);
-    let trickle = "a=ice-ufrag:abcd\r\na=ice-pwd:pwdpwdpwdpwdpwdpwdpwdpwd\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\
+    let trickle =
+        "a=ice-ufrag:abcd\r\na=ice-pwd:pwdpwdpwdpwdpwdpwdpwdpwd\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\
                    a=candidate:1 1 udp 2122260223 192.0.2.1 61764 typ host\r\n";
     assert_eq!(sig.patch_http_session(&s.resource, Some(&s.etag), trickle).await, Ok(Patched::Trickled));
-    assert_eq!(sig.patch_http_session(&s.resource, None, trickle).await, Ok(Patched::Trickled), "If-Match is optional for trickle");
+    assert_eq!(
+        sig.patch_http_session(&s.resource, None, trickle).await,
+        Ok(Patched::Trickled),
+        "If-Match is optional for trickle"
+    );
     let cand = Call::Candidate(session, "candidate:1 1 udp 2122260223 192.0.2.1 61764 typ host".into());
     assert_eq!(media.calls().iter().filter(|c| **c == cand).count(), 2);
-    assert_eq!(sig.patch_http_session(&s.resource, Some("\"stale\""), trickle).await, Err(PatchError::PreconditionFailed));
+    assert_eq!(
+        sig.patch_http_session(&s.resource, Some("\"stale\""), trickle).await,
+        Err(PatchError::PreconditionFailed)
+    );
     assert_eq!(sig.patch_http_session("nope", Some(&s.etag), trickle).await, Err(PatchError::NotFound));
-    assert!(matches!(sig.patch_http_session(&s.resource, Some(&s.etag), "{}").await, Err(PatchError::Unprocessable(_))));
+    assert!(matches!(
+        sig.patch_http_session(&s.resource, Some(&s.etag), "{}").await,
+        Err(PatchError::Unprocessable(_))
+    ));
     let restart = "a=ice-ufrag:efgh\r\na=ice-pwd:newnewnewnewnewnewnewnew\r\n";
     assert_eq!(sig.patch_http_session(&s.resource, None, restart).await, Err(PatchError::PreconditionRequired));
     let offers_before = media.calls().iter().filter(|c| **c == Call::Offer(session)).count();
@@ -150,7 +166,10 @@ async fn patch_trickles_restarts_and_checks_the_entity_tag() {
         "the old tag names the old ICE session"
     );
     let again = "a=ice-ufrag:ijkl\r\na=ice-pwd:againagainagainagainagai\r\n";
-    assert!(matches!(sig.patch_http_session(&s.resource, Some(&etag), again).await, Ok(Patched::Restarted { .. })), "the current tag restarts too");
+    assert!(
+        matches!(sig.patch_http_session(&s.resource, Some(&etag), again).await, Ok(Patched::Restarted { .. })),
+        "the current tag restarts too"
+    );
 }
 
 #[tokio::test]
