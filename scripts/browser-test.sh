@@ -31,7 +31,7 @@ install_missing() {
     $sudo apt-get update
     $sudo apt-get install -y --no-install-recommends "${pkgs[@]}"
   fi
-  if [[ ! -d tests/browser/node_modules/playwright-core || ! -d tests/browser/node_modules/ws ]]; then
+  if [[ ! -d tests/browser/node_modules/playwright-core || ! -d tests/browser/node_modules/ws || ! -d tests/browser/node_modules/whip-whep ]]; then
     log "installing npm packages"
     (cd tests/browser && if [[ -f package-lock.json ]]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi)
   fi

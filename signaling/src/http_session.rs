@@ -15,6 +15,9 @@
 //!   another one is refused (`PreconditionFailed`).
 //! - At most [`MAX_HTTP_SESSIONS`] exist at once; an abandoned one (never connected) ends with its
 //!   media session's connect timeout, so a flood of offers holds nothing for long.
+//! - A session whose media ended on its own (clients close their peer connection before they send
+//!   DELETE, and the DTLS close ends the media session at once) leaves the room at once, but its
+//!   resource answers DELETE with success for [`ENDED_MEMORY`] more; then it is forgotten.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +36,9 @@ use crate::{Phase, Signaling};
 
 /// Most WHIP and WHEP sessions at once.
 pub const MAX_HTTP_SESSIONS: usize = 10_000;
+
+/// How long a session that ended without DELETE still answers one.
+pub const ENDED_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Longest trickle-ICE fragment accepted in a PATCH.
 pub const MAX_FRAGMENT_BYTES: usize = 16 * 1024;
@@ -199,6 +205,8 @@ pub(crate) struct Resource {
     /// Its ICE ufrag (a fragment with another one is a restart).
     ufrag: String,
     end: Option<oneshot::Sender<()>>,
+    /// When it ended without DELETE (kept for [`ENDED_MEMORY`]).
+    ended_at: Option<std::time::Instant>,
 }
 
 /// The sessions by resource id.
@@ -332,12 +340,19 @@ impl Signaling {
         let (end_tx, end_rx) = oneshot::channel();
         {
             let mut table = self.resources.lock().map_err(|_| OpenError::Internal)?;
+            table.retain(|_, r| r.ended_at.is_none_or(|t| t.elapsed() < ENDED_MEMORY));
             if table.len() >= MAX_HTTP_SESSIONS {
                 return Err(OpenError::TooMany);
             }
             // Held from here, so concurrent offers cannot pass the cap; filled in below.
-            let held =
-                Resource { session: 0, etag: etag.clone(), offer: String::new(), ufrag: String::new(), end: None };
+            let held = Resource {
+                session: 0,
+                etag: etag.clone(),
+                offer: String::new(),
+                ufrag: String::new(),
+                end: None,
+                ended_at: None,
+            };
             table.insert(resource.clone(), held);
         }
         let opened = self.enter_http(&offer, name, title);
@@ -371,6 +386,7 @@ impl Signaling {
                         offer: offer.sdp,
                         ufrag,
                         end: Some(end_tx),
+                        ended_at: None,
                     };
                     true
                 }
@@ -459,7 +475,12 @@ impl Signaling {
                 }
             }
         };
-        self.forget_resource(&resource);
+        if let Ok(mut table) = self.resources.lock() {
+            if let Some(r) = table.get_mut(&resource) {
+                r.end = None;
+                r.ended_at = Some(std::time::Instant::now());
+            }
+        }
         self.end_http(&j);
         info!(why, "HTTP session ended");
     }
@@ -516,16 +537,17 @@ impl Signaling {
     /// End session `resource` (DELETE). `false`: there is no such session.
     pub fn delete_http_session(&self, resource: &str) -> bool {
         let Some(mut r) = self.forget_resource(resource) else { return false };
-        match r.end.take() {
-            Some(end) => end.send(()).is_ok(),
-            // Still opening: it ends when it finds itself gone from the table.
-            None => true,
+        // Ended already (and remembered), or still opening (it ends when it finds itself gone from
+        // the table), or live, or just ending on its own: over either way.
+        if let Some(end) = r.end.take() {
+            let _ = end.send(());
         }
+        true
     }
 
-    /// WHIP and WHEP sessions now.
+    /// WHIP and WHEP sessions now (not counting ended ones still remembered).
     pub fn http_session_count(&self) -> usize {
-        self.resources.lock().map(|t| t.len()).unwrap_or(0)
+        self.resources.lock().map(|t| t.values().filter(|r| r.ended_at.is_none()).count()).unwrap_or(0)
     }
 }
 

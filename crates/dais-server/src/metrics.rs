@@ -59,6 +59,13 @@ pub fn render(sig: &Signaling, media: &MediaStats, http: &crate::http::HttpStats
         "Participants whose WebSocket was lost, kept for a resume.",
         m.parked,
     );
+    single(
+        &mut out,
+        "dais_http_sessions",
+        "gauge",
+        "Live WHIP and WHEP sessions (publishers and players without a WebSocket).",
+        sig.http_session_count() as u64,
+    );
     single(&mut out, "dais_resumes_total", "counter", "Resumes that took a participant over.", m.resumed);
     single(
         &mut out,

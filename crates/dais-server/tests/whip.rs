@@ -147,8 +147,10 @@ fn whip_answers_patches_and_deletes_as_rfc_9725_says() {
     let r = request(addr, "OPTIONS", "/whip/panel", &[], "");
     assert!(r.header("access-control-allow-methods").contains("POST") && r.header("accept-post") == "application/sdp");
 
+    assert_eq!(common::metric(&server, "dais_http_sessions"), 1.0);
     let r = request(addr, "DELETE", &location, &[], "");
     assert_eq!(r.status, 200);
+    assert_eq!(common::metric(&server, "dais_http_sessions"), 0.0);
     let r = request(addr, "DELETE", &location, &[], "");
     assert_eq!((r.status, r.code().as_str()), (404, "session_not_found"));
     let r = request(addr, "PATCH", &location, &[FRAG, ("If-Match", "*")], restart);

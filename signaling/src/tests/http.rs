@@ -181,11 +181,15 @@ async fn a_failed_media_session_or_a_kick_ends_the_http_session() {
     until(&media, |c| c.contains(&Call::Close(session))).await;
     assert_eq!(sig.http_session_count(), 0);
     assert!(sig.rooms().is_empty(), "it left, and the room with it");
+    let patch = sig.patch_http_session(&s.resource, None, "a=end-of-candidates\r\n").await;
+    assert_eq!(patch, Err(PatchError::NotFound), "an ended session takes no PATCH");
+    assert!(sig.delete_http_session(&s.resource), "its client's DELETE after closing still succeeds");
+    assert!(!sig.delete_http_session(&s.resource), "once");
     let s = sig.open_http_session(offer("r", HttpSessionKind::Publish, "v=0")).await.expect("opened");
     let session = parse_wire(&s.participant_id);
     sig.admin_kick("r", &s.participant_id).expect("kicked");
     until(&media, |c| c.contains(&Call::Close(session))).await;
-    assert!(!sig.delete_http_session(&s.resource), "a kicked session is gone");
+    assert_eq!(sig.http_session_count(), 0, "a kicked session is gone");
 }
 
 #[tokio::test]
