@@ -640,6 +640,14 @@ impl Hub {
                         self.out.push_back(HubOutput::Event(SessionId(sink), SessionEvent::VideoResumed { producer }));
                     }
                 }
+                Output::HandedOver { from, to, sink } => {
+                    let id = SessionId(sink);
+                    self.consumers.remove(&from);
+                    self.consumers.insert(to, id);
+                    if let Some(slot) = self.sessions.get_mut(&id) {
+                        slot.session.replace_consumer(from, to);
+                    }
+                }
             }
         }
     }

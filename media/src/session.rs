@@ -653,6 +653,14 @@ impl Session {
         self.consumers.insert(mid, id);
     }
 
+    /// The router's consumer `to` took over the m-line of `from` (a hand-over: same SSRC, one
+    /// stream for the client).
+    pub fn replace_consumer(&mut self, from: ConsumerId, to: ConsumerId) {
+        for c in self.consumers.values_mut().filter(|c| **c == from) {
+            *c = to;
+        }
+    }
+
     /// The m-line `mid` cannot carry its producer (or the producer ended): stop it in the next offer.
     /// A player's line is kept, and carries the next consumer waiting for one of its kind.
     pub fn refuse_consumer(&mut self, mid: Mid) {

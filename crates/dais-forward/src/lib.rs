@@ -249,4 +249,14 @@ pub enum Output {
         /// The layer it forwards.
         layer: LayerId,
     },
+    /// Consumer `to` took over from `from` ([`Router::hand_over`]): `from` is gone, and `to` sends
+    /// on the same SSRC, continuing its sequence numbers and timestamps.
+    HandedOver {
+        /// The consumer that was removed.
+        from: ConsumerId,
+        /// The one that sends now.
+        to: ConsumerId,
+        /// Their [`ConsumerSpec::sink`].
+        sink: u64,
+    },
 }

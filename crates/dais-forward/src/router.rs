@@ -104,6 +104,10 @@ pub enum ConsumeError {
     UnknownProducer,
     /// None of the producer's codecs was negotiated with the consumer.
     NoCommonCodec,
+    /// The consumer id is not known to the router.
+    UnknownConsumer,
+    /// A hand-over to a producer of the other kind.
+    KindMismatch,
 }
 
 impl fmt::Display for ConsumeError {
@@ -111,6 +115,8 @@ impl fmt::Display for ConsumeError {
         f.write_str(match self {
             ConsumeError::UnknownProducer => "unknown producer",
             ConsumeError::NoCommonCodec => "no codec in common with the producer",
+            ConsumeError::UnknownConsumer => "unknown consumer",
+            ConsumeError::KindMismatch => "a hand-over between audio and video",
         })
     }
 }
@@ -196,6 +202,10 @@ struct Consumer {
     reported_loss: f64,
     /// What a paused consumer resends to probe its downlink: its last packet, as its seq and the cached source.
     probe_seed: Option<(u64, Cached)>,
+    /// The consumer it takes over from ([`Router::hand_over`]), until its first packet.
+    succeeds: Option<ConsumerId>,
+    /// It just took over: its first packet starts a stream, it does not resume one.
+    took_over: bool,
 }
 
 /// Rewrite state of a consumer that has forwarded at least one packet.
@@ -232,6 +242,8 @@ pub struct Router {
     last_tick: Option<Instant>,
     next_probe: Option<Instant>,
     scratch: viewer::Scratch,
+    /// Pending hand-overs: the consumer that forwards now, to the one that takes over.
+    handoffs: IdMap<ConsumerId, ConsumerId>,
 }
 
 impl Router {
@@ -254,6 +266,7 @@ impl Router {
             last_tick: None,
             next_probe: None,
             scratch: viewer::Scratch::default(),
+            handoffs: IdMap::default(),
         }
     }
 
@@ -318,12 +331,14 @@ impl Router {
                 self.free_slots.push(slot);
                 removed.push(c.id);
                 self.detach_from_viewer(c.sink, slot);
+                self.settle_handoff(&c);
             }
         }
         self.outputs.retain(|o| match o {
             Output::Rtp(r) => !removed.contains(&r.consumer),
             Output::KeyframeRequest { producer: p, .. } => *p != producer,
             Output::Paused { consumer, .. } | Output::Resumed { consumer, .. } => !removed.contains(consumer),
+            Output::HandedOver { to, .. } => !removed.contains(to),
         });
         removed
     }
@@ -341,7 +356,6 @@ impl Router {
         producer: ProducerId,
         spec: ConsumerSpec,
     ) -> Result<ConsumerId, ConsumeError> {
-        let p = self.producers.get_mut(&producer).ok_or(ConsumeError::UnknownProducer)?;
         let mut pt_by_codec = [None; Codec::COUNT];
         for &(codec, pt) in &spec.payload_types {
             let slot = &mut pt_by_codec[codec.index()];
@@ -349,6 +363,50 @@ impl Router {
                 *slot = Some(pt);
             }
         }
+        self.attach(now, producer, spec.sink, spec.ssrc, pt_by_codec, spec.initial_seq)
+    }
+
+    /// Let `producer` take over what consumer `from` sends (the program's video following the active
+    /// speaker): a new consumer on `producer` with `from`'s sink, SSRC and payload types waits for a
+    /// keyframe of `producer` (audio: for its next packet), while `from` goes on forwarding. With
+    /// that packet `from` is removed and the new consumer continues its sequence numbers, timestamps
+    /// and VP8 picture ids, so the receiver sees one stream; [`Output::HandedOver`] says so. A second
+    /// hand-over of `from` before the first one happened replaces it. Returns the new consumer.
+    pub fn hand_over(
+        &mut self,
+        now: Instant,
+        from: ConsumerId,
+        producer: ProducerId,
+    ) -> Result<ConsumerId, ConsumeError> {
+        let old = self.consumer(from).ok_or(ConsumeError::UnknownConsumer)?;
+        let p = self.producers.get(&producer).ok_or(ConsumeError::UnknownProducer)?;
+        if (p.kind == MediaKind::Video) != old.video {
+            return Err(ConsumeError::KindMismatch);
+        }
+        let (sink, ssrc, pts, seq, tile) = (old.sink, old.ssrc, old.pt_by_codec, old.initial_seq, old.tile);
+        if let Some(pending) = self.handoffs.remove(&from) {
+            self.remove_consumer(pending);
+        }
+        let id = self.attach(now, producer, sink, ssrc, pts, seq)?;
+        let slot = self.consumer_slots.get(&id).copied();
+        if let Some(c) = slot.and_then(|s| self.consumers.get_mut(s)?.as_mut()) {
+            c.succeeds = Some(from);
+            c.tile = tile;
+        }
+        self.handoffs.insert(from, id);
+        Ok(id)
+    }
+
+    fn attach(
+        &mut self,
+        now: Instant,
+        producer: ProducerId,
+        sink: u64,
+        ssrc: u32,
+        pt_by_codec: [Option<u8>; Codec::COUNT],
+        initial_seq: u16,
+    ) -> Result<ConsumerId, ConsumeError> {
+        let p = self.producers.get_mut(&producer).ok_or(ConsumeError::UnknownProducer)?;
         let media_only = p.codec_by_pt.iter().flatten().any(|&c| c != Codec::Other);
         let common = p
             .codec_by_pt
@@ -370,10 +428,10 @@ impl Router {
         let consumer = Consumer {
             id,
             producer,
-            sink: spec.sink,
-            ssrc: spec.ssrc,
+            sink,
+            ssrc,
             pt_by_codec,
-            initial_seq: spec.initial_seq,
+            initial_seq,
             video,
             layer,
             forwarding: !video,
@@ -390,6 +448,8 @@ impl Router {
             nack_high: None,
             reported_loss: 0.0,
             probe_seed: None,
+            succeeds: None,
+            took_over: false,
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -411,18 +471,25 @@ impl Router {
                 q.request_keyframe(producer, layer, l, now, KeyframeKind::Pli);
             }
         }
-        self.attach_to_viewer(now, spec.sink, slot);
+        self.attach_to_viewer(now, sink, slot);
         Ok(id)
     }
 
     /// Detach a consumer. Queued outputs for it are discarded. Unknown ids are ignored.
     pub fn remove_consumer(&mut self, consumer: ConsumerId) {
+        self.detach(consumer, true);
+    }
+
+    /// Detach a consumer, discarding its queued outputs (`discard`) or keeping its queued packets
+    /// (a hand-over: they precede its successor's).
+    fn detach(&mut self, consumer: ConsumerId, discard: bool) {
         let Some(slot) = self.consumer_slots.remove(&consumer) else {
             return;
         };
         let Some(c) = self.consumers.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        self.settle_handoff(&c);
         self.free_slots.push(slot);
         if let Some(p) = self.producers.get_mut(&c.producer) {
             p.consumers.retain(|&s| s != slot);
@@ -432,10 +499,28 @@ impl Router {
         }
         self.detach_from_viewer(c.sink, slot);
         self.outputs.retain(|o| match o {
-            Output::Rtp(r) => r.consumer != consumer,
+            Output::Rtp(r) => !discard || r.consumer != consumer,
             Output::Paused { consumer: c, .. } | Output::Resumed { consumer: c, .. } => *c != consumer,
-            Output::KeyframeRequest { .. } => true,
+            Output::KeyframeRequest { .. } | Output::HandedOver { .. } => true,
         });
+    }
+
+    /// A removed consumer `c` leaves no hand-over dangling: a successor of it takes over its rewrite
+    /// state now (so it continues where `c` stopped), and a pending successor that is itself removed
+    /// is forgotten (its predecessor goes on).
+    fn settle_handoff(&mut self, c: &Consumer) {
+        if let Some(old) = c.succeeds {
+            self.handoffs.remove(&old);
+        }
+        let Some(next) = self.handoffs.remove(&c.id) else { return };
+        let slot = self.consumer_slots.get(&next).copied();
+        if let Some(n) = slot.and_then(|s| self.consumers.get_mut(s)?.as_mut()) {
+            n.succeeds = None;
+            n.took_over = true;
+            n.started = c.started;
+            n.vp8 = c.vp8;
+            self.outputs.push_back(Output::HandedOver { from: c.id, to: next, sink: c.sink });
+        }
     }
 
     /// The producer a consumer is attached to.
@@ -457,10 +542,25 @@ impl Router {
     /// consumer that forwards it, and counts a [`DropReason`] for every one that does not. A video packet
     /// is also kept in its layer's cache while the producer has consumers.
     pub fn handle_rtp(&mut self, now: Instant, producer: ProducerId, packet: RtpIn) {
-        let Router { config, producers, consumers, outputs, drops, stats, .. } = self;
+        let retired = self.fan_out(now, producer, packet);
+        for (from, to, sink) in retired.into_iter().flatten() {
+            self.detach(from, false);
+            self.outputs.push_back(Output::HandedOver { from, to, sink });
+        }
+    }
+
+    /// [`Router::handle_rtp`] but for the hand-overs its packet completes: the consumers to remove
+    /// (with their successor and sink); `None`, without allocating, when there are none.
+    fn fan_out(
+        &mut self,
+        now: Instant,
+        producer: ProducerId,
+        packet: RtpIn,
+    ) -> Option<Vec<(ConsumerId, ConsumerId, u64)>> {
+        let Router { config, producers, consumers, consumer_slots, handoffs, outputs, drops, stats, .. } = self;
         let Some(p) = producers.get_mut(&producer) else {
             drops.count(DropReason::UnknownProducer);
-            return;
+            return None;
         };
         stats.packets_in += 1;
         stats.bytes_in += packet.payload.len() as u64;
@@ -469,7 +569,7 @@ impl Router {
             Ok(codec) => codec,
             Err(reason) => {
                 drops.count(reason);
-                return;
+                return None;
             }
         };
         let video = p.kind == MediaKind::Video;
@@ -477,7 +577,7 @@ impl Router {
         let Producer { layers, consumers: slots, clock_rate, .. } = p;
         let Some(l) = layers.get_mut(usize::from(packet.layer.0)) else {
             drops.count(DropReason::UnknownLayer);
-            return;
+            return None;
         };
         let mut q = Queue { config, outputs, stats };
         match l.ssrc {
@@ -519,6 +619,33 @@ impl Router {
             });
         }
 
+        // Successors that start with this packet take over their predecessor's rewrite state first.
+        let mut retired = None;
+        if !handoffs.is_empty() && (keyframe || !video) {
+            for &slot in slots.iter() {
+                let Some((id, old)) = consumers.get(slot).and_then(Option::as_ref).and_then(|c| {
+                    let starts = !c.video || c.want == Some(packet.layer);
+                    Some((c.id, c.succeeds.filter(|_| starts)?))
+                }) else {
+                    continue;
+                };
+                let from = consumer_slots.get(&old).and_then(|&s| consumers.get(s)?.as_ref());
+                let from = from.map(|o| (o.started, o.vp8, o.sink));
+                if let Some(c) = consumers.get_mut(slot).and_then(Option::as_mut) {
+                    c.succeeds = None;
+                    c.took_over = true;
+                    if let Some((started, vp8, _)) = from {
+                        c.started = started;
+                        c.vp8 = vp8;
+                    }
+                }
+                handoffs.remove(&old);
+                if let Some((_, _, sink)) = from {
+                    retired.get_or_insert_with(Vec::new).push((old, id, sink));
+                }
+            }
+        }
+
         let mut started_now = 0;
         for &slot in slots.iter() {
             let Some(c) = consumers.get_mut(slot).and_then(Option::as_mut) else {
@@ -538,7 +665,7 @@ impl Router {
                     // The move to this layer (or the start, or the resume) happens here.
                     c.want = None;
                     started_now += 1;
-                    let resumed = !c.forwarding && c.started.is_some();
+                    let resumed = !c.forwarding && c.started.is_some() && !std::mem::take(&mut c.took_over);
                     if c.forwarding && c.layer != packet.layer {
                         q.stats.layer_switches += 1;
                     }
@@ -583,6 +710,7 @@ impl Router {
             }));
         }
         l.waiting = l.waiting.saturating_sub(started_now);
+        retired
     }
 
     /// A consumer's receiver reported packets missing (RTCP NACK). `seqs` are the consumer's own
@@ -942,6 +1070,8 @@ impl Queue<'_> {
     }
 }
 
+#[cfg(test)]
+mod handoff_tests;
 #[cfg(test)]
 mod simulcast_tests;
 #[cfg(test)]

@@ -164,7 +164,7 @@ fuzz_target!(|data: &[u8]| {
                 Output::Paused { consumer, .. } | Output::Resumed { consumer, .. } => {
                     assert!(live.contains_key(&consumer), "pause news for a removed consumer");
                 }
-                Output::KeyframeRequest { .. } => {}
+                Output::KeyframeRequest { .. } | Output::HandedOver { .. } => {}
             }
         }
         if router.poll_timeout().is_some_and(|t| t <= now) {

@@ -5,16 +5,16 @@ use std::sync::{Arc, OnceLock};
 use super::*;
 use crate::{Codec, ConsumerSpec, KeyframeKind, MediaExt, MediaKind, Output, Payload, ProducerSpec, RtpIn, RtpOut};
 
-const VP8_KEY: &[u8] = &[0x10, 0x00, 0x9d, 0x01, 0x2a];
-const VP8_DELTA: &[u8] = &[0x10, 0x01, 0xaa];
-const VP8_CONT: &[u8] = &[0x00, 0xbb, 0xcc];
-const OPUS: &[u8] = &[0xfc, 0xff, 0xfe];
+pub(super) const VP8_KEY: &[u8] = &[0x10, 0x00, 0x9d, 0x01, 0x2a];
+pub(super) const VP8_DELTA: &[u8] = &[0x10, 0x01, 0xaa];
+pub(super) const VP8_CONT: &[u8] = &[0x00, 0xbb, 0xcc];
+pub(super) const OPUS: &[u8] = &[0xfc, 0xff, 0xfe];
 
-fn at(base: Instant, ms: u64) -> Instant {
+pub(super) fn at(base: Instant, ms: u64) -> Instant {
     base + Duration::from_millis(ms)
 }
 
-fn video_spec() -> ProducerSpec {
+pub(super) fn video_spec() -> ProducerSpec {
     ProducerSpec {
         kind: MediaKind::Video,
         clock_rate: 90_000,
@@ -23,11 +23,11 @@ fn video_spec() -> ProducerSpec {
     }
 }
 
-fn audio_spec() -> ProducerSpec {
+pub(super) fn audio_spec() -> ProducerSpec {
     ProducerSpec { kind: MediaKind::Audio, clock_rate: 48_000, payload_types: vec![(111, Codec::Opus)], layers: 1 }
 }
 
-fn consumer(ssrc: u32, payload_types: &[(Codec, u8)], initial_seq: u16) -> ConsumerSpec {
+pub(super) fn consumer(ssrc: u32, payload_types: &[(Codec, u8)], initial_seq: u16) -> ConsumerSpec {
     ConsumerSpec { sink: u64::from(ssrc) + 1000, ssrc, payload_types: payload_types.to_vec(), initial_seq }
 }
 
@@ -41,7 +41,7 @@ fn payload(bytes: &[u8]) -> Payload {
     Arc::from(bytes)
 }
 
-fn pkt(ssrc: u32, seq: u16, timestamp: u32, payload_type: u8, bytes: &'static [u8]) -> RtpIn {
+pub(super) fn pkt(ssrc: u32, seq: u16, timestamp: u32, payload_type: u8, bytes: &'static [u8]) -> RtpIn {
     RtpIn {
         layer: LayerId(0),
         ssrc,
@@ -55,11 +55,11 @@ fn pkt(ssrc: u32, seq: u16, timestamp: u32, payload_type: u8, bytes: &'static [u
     }
 }
 
-fn drain(r: &mut Router) -> Vec<Output> {
+pub(super) fn drain(r: &mut Router) -> Vec<Output> {
     std::iter::from_fn(|| r.poll_output()).collect()
 }
 
-fn rtp(outs: &[Output]) -> Vec<RtpOut> {
+pub(super) fn rtp(outs: &[Output]) -> Vec<RtpOut> {
     outs.iter()
         .filter_map(|o| match o {
             Output::Rtp(r) => Some(r.clone()),
