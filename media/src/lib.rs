@@ -26,6 +26,7 @@ mod framing;
 mod handle;
 mod hub;
 mod lines;
+pub mod mixer;
 mod negotiation;
 mod queues;
 mod sdp_check;
