@@ -13,7 +13,9 @@
 //!   capability to patch or delete it, as the resource URL is in RFC 9725.
 //! - Its entity tag names its ICE session: it changes with every ICE restart, and a patch that names
 //!   another one is refused (`PreconditionFailed`).
-//! - At most [`MAX_HTTP_SESSIONS`] exist at once; an abandoned one (never connected) ends with its
+//! - At most [`MAX_HTTP_SESSIONS`] exist at once, and at most
+//!   [`SignalingConfig::http_sessions_per_ip`](crate::SignalingConfig::http_sessions_per_ip) from one
+//!   client address, so one client cannot take them all; an abandoned one (never connected) ends with its
 //!   media session's connect timeout, so a flood of offers holds nothing for long.
 //! - A session whose media ended on its own (clients close their peer connection before they send
 //!   DELETE, and the DTLS close ends the media session at once) leaves the room at once, but its
@@ -68,6 +70,8 @@ pub struct HttpOffer {
     pub name: Option<String>,
     /// The client's SDP offer.
     pub sdp: String,
+    /// The client's address, for the per-address cap.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// An opened session.
@@ -110,7 +114,7 @@ pub enum OpenError {
     /// A WHEP offer for a participant who is not a speaker in the room.
     #[error("no such speaker in the room")]
     ParticipantNotFound,
-    /// The server holds [`MAX_HTTP_SESSIONS`] already.
+    /// The server holds [`MAX_HTTP_SESSIONS`] already, or the client's address its share.
     #[error("too many WHIP and WHEP sessions")]
     TooMany,
     /// The offer could not be applied (the detail is for the log).
@@ -207,6 +211,8 @@ pub(crate) struct Resource {
     end: Option<oneshot::Sender<()>>,
     /// When it ended without DELETE (kept for [`ENDED_MEMORY`]).
     ended_at: Option<std::time::Instant>,
+    /// Who opened it.
+    client: Option<std::net::IpAddr>,
 }
 
 /// The sessions by resource id.
@@ -341,7 +347,9 @@ impl Signaling {
         {
             let mut table = self.resources.lock().map_err(|_| OpenError::Internal)?;
             table.retain(|_, r| r.ended_at.is_none_or(|t| t.elapsed() < ENDED_MEMORY));
-            if table.len() >= MAX_HTTP_SESSIONS {
+            let live_from = |ip| table.values().filter(|r| r.ended_at.is_none() && r.client == Some(ip)).count();
+            let crowded = offer.client.is_some_and(|ip| live_from(ip) >= self.config.http_sessions_per_ip);
+            if table.len() >= MAX_HTTP_SESSIONS || crowded {
                 return Err(OpenError::TooMany);
             }
             // Held from here, so concurrent offers cannot pass the cap; filled in below.
@@ -352,6 +360,7 @@ impl Signaling {
                 ufrag: String::new(),
                 end: None,
                 ended_at: None,
+                client: offer.client,
             };
             table.insert(resource.clone(), held);
         }
@@ -387,6 +396,7 @@ impl Signaling {
                         ufrag,
                         end: Some(end_tx),
                         ended_at: None,
+                        client: offer.client,
                     };
                     true
                 }

@@ -87,6 +87,8 @@ pub struct SignalingConfig {
     /// How long a participant whose socket was lost stays in its room, its media flowing, for a
     /// `resume` on a new socket; zero ends it with the socket.
     pub resume_grace: Duration,
+    /// Most live WHIP and WHEP sessions opened from one IP address (beyond it: `too_many_sessions`).
+    pub http_sessions_per_ip: usize,
     /// Event titles by room name (checked with [`dais_proto::valid_title`]): a room listed here
     /// has this title whatever its tokens say.
     pub titles: HashMap<String, String>,
@@ -103,6 +105,7 @@ impl Default for SignalingConfig {
             negotiation_timeout: Duration::from_secs(20),
             ice: ice::IceServers::default(),
             resume_grace: Duration::from_secs(20),
+            http_sessions_per_ip: 1_000,
             titles: HashMap::new(),
         }
     }

@@ -266,7 +266,9 @@ async fn connection(
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let mut app = app.clone();
         async move {
-            let req = req.map(Body::new);
+            let mut req = req.map(Body::new);
+            // Handlers that count per client (WHIP and WHEP sessions) read the peer from here.
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             if probes_only && !matches!(req.uri().path(), "/healthz" | "/readyz") {
                 let busy = axum::http::Response::builder()
                     .status(503)

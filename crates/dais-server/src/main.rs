@@ -352,6 +352,7 @@ async fn run() -> anyhow::Result<()> {
             ice: ice_servers(&config.ice),
             resume_grace: Duration::from_secs(config.rooms.resume_grace_secs),
             titles: config.rooms.titles.clone().into_iter().collect(),
+            http_sessions_per_ip: config.http.max_connections_per_ip,
             ..SignalingConfig::default()
         },
     );

@@ -13,11 +13,12 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{options, post};
+use axum::Extension;
 use axum::Json;
 use dais_signaling::http_session::{HttpOffer, HttpSessionKind, OpenError, PatchError, Patched};
 use dais_signaling::token::VerifyError;
@@ -196,8 +197,16 @@ fn segment(s: &str) -> String {
         .collect()
 }
 
+/// The client's address, as the listener recorded it.
+type Peer = Option<Extension<ConnectInfo<std::net::SocketAddr>>>;
+
+fn client_ip(peer: Peer) -> Option<std::net::IpAddr> {
+    peer.map(|Extension(ConnectInfo(a))| a.ip())
+}
+
 async fn whip(
     State(st): State<AppState>,
+    peer: Peer,
     Path(room): Path<String>,
     Query(q): Query<NameQuery>,
     headers: HeaderMap,
@@ -207,13 +216,15 @@ async fn whip(
         Ok(s) => s,
         Err(r) => return *r,
     };
+    let kind = HttpSessionKind::Publish;
     let offer =
-        HttpOffer { room: room.clone(), kind: HttpSessionKind::Publish, token: bearer(&headers), name: q.name, sdp };
+        HttpOffer { room: room.clone(), kind, token: bearer(&headers), name: q.name, sdp, client: client_ip(peer) };
     open(st, offer, format!("/whip/{}", segment(&room))).await
 }
 
 async fn whep(
     State(st): State<AppState>,
+    peer: Peer,
     Path((room, participant)): Path<(String, String)>,
     Query(q): Query<NameQuery>,
     headers: HeaderMap,
@@ -225,7 +236,7 @@ async fn whep(
     };
     let base = format!("/whep/{}/{}", segment(&room), segment(&participant));
     let kind = HttpSessionKind::Play { participant };
-    let offer = HttpOffer { room, kind, token: bearer(&headers), name: q.name, sdp };
+    let offer = HttpOffer { room, kind, token: bearer(&headers), name: q.name, sdp, client: client_ip(peer) };
     open(st, offer, base).await
 }
 

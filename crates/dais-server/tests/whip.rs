@@ -214,3 +214,17 @@ fn tokens_decide_who_publishes_and_plays() {
     let r = request(addr, "POST", "/whep/keynote/Studio", &[SDP, ("Authorization", &viewer)], &play);
     assert_eq!(r.status, 201, "{}", r.body);
 }
+
+#[test]
+fn one_address_cannot_hold_every_session() {
+    // http.max_connections_per_ip also caps the live WHIP and WHEP sessions of one address.
+    let server = Server::start_with_env(&[], &[("DAIS_MAX_CONNECTIONS_PER_IP", "2")]);
+    let sdp = offer(Direction::SendOnly);
+    for i in 0..2 {
+        let r = request(server.http, "POST", &format!("/whip/cap{i}"), &[SDP], &sdp);
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let r = request(server.http, "POST", "/whip/cap9", &[SDP], &sdp);
+    assert_eq!((r.status, r.code().as_str()), (503, "too_many_sessions"));
+    assert_eq!(r.header("retry-after"), "5");
+}

@@ -8,7 +8,7 @@ use crate::token::{mint, TokenClaims, TokenVerifier};
 const SECRET: &str = "http-secret-0123456789abcdef01234";
 
 fn offer(room: &str, kind: HttpSessionKind, sdp: &str) -> HttpOffer {
-    HttpOffer { room: room.into(), kind, token: None, name: Some("obs".into()), sdp: sdp.into() }
+    HttpOffer { room: room.into(), kind, token: None, name: Some("obs".into()), sdp: sdp.into(), client: None }
 }
 
 fn play(who: &str) -> HttpSessionKind {
@@ -198,4 +198,19 @@ async fn draining_refuses_new_http_sessions() {
     sig.start_drain(Duration::from_secs(30));
     let r = sig.open_http_session(offer("r", HttpSessionKind::Publish, "v=0")).await;
     assert_eq!(r.err(), Some(OpenError::Draining));
+}
+
+#[tokio::test]
+async fn one_address_gets_its_share_of_http_sessions_and_no_more() {
+    let (_, sig) = setup_with(SignalingConfig { http_sessions_per_ip: 2, ..SignalingConfig::default() });
+    let from = |n: u8| HttpOffer {
+        client: Some(std::net::IpAddr::from([10, 0, 0, n])),
+        ..offer("r", HttpSessionKind::Publish, "v=0")
+    };
+    let a = sig.open_http_session(from(1)).await.expect("first");
+    sig.open_http_session(from(1)).await.expect("second");
+    assert_eq!(sig.open_http_session(from(1)).await.err(), Some(OpenError::TooMany), "the third from one address");
+    sig.open_http_session(from(2)).await.expect("another address still gets one");
+    assert!(sig.delete_http_session(&a.resource));
+    sig.open_http_session(from(1)).await.expect("a deleted one frees its place");
 }
