@@ -41,6 +41,10 @@ pub const CEILING: f32 = 0.89;
 const MAX_GAIN: f32 = 4.0;
 /// Below this RMS an input frame is taken for silence (about -50 dBFS): its gain is left alone.
 const VOICED_RMS: f32 = 0.003;
+/// Frames without a packet after which an input's next packet may start anywhere (1 s).
+const RESTART_FRAMES: u32 = 50;
+/// Most frames one late call of [`Mixer::handle_timeout`] makes.
+pub const MAX_CATCH_UP: u32 = 5;
 /// Largest encoded frame.
 const MAX_PACKET: usize = 1500;
 
@@ -166,6 +170,10 @@ impl Mixer {
     /// ignored.
     pub fn push(&mut self, key: u64, seq: u16, payload: Bytes) {
         let Some(input) = self.inputs.get_mut(&key) else { return };
+        if input.dry > RESTART_FRAMES {
+            // Silent for a second: a new stream (a restarted sender) may begin anywhere.
+            input.played = None;
+        }
         let late = input.played.is_some_and(|p| !newer(seq, p));
         if late || input.queue.iter().any(|(s, _)| *s == seq) {
             self.stats.dropped += 1;
@@ -185,8 +193,14 @@ impl Mixer {
         self.next_tick
     }
 
-    /// Mix every frame due by `now`.
+    /// Mix every frame due by `now`; a mixer called more than [`MAX_CATCH_UP`] frames late skips
+    /// the rest (they would arrive too late to play), so one call makes a bounded number of frames.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(t) = self.next_tick.filter(|t| now.saturating_duration_since(*t) > FRAME * MAX_CATCH_UP) {
+            let behind = now.saturating_duration_since(t).as_micros() / FRAME.as_micros();
+            let skip = u32::try_from(behind).unwrap_or(u32::MAX).saturating_sub(MAX_CATCH_UP);
+            self.next_tick = Some(t + FRAME * skip);
+        }
         while let Some(t) = self.next_tick.filter(|t| *t <= now) {
             self.mix(t);
             self.next_tick = Some(t + FRAME);
@@ -221,6 +235,7 @@ impl Mixer {
                 }
                 None if input.dry < CONCEAL_FRAMES => {
                     input.dry += 1;
+
                     self.stats.concealed += u64::from(input.played.is_some());
                     if input.played.is_some() {
                         input.decoder.decode_float(&[], &mut self.frame, false).unwrap_or(0)
@@ -228,7 +243,10 @@ impl Mixer {
                         0
                     }
                 }
-                None => 0,
+                None => {
+                    input.dry = input.dry.saturating_add(1);
+                    0
+                }
             };
             if decoded == 0 {
                 continue;
@@ -405,6 +423,15 @@ mod tests {
         assert_eq!((s.concealed, s.dropped), (1, 2), "{s:?}");
         m.push(9, 0, packets[0].clone());
         assert_eq!(m.stats().packets, 9, "unknown inputs are ignored");
+    }
+
+    #[test]
+    fn a_mixer_called_late_makes_a_bounded_number_of_frames() {
+        let base = Instant::now();
+        let mut m = Mixer::new(base, 0, 0).expect("mixer");
+        m.handle_timeout(base + Duration::from_secs(10));
+        assert!(std::iter::from_fn(|| m.poll_output()).count() <= MAX_CATCH_UP as usize + 1);
+        assert!(m.poll_timeout().is_some_and(|t| t > base + Duration::from_secs(10)));
     }
 
     #[test]

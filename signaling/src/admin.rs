@@ -36,6 +36,9 @@ pub enum AdminError {
     /// No question of that id in the room (for answering: no open one).
     #[error("no such question in the room")]
     QuestionNotFound,
+    /// The participant is a WHIP publisher or WHEP player, whose session cannot renegotiate.
+    #[error("a WHIP or WHEP participant keeps its role")]
+    FixedRole,
 }
 
 /// What a `moderate` names besides its action (each action reads the fields it needs).
@@ -162,6 +165,9 @@ impl Signaling {
             r.members.iter_mut().find(|(_, m)| m.info.id == participant).ok_or(AdminError::ParticipantNotFound)?;
         if m.info.role == role {
             return Ok(());
+        }
+        if m.receives != crate::room::Receives::All {
+            return Err(AdminError::FixedRole);
         }
         m.info.role = role;
         let (session, info) = (m.session, m.info.clone());

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dais_proto::{ErrorCode, IceServer, Role, MAX_SDP_BYTES};
+use dais_proto::{ErrorCode, IceServer, ParticipantInfo, Role, MAX_SDP_BYTES};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn, Instrument};
 
@@ -52,7 +52,7 @@ pub enum HttpSessionKind {
     Publish,
     /// WHEP: play what one speaker (by wire id or name) publishes.
     Play {
-        /// The speaker's wire id (`p<N>`) or name.
+        /// The speaker's wire id (`p<N>`) or name, resolved to one speaker when the session opens.
         participant: String,
     },
 }
@@ -114,6 +114,9 @@ pub enum OpenError {
     /// A WHEP offer for a participant who is not a speaker in the room.
     #[error("no such speaker in the room")]
     ParticipantNotFound,
+    /// A WHEP offer for a name that several speakers in the room hold.
+    #[error("several speakers have that name: use the participant id")]
+    Ambiguous,
     /// The server holds [`MAX_HTTP_SESSIONS`] already, or the client's address its share.
     #[error("too many WHIP and WHEP sessions")]
     TooMany,
@@ -142,6 +145,7 @@ impl OpenError {
             OpenError::NotASpeaker => "not_a_speaker",
             OpenError::RoomFull => ErrorCode::RoomFull.as_str(),
             OpenError::ParticipantNotFound => "participant_not_found",
+            OpenError::Ambiguous => "participant_ambiguous",
             OpenError::TooMany => "too_many_sessions",
             OpenError::BadSdp(_) => ErrorCode::BadSdp.as_str(),
             OpenError::CannotPublish => ErrorCode::ViewerCannotPublish.as_str(),
@@ -217,6 +221,11 @@ pub(crate) struct Resource {
 
 /// The sessions by resource id.
 pub(crate) type Resources = HashMap<String, Resource>;
+
+/// Forget the sessions that ended more than [`ENDED_MEMORY`] ago.
+fn purge(table: &mut Resources) {
+    table.retain(|_, r| r.ended_at.is_none_or(|t| t.elapsed() < ENDED_MEMORY));
+}
 
 /// The trickle-ICE fragment of a PATCH (RFC 8840 §9.2), as far as Dais uses it.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -314,7 +323,15 @@ fn new_etag() -> Option<String> {
 impl Signaling {
     /// Open a WHIP or WHEP session: check the token, enter the room, apply the offer. See the module
     /// docs.
+    /// The open runs in its own task: a caller that gives up (a client that disconnects, a request
+    /// timeout) cannot cut it half-way and leave a member or a table entry behind; a session nobody
+    /// learned of then ends with its media's connect timeout.
     pub async fn open_http_session(self: &Arc<Self>, offer: HttpOffer) -> Result<HttpSession, OpenError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.open_inner(offer).await }).await.unwrap_or(Err(OpenError::Internal))
+    }
+
+    async fn open_inner(self: &Arc<Self>, offer: HttpOffer) -> Result<HttpSession, OpenError> {
         if !self.is_ready() {
             return Err(OpenError::Draining);
         }
@@ -346,10 +363,12 @@ impl Signaling {
         let (end_tx, end_rx) = oneshot::channel();
         {
             let mut table = self.resources.lock().map_err(|_| OpenError::Internal)?;
-            table.retain(|_, r| r.ended_at.is_none_or(|t| t.elapsed() < ENDED_MEMORY));
-            let live_from = |ip| table.values().filter(|r| r.ended_at.is_none() && r.client == Some(ip)).count();
-            let crowded = offer.client.is_some_and(|ip| live_from(ip) >= self.config.http_sessions_per_ip);
-            if table.len() >= MAX_HTTP_SESSIONS || crowded {
+            purge(&mut table);
+            let live = || table.values().filter(|r| r.ended_at.is_none());
+            let crowded = offer
+                .client
+                .is_some_and(|ip| live().filter(|r| r.client == Some(ip)).count() >= self.config.http_sessions_per_ip);
+            if live().count() >= MAX_HTTP_SESSIONS || crowded {
                 return Err(OpenError::TooMany);
             }
             // Held from here, so concurrent offers cannot pass the cap; filled in below.
@@ -426,14 +445,26 @@ impl Signaling {
         let (role, receives) = match &offer.kind {
             HttpSessionKind::Publish => (Role::Speaker, Receives::Nothing),
             HttpSessionKind::Play { participant } => {
-                let found = self.rooms.lock().ok().is_some_and(|rooms| {
-                    let target = Receives::Of(participant.clone());
-                    rooms.by_name.get(&offer.room).is_some_and(|r| r.members.values().any(|m| target.wants(&m.info)))
-                });
-                if !found {
-                    return Err(OpenError::ParticipantNotFound);
-                }
-                (Role::Viewer, Receives::Of(participant.clone()))
+                // The speaker is resolved once, to its wire id: a name names whoever holds it now.
+                let rooms = self.rooms.lock().map_err(|_| OpenError::Internal)?;
+                let speakers: Vec<&ParticipantInfo> = rooms
+                    .by_name
+                    .get(&offer.room)
+                    .into_iter()
+                    .flat_map(|r| r.members.values())
+                    .map(|m| &m.info)
+                    .filter(|i| i.role == Role::Speaker)
+                    .collect();
+                let by_id = speakers.iter().find(|i| i.id == *participant);
+                let by_name: Vec<_> = speakers.iter().filter(|i| i.name == *participant).collect();
+                let id = match (by_id, by_name.as_slice()) {
+                    (Some(i), _) => i.id.clone(),
+                    (None, [i]) => i.id.clone(),
+                    (None, []) => return Err(OpenError::ParticipantNotFound),
+                    (None, _) => return Err(OpenError::Ambiguous),
+                };
+                drop(rooms);
+                (Role::Viewer, Receives::Of(id))
             }
         };
         let entry = Entry { room: offer.room.clone(), name, role, moderator: false, title, receives };
@@ -454,7 +485,9 @@ impl Signaling {
     }
 
     fn forget_resource(&self, resource: &str) -> Option<Resource> {
-        self.resources.lock().ok()?.remove(resource)
+        let mut table = self.resources.lock().ok()?;
+        purge(&mut table);
+        table.remove(resource)
     }
 
     /// Stand in for the connection of an HTTP session until it ends.
@@ -466,7 +499,11 @@ impl Signaling {
         resource: String,
     ) {
         let mut phase: watch::Receiver<Phase> = self.phase.subscribe();
+        let closing = *phase.borrow_and_update() == Phase::Closing;
         let why = loop {
+            if closing {
+                break "shutdown";
+            }
             tokio::select! {
                 _ = &mut end => break "deleted",
                 // Room news: nobody reads it.
@@ -489,6 +526,7 @@ impl Signaling {
             if let Some(r) = table.get_mut(&resource) {
                 r.end = None;
                 r.ended_at = Some(std::time::Instant::now());
+                r.offer = String::new();
             }
         }
         self.end_http(&j);
@@ -505,7 +543,8 @@ impl Signaling {
     ) -> Result<Patched, PatchError> {
         let fragment = parse_fragment(body)?;
         let (session, etag, offer, ufrag) = {
-            let table = self.resources.lock().map_err(|_| PatchError::NotFound)?;
+            let mut table = self.resources.lock().map_err(|_| PatchError::NotFound)?;
+            purge(&mut table);
             let r = table.get(resource).filter(|r| r.end.is_some()).ok_or(PatchError::NotFound)?;
             (r.session, r.etag.clone(), r.offer.clone(), r.ufrag.clone())
         };
@@ -537,7 +576,11 @@ impl Signaling {
         }
         let etag = new_etag().ok_or(PatchError::RestartFailed("no OS randomness".into()))?;
         let mut table = self.resources.lock().map_err(|_| PatchError::NotFound)?;
-        let r = table.get_mut(resource).ok_or(PatchError::NotFound)?;
+        let r = table.get_mut(resource).filter(|r| r.end.is_some()).ok_or(PatchError::NotFound)?;
+        if if_match.map(str::trim).is_some_and(|t| t != "*" && t != r.etag) {
+            // Another restart of the same ICE session won the race.
+            return Err(PatchError::PreconditionFailed);
+        }
         r.etag = etag.clone();
         r.offer = sdp;
         r.ufrag = new_ufrag;

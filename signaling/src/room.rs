@@ -28,7 +28,7 @@ pub(crate) enum Receives {
     All,
     /// Nothing (a WHIP publisher).
     Nothing,
-    /// What the speaker with this wire id or name publishes (a WHEP player of one participant).
+    /// What the speaker with this wire id publishes (a WHEP player of one participant).
     Of(String),
 }
 
@@ -38,7 +38,7 @@ impl Receives {
         match self {
             Receives::All => true,
             Receives::Nothing => false,
-            Receives::Of(who) => publisher.role == Role::Speaker && (publisher.id == *who || publisher.name == *who),
+            Receives::Of(id) => publisher.role == Role::Speaker && publisher.id == *id,
         }
     }
 }

@@ -318,7 +318,8 @@ impl Router {
         id
     }
 
-    /// Remove a producer and all its consumers; returns the removed consumers. Queued outputs that name
+    /// Remove a producer and all its consumers; returns the removed consumers, but for those with a
+    /// pending hand-over, whose successors take over at once ([`Output::HandedOver`]). Queued outputs that name
     /// them are discarded.
     pub fn remove_producer(&mut self, producer: ProducerId) -> Vec<ConsumerId> {
         let Some(p) = self.producers.remove(&producer) else {
@@ -329,7 +330,10 @@ impl Router {
             if let Some(c) = self.consumers.get_mut(slot).and_then(Option::take) {
                 self.consumer_slots.remove(&c.id);
                 self.free_slots.push(slot);
-                removed.push(c.id);
+                // One handed over to its successor did not end: its stream goes on (HandedOver).
+                if !self.handoffs.contains_key(&c.id) {
+                    removed.push(c.id);
+                }
                 self.detach_from_viewer(c.sink, slot);
                 self.settle_handoff(&c);
             }
@@ -378,14 +382,27 @@ impl Router {
         from: ConsumerId,
         producer: ProducerId,
     ) -> Result<ConsumerId, ConsumeError> {
-        let old = self.consumer(from).ok_or(ConsumeError::UnknownConsumer)?;
+        let mut old = self.consumer(from).ok_or(ConsumeError::UnknownConsumer)?;
+        // A successor still waiting stands for the consumer that forwards: hand that one over.
+        let from = match old.succeeds {
+            Some(forwarding) => {
+                old = self.consumer(forwarding).ok_or(ConsumeError::UnknownConsumer)?;
+                forwarding
+            }
+            None => from,
+        };
         let p = self.producers.get(&producer).ok_or(ConsumeError::UnknownProducer)?;
         if (p.kind == MediaKind::Video) != old.video {
             return Err(ConsumeError::KindMismatch);
         }
         let (sink, ssrc, pts, seq, tile) = (old.sink, old.ssrc, old.pt_by_codec, old.initial_seq, old.tile);
+        let same = old.producer == producer;
         if let Some(pending) = self.handoffs.remove(&from) {
             self.remove_consumer(pending);
+        }
+        if same {
+            // Back to what it forwards: the pending hand-over (if any) is called off.
+            return Ok(from);
         }
         let id = self.attach(now, producer, sink, ssrc, pts, seq)?;
         let slot = self.consumer_slots.get(&id).copied();

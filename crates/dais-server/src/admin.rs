@@ -7,7 +7,8 @@
 //! - `POST /admin/rooms/{room}/participants/{id}/mute` `{"kind":"audio"|"video","muted":bool}`:
 //!   server-side mute, the media stops being forwarded;
 //! - `POST /admin/rooms/{room}/participants/{id}/role` `{"role":"speaker"|"viewer"}`: promote or
-//!   demote in place, the session renegotiates and the WebSocket stays;
+//!   demote in place, the session renegotiates and the WebSocket stays (409 `fixed_role` for a WHIP
+//!   or WHEP participant, whose session cannot renegotiate);
 //! - `DELETE /admin/rooms/{room}/chat/{message}`: delete a chat message for everyone (`chat_deleted`);
 //! - `POST /admin/rooms/{room}/participants/{id}/chat` `{"silenced":bool}`: silence a participant's
 //!   chat (`chat_silenced`), or lift it;
@@ -337,6 +338,9 @@ fn admin_error(e: AdminError) -> Response {
             "question_not_found",
             "no such question in the room (answering needs an open one)",
         ),
+        AdminError::FixedRole => {
+            error(StatusCode::CONFLICT, "fixed_role", "a WHIP or WHEP participant keeps its role; kick it instead")
+        }
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "admin action failed"),
     }
 }

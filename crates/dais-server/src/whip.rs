@@ -52,7 +52,7 @@ async fn cors(mut r: Response) -> Response {
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, ETag, Link, Accept-Patch, Content-Type"),
+        HeaderValue::from_static("Location, ETag, Link, Accept-Patch, Content-Type, Retry-After, WWW-Authenticate"),
     );
     r
 }
@@ -128,6 +128,7 @@ fn open_error(e: OpenError) -> Response {
         OpenError::Token(_) => StatusCode::UNAUTHORIZED,
         OpenError::NotASpeaker => StatusCode::FORBIDDEN,
         OpenError::ParticipantNotFound => StatusCode::NOT_FOUND,
+        OpenError::Ambiguous => StatusCode::CONFLICT,
         OpenError::InvalidRoom | OpenError::InvalidName | OpenError::BadSdp(_) => StatusCode::BAD_REQUEST,
         OpenError::CannotPublish | OpenError::TooManyStreams(_) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

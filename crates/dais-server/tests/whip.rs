@@ -183,6 +183,11 @@ fn bad_offers_and_absent_speakers_get_their_codes() {
     assert_eq!(r.body.matches("a=sendonly").count(), 2, "both lines are sent to the player: {}", r.body);
     let r = request(addr, "DELETE", r.header("location"), &[], "");
     assert_eq!(r.status, 200);
+    // Two speakers named alike: a name is refused, the participant id plays.
+    let r = request(addr, "POST", "/whip/panel?name=Encoder", &[SDP], &offer(Direction::SendOnly));
+    assert_eq!(r.status, 201);
+    let r = request(addr, "POST", "/whep/panel/Encoder", &[SDP], &offer(Direction::RecvOnly));
+    assert_eq!((r.status, r.code().as_str()), (409, "participant_ambiguous"), "{}", r.body);
 }
 
 #[test]

@@ -187,6 +187,7 @@ async fn a_failed_media_session_or_a_kick_ends_the_http_session() {
     assert!(!sig.delete_http_session(&s.resource), "once");
     let s = sig.open_http_session(offer("r", HttpSessionKind::Publish, "v=0")).await.expect("opened");
     let session = parse_wire(&s.participant_id);
+    assert_eq!(sig.admin_set_role("r", &s.participant_id, Role::Viewer), Err(crate::AdminError::FixedRole));
     sig.admin_kick("r", &s.participant_id).expect("kicked");
     until(&media, |c| c.contains(&Call::Close(session))).await;
     assert_eq!(sig.http_session_count(), 0, "a kicked session is gone");
@@ -213,4 +214,19 @@ async fn one_address_gets_its_share_of_http_sessions_and_no_more() {
     sig.open_http_session(from(2)).await.expect("another address still gets one");
     assert!(sig.delete_http_session(&a.resource));
     sig.open_http_session(from(1)).await.expect("a deleted one frees its place");
+}
+
+#[tokio::test]
+async fn a_name_two_speakers_hold_is_refused_and_an_id_plays() {
+    let (media, sig) = setup_with(SignalingConfig::default());
+    let mut a = connect(&sig);
+    a.join("r", "Ann", "speaker").await;
+    let mut b = connect(&sig);
+    b.join("r", "Ann", "speaker").await;
+    let r = sig.open_http_session(offer("r", play("Ann"), "v=0")).await;
+    assert_eq!(r.err(), Some(OpenError::Ambiguous));
+    let ids: Vec<u64> =
+        media.calls().iter().filter_map(|c| if let Call::Open(s, _) = c { Some(*s) } else { None }).collect();
+    let s = sig.open_http_session(offer("r", play(&format!("p{}", ids[1])), "v=0")).await.expect("by id");
+    assert!(sig.delete_http_session(&s.resource));
 }

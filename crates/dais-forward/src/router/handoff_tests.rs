@@ -75,7 +75,7 @@ fn a_predecessor_that_ends_first_hands_its_numbers_on() {
     let (mut r, a, b, c) = two_speakers(base);
     let n = r.hand_over(at(base, 70), c, b).expect("handed over");
     drain(&mut r);
-    assert_eq!(r.remove_producer(a), [c], "the old speaker leaves before the new keyframe");
+    assert!(r.remove_producer(a).is_empty(), "the old speaker leaves before the new keyframe: c did not end");
     assert_eq!(handed_over(&drain(&mut r)), [(c, n)]);
     r.handle_rtp(at(base, 300), b, pkt(2, 40, 5, 96, VP8_KEY));
     let out = rtp(&drain(&mut r));
@@ -126,4 +126,28 @@ fn audio_hands_over_at_the_next_packet_and_kinds_do_not_mix() {
     let outs = drain(&mut r);
     assert_eq!(rtp(&outs).iter().map(|o| (o.consumer, o.seq)).collect::<Vec<_>>(), [(n, 52)]);
     assert_eq!(handed_over(&outs), [(c, n)]);
+}
+
+#[test]
+fn handing_over_a_waiting_successor_moves_the_forwarding_one_and_going_back_calls_it_off() {
+    let base = Instant::now();
+    let (mut r, a, b, c) = two_speakers(base);
+    let third = r.add_producer(base, video_spec());
+    let first = r.hand_over(at(base, 70), c, b).expect("to b");
+    // The caller names the waiting successor: the consumer that forwards (c) is the one moved.
+    let second = r.hand_over(at(base, 80), first, third).expect("then to the third");
+    assert_eq!(r.consumers(b).count(), 0, "the wait for b is over");
+    r.handle_rtp(at(base, 120), third, pkt(3, 1, 0, 96, VP8_KEY));
+    let outs = drain(&mut r);
+    assert_eq!(rtp(&outs).iter().map(|o| (o.consumer, o.seq)).collect::<Vec<_>>(), [(second, 103)]);
+    assert_eq!(handed_over(&outs), [(c, second)]);
+    // Handing over to what it forwards already calls a pending hand-over off.
+    let fourth = r.add_producer(base, video_spec());
+    let pending = r.hand_over(at(base, 130), second, fourth).expect("pending");
+    assert_eq!(r.hand_over(at(base, 131), second, third), Ok(second));
+    assert_eq!(r.consumer_producer(pending), None);
+    r.handle_rtp(at(base, 140), fourth, pkt(4, 1, 0, 96, VP8_KEY));
+    r.handle_rtp(at(base, 150), third, pkt(3, 2, 3, 96, VP8_DELTA));
+    assert_eq!(rtp(&drain(&mut r)).iter().map(|o| (o.consumer, o.seq)).collect::<Vec<_>>(), [(second, 104)]);
+    let _ = a;
 }
