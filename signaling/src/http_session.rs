@@ -212,11 +212,31 @@ pub(crate) struct Resource {
     offer: String,
     /// Its ICE ufrag (a fragment with another one is a restart).
     ufrag: String,
-    end: Option<oneshot::Sender<()>>,
-    /// When it ended without DELETE (kept for [`ENDED_MEMORY`]).
-    ended_at: Option<std::time::Instant>,
+    stage: Stage,
     /// Who opened it.
     client: Option<std::net::IpAddr>,
+}
+
+/// Where a session is in its life.
+#[derive(Debug)]
+enum Stage {
+    /// Its offer is being applied (the client does not know it yet); it holds its place in the caps.
+    Opening,
+    /// Its task runs; a message here ends it.
+    Live(oneshot::Sender<()>),
+    /// It ended without DELETE at this instant; remembered for [`ENDED_MEMORY`].
+    Ended(std::time::Instant),
+}
+
+impl Resource {
+    fn live(&self) -> bool {
+        matches!(self.stage, Stage::Live(_))
+    }
+
+    /// Whether it holds a place in the caps (it has not ended).
+    fn counts(&self) -> bool {
+        !matches!(self.stage, Stage::Ended(_))
+    }
 }
 
 /// The sessions by resource id.
@@ -224,7 +244,7 @@ pub(crate) type Resources = HashMap<String, Resource>;
 
 /// Forget the sessions that ended more than [`ENDED_MEMORY`] ago.
 fn purge(table: &mut Resources) {
-    table.retain(|_, r| r.ended_at.is_none_or(|t| t.elapsed() < ENDED_MEMORY));
+    table.retain(|_, r| !matches!(r.stage, Stage::Ended(t) if t.elapsed() >= ENDED_MEMORY));
 }
 
 /// The trickle-ICE fragment of a PATCH (RFC 8840 §9.2), as far as Dais uses it.
@@ -364,7 +384,7 @@ impl Signaling {
         {
             let mut table = self.resources.lock().map_err(|_| OpenError::Internal)?;
             purge(&mut table);
-            let live = || table.values().filter(|r| r.ended_at.is_none());
+            let live = || table.values().filter(|r| r.counts());
             let crowded = offer
                 .client
                 .is_some_and(|ip| live().filter(|r| r.client == Some(ip)).count() >= self.config.http_sessions_per_ip);
@@ -377,8 +397,7 @@ impl Signaling {
                 etag: etag.clone(),
                 offer: String::new(),
                 ufrag: String::new(),
-                end: None,
-                ended_at: None,
+                stage: Stage::Opening,
                 client: offer.client,
             };
             table.insert(resource.clone(), held);
@@ -413,8 +432,7 @@ impl Signaling {
                         etag: etag.clone(),
                         offer: offer.sdp,
                         ufrag,
-                        end: Some(end_tx),
-                        ended_at: None,
+                        stage: Stage::Live(end_tx),
                         client: offer.client,
                     };
                     true
@@ -524,8 +542,7 @@ impl Signaling {
         };
         if let Ok(mut table) = self.resources.lock() {
             if let Some(r) = table.get_mut(&resource) {
-                r.end = None;
-                r.ended_at = Some(std::time::Instant::now());
+                r.stage = Stage::Ended(std::time::Instant::now());
                 r.offer = String::new();
             }
         }
@@ -545,7 +562,7 @@ impl Signaling {
         let (session, etag, offer, ufrag) = {
             let mut table = self.resources.lock().map_err(|_| PatchError::NotFound)?;
             purge(&mut table);
-            let r = table.get(resource).filter(|r| r.end.is_some()).ok_or(PatchError::NotFound)?;
+            let r = table.get(resource).filter(|r| r.live()).ok_or(PatchError::NotFound)?;
             (r.session, r.etag.clone(), r.offer.clone(), r.ufrag.clone())
         };
         if let Some(tag) = if_match.map(str::trim) {
@@ -576,7 +593,7 @@ impl Signaling {
         }
         let etag = new_etag().ok_or(PatchError::RestartFailed("no OS randomness".into()))?;
         let mut table = self.resources.lock().map_err(|_| PatchError::NotFound)?;
-        let r = table.get_mut(resource).filter(|r| r.end.is_some()).ok_or(PatchError::NotFound)?;
+        let r = table.get_mut(resource).filter(|r| r.live()).ok_or(PatchError::NotFound)?;
         if if_match.map(str::trim).is_some_and(|t| t != "*" && t != r.etag) {
             // Another restart of the same ICE session won the race.
             return Err(PatchError::PreconditionFailed);
@@ -589,10 +606,10 @@ impl Signaling {
 
     /// End session `resource` (DELETE). `false`: there is no such session.
     pub fn delete_http_session(&self, resource: &str) -> bool {
-        let Some(mut r) = self.forget_resource(resource) else { return false };
+        let Some(r) = self.forget_resource(resource) else { return false };
         // Ended already (and remembered), or still opening (it ends when it finds itself gone from
         // the table), or live, or just ending on its own: over either way.
-        if let Some(end) = r.end.take() {
+        if let Stage::Live(end) = r.stage {
             let _ = end.send(());
         }
         true
@@ -600,7 +617,7 @@ impl Signaling {
 
     /// WHIP and WHEP sessions now (not counting ended ones still remembered).
     pub fn http_session_count(&self) -> usize {
-        self.resources.lock().map(|t| t.values().filter(|r| r.ended_at.is_none()).count()).unwrap_or(0)
+        self.resources.lock().map(|t| t.values().filter(|r| r.counts()).count()).unwrap_or(0)
     }
 }
 

@@ -187,8 +187,10 @@ test('the examples/ pages publish over WHIP and play over WHEP', { timeout: 90_0
     console.log(`# examples: ${got.frames} frames at width ${got.width}, ${got.audioPackets} audio packets`);
     await player.page.evaluate(() => window.stopPlaying());
     await studio.page.evaluate(() => window.stopPublishing());
-    const gone = await fetch(await studio.page.evaluate(() => window.resource ?? ''), { method: 'DELETE' }).catch(() => null);
-    assert.ok(!gone || gone.status === 404 || gone.status === 405, 'the publisher deleted its session');
+    const resource = await studio.page.evaluate(() => window.resource);
+    assert.match(resource, new RegExp(`/whip/${room}/[0-9a-f]{64}$`));
+    const gone = await fetch(resource, { method: 'DELETE' });
+    assert.equal(gone.status, 404, 'the publisher deleted its session');
   } finally {
     await player.context.close();
     await studio.context.close();

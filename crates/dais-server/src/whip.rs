@@ -205,6 +205,31 @@ fn client_ip(peer: Peer) -> Option<std::net::IpAddr> {
     peer.map(|Extension(ConnectInfo(a))| a.ip())
 }
 
+/// A POST: the offer in its body, opened as `kind`; its resources live under `base`.
+async fn open_posted(
+    st: AppState,
+    peer: Peer,
+    post: Post,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let sdp = match text_body(&headers, body, SDP) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Post { room, kind, name, base } = post;
+    let offer = HttpOffer { room, kind, token: bearer(&headers), name, sdp, client: client_ip(peer) };
+    open(st, offer, base).await
+}
+
+/// What a route makes of its path and query.
+struct Post {
+    room: String,
+    kind: HttpSessionKind,
+    name: Option<String>,
+    base: String,
+}
+
 async fn whip(
     State(st): State<AppState>,
     peer: Peer,
@@ -213,14 +238,8 @@ async fn whip(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let sdp = match text_body(&headers, body, SDP) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let kind = HttpSessionKind::Publish;
-    let offer =
-        HttpOffer { room: room.clone(), kind, token: bearer(&headers), name: q.name, sdp, client: client_ip(peer) };
-    open(st, offer, format!("/whip/{}", segment(&room))).await
+    let base = format!("/whip/{}", segment(&room));
+    open_posted(st, peer, Post { room, kind: HttpSessionKind::Publish, name: q.name, base }, headers, body).await
 }
 
 async fn whep(
@@ -231,14 +250,9 @@ async fn whep(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let sdp = match text_body(&headers, body, SDP) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let base = format!("/whep/{}/{}", segment(&room), segment(&participant));
     let kind = HttpSessionKind::Play { participant };
-    let offer = HttpOffer { room, kind, token: bearer(&headers), name: q.name, sdp, client: client_ip(peer) };
-    open(st, offer, base).await
+    open_posted(st, peer, Post { room, kind, name: q.name, base }, headers, body).await
 }
 
 async fn patch(st: AppState, id: &str, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
